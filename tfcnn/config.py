@@ -1,0 +1,369 @@
+"""Typed pipeline configuration, validated from TOML.
+
+Every stage reads one section of a :class:`PipelineConfig`. Validation is strict on purpose:
+a typo in a pipeline file (``[train] epoch = 3``) must fail loudly with the key's name and the
+allowed values rather than silently train with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from tfcnn.errors import ConfigError
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"min": lo, "max": hi, "lo_open": lo_open}
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation, applied in the tf.data pipeline on uint8 images."""
+
+    flip: bool = False  # random horizontal flip
+    translate: float = field(default=0.0, metadata=_range(0.0, 0.5))  # fraction of height/width
+    rotate: float = field(default=0.0, metadata=_range(0.0, 0.5))  # fraction of a full turn
+    zoom: float = field(default=0.0, metadata=_range(0.0, 0.5))
+    contrast: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    cutout: float = field(default=0.0, metadata=_range(0.0, 0.9))  # erased square side, fraction of image
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are split and batched."""
+
+    # "fashion_mnist", "idx:<dir>", "tfds:<name>", "folder:<dir>" or "numpy:<file.npz>"
+    source: str = "fashion_mnist"
+    path: Optional[str] = None  # explicit directory for fashion_mnist (before $TFCNN_DATA_DIR)
+    image_size: Optional[list[int]] = None  # [height, width]; None keeps the source's size
+    channels: Optional[int] = field(default=None, metadata={"choices": (1, 3)})
+    val_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
+    train_subset: Optional[int] = field(default=None, metadata=_range(1))  # stratified cap
+    test_subset: Optional[int] = field(default=None, metadata=_range(1))
+    batch_size: int = field(default=64, metadata=_range(1))
+    shuffle_buffer: int = field(default=10000, metadata=_range(1))
+    cache: bool = True
+    seed: int = 42
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Which registered architecture to build, and its knobs."""
+
+    name: str = "compact_cnn"
+    width: float = field(default=1.0, metadata=_range(0.0, lo_open=True))  # channel multiplier
+    depth: int = field(default=0, metadata=_range(0))  # 0 = the architecture's default
+    dropout: float = field(default=0.0, metadata=_range(0.0, 0.95))
+    l2: float = field(default=0.0, metadata=_range(0.0))
+    activation: str = "relu"
+    batch_norm: bool = True
+    se: bool = False  # squeeze-and-excitation blocks where the architecture has them
+    block: Literal["basic", "bottleneck"] = "basic"  # resnet only
+    options: dict = field(default_factory=dict)  # extra builder keyword arguments
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Two rules: Keras-style patience on a validation metric, and the course's target-loss rule."""
+
+    enabled: bool = True
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: int = field(default=5, metadata=_range(0))
+    min_delta: float = field(default=0.0, metadata=_range(0.0))
+    restore_best: bool = True
+    # The course's rule: stop after `target_patience` consecutive epochs with train loss < target_loss.
+    target_loss: Optional[float] = field(default=None, metadata=_range(0.0))
+    target_patience: int = field(default=3, metadata=_range(1))
+
+
+@dataclass
+class TrainConfig:
+    """Engine, optimisation and distribution settings shared by the fit and tape engines."""
+
+    engine: Literal["tape", "fit"] = "tape"
+    epochs: int = field(default=10, metadata=_range(1))
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = field(default=1e-3, metadata=_range(0.0, lo_open=True))
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    schedule: Literal["constant", "cosine", "exponential", "step", "onecycle"] = "constant"
+    warmup_epochs: float = field(default=0.0, metadata=_range(0.0))
+    min_lr_fraction: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0))  # decoupled (AdamW-style)
+    clipnorm: Optional[float] = field(default=None, metadata=_range(0.0, lo_open=True))
+    label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.5))
+    reduce_lr_on_plateau: bool = False  # fit engine: keras ReduceLROnPlateau
+    strategy: Literal["default", "mirrored", "multi_worker", "tpu"] = "default"
+    devices: Optional[list[str]] = None  # for mirrored, e.g. ["/cpu:0", "/cpu:1"]
+    mixed_precision: bool = False  # mixed_float16 on GPU, mixed_bfloat16 on CPU/TPU
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism
+    seed: int = 42
+    checkpoint_every: int = field(default=1, metadata=_range(1))  # epochs
+    max_checkpoints: int = field(default=3, metadata=_range(1))
+    tensorboard: bool = True
+    histogram_freq: int = field(default=0, metadata=_range(0))  # epochs between weight histograms
+    gradient_norms: bool = True  # tape engine: per-layer gradient norms per epoch
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    """What the evaluation stage reports on the held-out test split."""
+
+    top_k: int = field(default=5, metadata=_range(1))
+
+
+@dataclass
+class ThresholdsConfig:
+    """Pass/fail limits for `tfcnn verify`, per format."""
+
+    savedmodel_max_abs_diff: float = 1e-5
+    savedmodel_agreement: float = 1.0
+    float32_max_abs_diff: float = 1e-4
+    float32_agreement: float = 0.9995
+    float16_agreement: float = 0.995
+    dynamic_agreement: float = 0.99
+    int8_agreement: float = 0.985
+    int8_max_accuracy_drop: float = 0.01
+
+
+@dataclass
+class ExportConfig:
+    """Which artifacts the export stage writes, and how they are checked."""
+
+    enabled: bool = True
+    name: Optional[str] = None  # model name in export/<name>/<version>; default: the run name
+    root: str = "export"
+    formats: list[str] = field(
+        default_factory=lambda: ["savedmodel", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8", "coreml"]
+    )
+    representative_samples: int = field(default=300, metadata=_range(1))
+    coreml_precision: Literal["float16", "float32"] = "float16"
+    verify: bool = True
+    verify_samples: Optional[int] = field(default=None, metadata=_range(1))  # None = whole test split
+    latency_runs: int = field(default=50, metadata=_range(1))
+    threads: int = field(default=1, metadata=_range(1))
+    author: str = "tfcnn"
+    license: str = "Apache-2.0"
+    description: str = ""
+    thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
+
+
+@dataclass
+class PipelineConfig:
+    """A whole run: config -> data -> model -> train -> evaluate -> export -> verify -> report."""
+
+    name: str = "run"
+    out_dir: Optional[str] = None  # default runs/<name>
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    report: bool = True
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return f"list of {_type_name(inner)}"
+    if tp is type(None):
+        return "none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else ConfigError(f"{key}: got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key} = {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list ({_type_name(tp)}), got {type(value).__name__} {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table of settings, got {type(value).__name__} {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {type(value).__name__} {value!r}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {type(value).__name__} {value!r}")
+        return value
+    return value
+
+
+def _check_meta(value: Any, meta: typing.Mapping, key: str) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key} = {value!r} is not allowed; choose one of {', '.join(map(repr, meta['choices']))}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        op = ">" if meta.get("lo_open") else ">="
+        raise ConfigError(f"{key} = {value!r} is impossible; it must be {op} {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key} = {value!r} is impossible; it must be <= {hi}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"[{prefix}]" if prefix else "the top level"
+        raise ConfigError(
+            f"unknown key {_join(prefix, unknown[0])!r} in {where}; allowed keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = _join(prefix, name)
+        coerced = _coerce(value, hints[name], key)
+        _check_meta(coerced, fields[name].metadata, key)
+        kwargs[name] = coerced
+    return cls(**kwargs)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _cross_checks(cfg: PipelineConfig) -> None:
+    size = cfg.data.image_size
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        raise ConfigError(f"data.image_size = {size!r} is impossible; give [height, width] with both >= 1")
+    src = cfg.data.source
+    kinds = ("fashion_mnist", "mnist", "idx:", "tfds:", "folder:", "numpy:")
+    if not any(src == k or (k.endswith(":") and src.startswith(k) and len(src) > len(k)) for k in kinds):
+        raise ConfigError(
+            f"data.source = {src!r} is not understood; use 'fashion_mnist', 'mnist', 'idx:<dir>', "
+            "'tfds:<name>', 'folder:<dir>' or 'numpy:<file.npz>'"
+        )
+    if cfg.train.strategy == "mirrored" and cfg.train.devices is not None and len(cfg.train.devices) < 1:
+        raise ConfigError("train.devices must list at least one device for the mirrored strategy")
+    if cfg.data.batch_size > 1 and cfg.train.strategy == "mirrored" and cfg.train.devices:
+        if cfg.data.batch_size % len(cfg.train.devices):
+            raise ConfigError(
+                f"data.batch_size = {cfg.data.batch_size} must divide evenly over "
+                f"{len(cfg.train.devices)} train.devices"
+            )
+
+
+def from_dict(data: dict) -> PipelineConfig:
+    """Validate a parsed pipeline mapping into a typed config (raises ConfigError)."""
+    cfg = _build(PipelineConfig, data, "")
+    _cross_checks(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value`` where value is TOML (bare words are taken as strings)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} must look like section.key=value, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r} has no key before '='")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply --set overrides to a raw mapping before validation, so they get the same checks."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is a value, not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a TOML pipeline file, apply overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"pipeline file {str(path)!r} does not exist; pass a TOML file such as pipelines/fashion_mnist.toml")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return from_dict(apply_overrides(data, overrides or []))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain mapping of a config (for config.json in the run directory)."""
+    return dataclasses.asdict(cfg)
+
+
+def save(cfg: PipelineConfig, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+
+
+def load_json(path: str | Path) -> PipelineConfig:
+    """Reload the resolved config a run directory stores (config.json)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing; is this a tfcnn run directory?")
+    return from_dict(_drop_none(json.loads(path.read_text())))
+
+
+def _drop_none(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d
