@@ -119,6 +119,10 @@ class EvaluateConfig:
     """What the evaluation stage reports on the held-out test split."""
 
     top_k: int = field(default=5, metadata=_range(1))
+    calibration_bins: int = field(default=15, metadata=_range(2, 100))  # equal-width confidence bins for ECE
+    confident_threshold: float = field(default=0.95, metadata=_range(0.5, 1.0))  # "likely mislabeled" mistakes
+    embedding_samples: int = field(default=1000, metadata=_range(0))  # test images for PCA/t-SNE (0 = skip)
+    gallery_size: int = field(default=25, metadata=_range(1, 100))  # images per gallery (mistakes, Grad-CAM)
 
 
 @dataclass
