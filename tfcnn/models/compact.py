@@ -1,0 +1,47 @@
+"""compact_cnn: the main job's model, under 100K parameters, sized for a 2-core CPU.
+
+Why this shape: parameters are cheapest (in FLOPs) where feature maps are small, so the
+full-resolution stage is a single narrow conv, most weights live at 14x14 and 7x7, and global
+average pooling replaces the Flatten+Dense head that holds 95% of seed_cnn's 421,642 weights.
+BatchNorm lets it train at a high learning rate; squeeze-and-excitation (``model.se``) re-weights
+channels for a few thousand extra parameters.
+
+Stages: ``options.filters[i] * width`` channels, ``options.convs[i]`` 3x3 conv-BN-act layers,
+then 2x2 max pooling between stages. ``model.depth > 0`` sets the conv count of every stage
+after the first.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tfcnn.config import ModelConfig
+from tfcnn.errors import ConfigError
+from tfcnn.models.blocks import check_pool, conv_bn_act, head, int_list, scaled, squeeze_excite
+from tfcnn.models.registry import register
+
+OPTIONS = {"filters": [32, 48, 96], "convs": [1, 2, 1], "se_ratio": 0.25}
+
+
+@register("compact_cnn", options=OPTIONS)
+def compact_cnn(x: keras.KerasTensor, cfg: ModelConfig) -> keras.KerasTensor:
+    filters = int_list(cfg.options["filters"], "model.options.filters")
+    convs = int_list(cfg.options["convs"], "model.options.convs")
+    if len(convs) != len(filters):
+        raise ConfigError(
+            f"model.options.convs has {len(convs)} entries but model.options.filters has {len(filters)}; give one per stage"
+        )
+    if cfg.depth > 0:
+        convs = convs[:1] + [cfg.depth] * (len(convs) - 1)
+    ratio = float(cfg.options["se_ratio"])
+    if not 0 < ratio <= 1:
+        raise ConfigError(f"model.options.se_ratio = {ratio} must be in (0, 1]")
+    for stage, (f, n) in enumerate(zip(filters, convs), start=1):
+        if stage > 1:
+            check_pool(x, "compact_cnn", f"stage {stage}")
+            x = keras.layers.MaxPooling2D(2, name=f"pool{stage - 1}")(x)
+        for i in range(1, n + 1):
+            x = conv_bn_act(x, scaled(f, cfg.width), 3, cfg, f"s{stage}_c{i}")
+        if cfg.se and stage > 1:
+            x = squeeze_excite(x, cfg, f"s{stage}_se", ratio)
+    return head(x, cfg)
