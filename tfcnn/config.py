@@ -97,6 +97,11 @@ class TrainConfig:
     schedule: Literal["constant", "cosine", "exponential", "step", "onecycle"] = "constant"
     warmup_epochs: float = field(default=0.0, metadata=_range(0.0))
     min_lr_fraction: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    decay_rate: float = field(default=0.9, metadata=_range(0.0, 1.0, lo_open=True))  # exponential: lr factor per epoch
+    step_epochs: int = field(default=0, metadata=_range(0))  # step: epochs between drops (0 = a third of training)
+    step_factor: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))  # step: lr factor per drop
+    plateau_factor: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))  # reduce_lr_on_plateau
+    plateau_patience: int = field(default=2, metadata=_range(0))  # epochs without improvement before a cut
     weight_decay: float = field(default=0.0, metadata=_range(0.0))  # decoupled (AdamW-style)
     clipnorm: Optional[float] = field(default=None, metadata=_range(0.0, lo_open=True))
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.5))
@@ -111,6 +116,8 @@ class TrainConfig:
     tensorboard: bool = True
     histogram_freq: int = field(default=0, metadata=_range(0))  # epochs between weight histograms
     gradient_norms: bool = True  # tape engine: per-layer gradient norms per epoch
+    steps_per_execution: int = field(default=16, metadata=_range(1))  # train steps per compiled call (both engines)
+    jit_compile: bool = False  # XLA-compile the train step (tape engine)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
