@@ -45,6 +45,8 @@ class DataConfig:
     image_size: Optional[list[int]] = None  # [height, width]; None keeps the source's size
     channels: Optional[int] = field(default=None, metadata={"choices": (1, 3)})
     val_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
+    # held out (stratified) as the test split when a source has none: folder:, tfds without "test", .npz without x_test
+    test_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
     train_subset: Optional[int] = field(default=None, metadata=_range(1))  # stratified cap
     test_subset: Optional[int] = field(default=None, metadata=_range(1))
     batch_size: int = field(default=64, metadata=_range(1))
