@@ -1,0 +1,226 @@
+"""The ``fit`` engine: ``model.fit`` with Keras callbacks around the same stopping rules.
+
+Keras provides the loop, BackupAndRestore (resume after an interruption), ModelCheckpoint,
+TensorBoard, ReduceLROnPlateau and TerminateOnNaN. tfcnn adds two callbacks: one feeding the
+shared :class:`StopRules` (patience and the course's target-loss rule, with best weights), and
+one writing history.csv/diagnostics.json through the shared :class:`RunRecord`. Their state is
+stored next to the backup so a resumed fit keeps its history and stopping counters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfcnn.rundir import read_json, write_json
+from tfcnn.train.core import Session
+from tfcnn.train.optim import build_optimizer, build_schedule, current_lr
+from tfcnn.train.records import RunRecord, check_fingerprint
+from tfcnn.train.stopping import StopRules
+
+
+class RulesCallback(keras.callbacks.Callback):
+    """Early stopping through :class:`StopRules`, keeping the best epoch's weights."""
+
+    def __init__(self, rules: StopRules, best_path: Path, restore_best: bool):
+        super().__init__()
+        self.rules = rules
+        self.best_path = best_path
+        self.restore_best = restore_best
+        self.best_weights: list[np.ndarray] | None = None
+        self.last_epoch = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.last_epoch = epoch + 1
+        reason = self.rules.update(epoch + 1, dict(logs or {}))
+        if self.rules.improved and self.restore_best:
+            self.best_weights = [np.array(w) for w in self.model.get_weights()]
+            _save_npz(self.best_path, self.best_weights)
+        if reason is not None:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        best = self.rules.best_epoch
+        if not self.restore_best or best is None or best == self.last_epoch:
+            return
+        if self.best_weights is None and self.best_path.is_file():  # best epoch was before a resume
+            with np.load(self.best_path) as npz:
+                self.best_weights = [npz[f"w{i}"] for i in range(len(npz.files))]
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+class RecordCallback(keras.callbacks.Callback):
+    """history.csv / diagnostics.json per epoch, training-phase timing, and resumable state."""
+
+    def __init__(self, s: Session, record: RunRecord, rules: StopRules, state_path: Path):
+        super().__init__()
+        self.s = s
+        self.record = record
+        self.rules = rules
+        self.state_path = state_path
+        self.snapshots: dict[str, dict] = {}
+        self._t0 = self._train_end = 0.0
+        self._lr = math.nan
+        self._first = True
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self._first:
+            self._first = False
+            if epoch > 0:
+                self._resume(epoch)
+        self._lr = current_lr(self.model.optimizer)
+        self._t0 = time.perf_counter()
+        self._train_end = 0.0
+
+    def _resume(self, epoch: int) -> None:
+        """BackupAndRestore put the model back after `epoch` epochs; put our state there too."""
+        if not self.state_path.is_file():
+            return
+        saved = read_json(self.state_path)
+        snap = saved.get("snapshots", {}).get(str(epoch))
+        if snap is None:
+            return
+        record = RunRecord.from_state(snap["record"])
+        for key in ("rows", "gradient_norms", "best_epoch", "stopped_epoch", "stop_reason"):
+            setattr(self.record, key, getattr(record, key))
+        self.record.resumed_at = record.resumed_at + [epoch]
+        self.rules.load_state(snap["rules"])
+        self.snapshots = {k: v for k, v in saved["snapshots"].items() if int(k) <= epoch}
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        if self._t0 and not self._train_end:
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = dict(logs or {})
+        now = time.perf_counter()
+        self.record.train_seconds += (self._train_end or now) - self._t0
+        self.record.train_images += self.s.bundle.info.num_train
+        row = {
+            "epoch": epoch + 1,
+            "loss": logs.get("loss"),
+            "accuracy": logs.get("accuracy"),
+            "val_loss": logs.get("val_loss"),
+            "val_accuracy": logs.get("val_accuracy"),
+            "lr": self._lr,
+            "seconds": now - self._t0,
+        }
+        self.record.add_epoch(row)
+        self.record.best_epoch = self.rules.best_epoch
+        self.record.stopped_epoch = self.rules.stopped_epoch
+        self.record.stop_reason = self.rules.reason
+        self.snapshots[str(epoch + 1)] = {"record": self.record.state(), "rules": self.rules.state()}
+        write_json(self.state_path, {"fingerprint": self.record.fingerprint, "snapshots": self.snapshots})
+        self.record.write(self.s.rd)
+
+
+def run(s: Session) -> RunRecord:
+    """Train with model.fit (see the module docstring)."""
+    tc = s.cfg.train
+    es = tc.early_stopping
+    rd = s.rd
+    rd.checkpoints.mkdir(parents=True, exist_ok=True)
+    backup_dir = rd.checkpoints / "backup"
+    state_path = rd.checkpoints / "fit_state.json"
+    record = s.new_record()
+    rules = s.new_rules()
+    resume_epoch = _backup_epoch(backup_dir)
+    if resume_epoch and state_path.is_file():
+        check_fingerprint(read_json(state_path).get("fingerprint", {}), record.fingerprint, rd.checkpoints)
+
+    smoothing = tc.label_smoothing > 0
+    k = s.bundle.info.num_classes
+    with s.strategy.scope():
+        optimizer = build_optimizer(tc, build_schedule(tc, s.steps_per_epoch), clipnorm=True)
+        if smoothing:
+            loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=tc.label_smoothing)
+            metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        else:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        s.model.compile(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=metrics,
+            steps_per_execution=tc.steps_per_execution,
+            jit_compile=tc.jit_compile,
+        )
+
+    def prepare(ds: tf.data.Dataset) -> tf.data.Dataset:
+        def cast(x, y):
+            y = tf.one_hot(y, k) if smoothing else y
+            return tf.cast(x, tf.float32), y
+
+        return ds.map(cast, num_parallel_calls=tf.data.AUTOTUNE)
+
+    # Replay the shuffle passes the interrupted run made (see tape.TapeTrainer.restore).
+    for _ in range(resume_epoch):
+        iter(s.bundle.train)
+    train_ds = prepare(s.bundle.train)
+    val_ds = prepare(s.bundle.val) if s.has_validation else None
+
+    rules_cb = RulesCallback(rules, rd.checkpoints / "best_weights.npz", es.enabled and es.restore_best)
+    record_cb = RecordCallback(s, record, rules, state_path)
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), rules_cb, record_cb]
+    if tc.reduce_lr_on_plateau:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=es.monitor,
+                mode=es.mode,
+                factor=tc.plateau_factor,
+                patience=tc.plateau_patience,
+                min_delta=es.min_delta,
+                min_lr=tc.learning_rate * tc.min_lr_fraction,
+                verbose=0 if s.quiet else 1,
+            )
+        )
+    callbacks.append(keras.callbacks.ModelCheckpoint(str(rd.checkpoints / "last.weights.h5"), save_weights_only=True))
+    if tc.tensorboard and s.chief:
+        callbacks.append(
+            keras.callbacks.TensorBoard(log_dir=str(rd.tensorboard), histogram_freq=tc.histogram_freq, write_graph=False)
+        )
+    callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
+    callbacks.extend(s.callbacks)
+    if resume_epoch:
+        s.say(f"resuming the interrupted fit after epoch {resume_epoch}")
+    s.model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=tc.epochs,
+        callbacks=callbacks,
+        verbose=0 if s.quiet else (1 if sys.stdout.isatty() else 2),
+    )
+    if rules.reason is None and record.rows and not math.isfinite(record.rows[-1]["loss"]):
+        record.stop_reason = "non_finite_loss"  # TerminateOnNaN stopped inside the epoch
+    return record
+
+
+def _backup_epoch(backup_dir: Path) -> int:
+    meta = backup_dir / "training_metadata.json"
+    if not meta.is_file():
+        return 0
+    try:
+        return int(json.loads(meta.read_text())["epoch"])
+    except (ValueError, KeyError, json.JSONDecodeError):
+        return 0
+
+
+def _save_npz(path: Path, arrays: list[np.ndarray]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".best.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **{f"w{i}": a for i, a in enumerate(arrays)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

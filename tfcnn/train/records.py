@@ -1,0 +1,159 @@
+"""What a training run leaves in the run directory: history.csv and diagnostics.json.
+
+Both engines feed the same :class:`RunRecord` one epoch at a time; its whole state is a JSON
+mapping, which the engines store in their checkpoints so a resumed run rewrites the files with
+the epochs before the interruption intact (and nothing from a half-finished epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tfcnn.config import PipelineConfig, to_dict
+from tfcnn.errors import TfcnnError
+from tfcnn.rundir import RunDir, write_json, write_text
+
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+# Settings that may change between an interrupted run and its resumption without changing
+# what the checkpoint means (more epochs, different logging, looser stopping).
+RESUMABLE_KEYS = {
+    "epochs",
+    "tensorboard",
+    "histogram_freq",
+    "gradient_norms",
+    "checkpoint_every",
+    "max_checkpoints",
+    "early_stopping",
+    "steps_per_execution",
+    "jit_compile",
+}
+
+
+@dataclass
+class RunRecord:
+    """Per-epoch history and diagnostics of one run (1-based epochs)."""
+
+    engine: str
+    strategy: str
+    replicas: int
+    policy: str
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, float]] = field(default_factory=list)
+    gradient_norms: dict[str, list[float]] | None = None
+    best_epoch: int | None = None
+    stopped_epoch: int | None = None
+    stop_reason: str | None = None
+    resumed_at: list[int] = field(default_factory=list)  # epochs completed before each resume
+    train_images: int = 0  # images trained on, all sessions (for throughput)
+    train_seconds: float = 0.0  # time inside training steps (validation excluded), all sessions
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.rows[-1]["epoch"]) if self.rows else 0
+
+    def add_epoch(self, row: dict[str, float], norms: dict[str, float] | None = None) -> None:
+        clean = {k: _num(row.get(k)) for k in HISTORY_COLUMNS}
+        clean["epoch"] = int(row["epoch"])
+        self.rows.append(clean)
+        if norms is not None:
+            if self.gradient_norms is None:
+                self.gradient_norms = {}
+            for name, value in norms.items():
+                series = self.gradient_norms.setdefault(name, [])
+                series.extend([math.nan] * (len(self.rows) - 1 - len(series)))
+                series.append(float(value))
+
+    def history(self) -> dict[str, list[float]]:
+        return {k: [r[k] for r in self.rows] for k in HISTORY_COLUMNS}
+
+    def state(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "RunRecord":
+        return cls(**state)
+
+    def images_per_second(self) -> float:
+        return self.train_images / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    def write(self, rd: RunDir, extra: dict[str, Any] | None = None) -> None:
+        """(Re)write history.csv and diagnostics.json atomically from the record."""
+        buf = io.StringIO()
+        buf.write(",".join(HISTORY_COLUMNS) + "\n")
+        for r in self.rows:
+            buf.write(",".join(_fmt(r[k]) for k in HISTORY_COLUMNS) + "\n")
+        write_text(rd.history, buf.getvalue())
+        diag = {
+            "engine": self.engine,
+            "strategy": self.strategy,
+            "replicas": self.replicas,
+            "precision_policy": self.policy,
+            "epochs_run": self.epochs_done,
+            "best_epoch": self.best_epoch,
+            "stopped_epoch": self.stopped_epoch,
+            "stop_reason": self.stop_reason,
+            "lr": [r["lr"] for r in self.rows],
+            "epoch_seconds": [r["seconds"] for r in self.rows],
+            "gradient_norms": self.gradient_norms,
+            "resumed_at": self.resumed_at,
+            "images_per_second": round(self.images_per_second(), 2),
+        }
+        diag.update(extra or {})
+        write_json(rd.diagnostics, _finite(diag))
+
+
+def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
+    """The settings a checkpoint depends on (model, data, training minus RESUMABLE_KEYS)."""
+    train = {k: v for k, v in to_dict(cfg.train).items() if k not in RESUMABLE_KEYS}
+    return {"data": to_dict(cfg.data), "model": to_dict(cfg.model), "train": train}
+
+
+def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    """Refuse to resume a checkpoint made with other settings (naming the first difference)."""
+    diff = _first_difference(saved, current)
+    if diff is not None:
+        key, old, new = diff
+        raise TfcnnError(
+            f"{where} holds a run made with {key} = {old!r}, but the config now says {new!r}; "
+            "use a new run directory or delete its checkpoints/ to start over"
+        )
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            d = _first_difference(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+            if d:
+                return d
+        return None
+    return None if a == b else (prefix, a, b)
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, int):
+        return str(v)
+    return "" if math.isnan(v) else repr(float(v))
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN: missing values (no validation split, ...) become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
