@@ -1,0 +1,309 @@
+"""contract.json and the model card: what an exported version promises, read back from its files."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tfcnn.export.source import SourceRun, sha256_file
+from tfcnn.export.tflite import DESCRIPTIONS, VARIANTS
+from tfcnn.export.wrapper import GRAY_WEIGHTS, Geometry
+
+CONTRACT_SCHEMA = "tfcnn.contract/1"
+CARD_SCHEMA = "tfcnn.model_card/1"
+# Files a version holds that are not artifacts: the card lists hashes of everything else, and
+# verification output is written after the card.
+NOT_ARTIFACTS = {"model_card.json", "model_card.md", "verification.json", "verification.md"}
+
+
+def normalization_of(model, fallback_mean: list[float], fallback_std: list[float]) -> tuple[list[float], list[float]]:
+    """Mean/std as held by the model's `normalize` layer (what really runs in-graph)."""
+    try:
+        layer = model.get_layer("normalize")
+        mean = np.asarray(layer.mean, np.float64).reshape(-1)
+        std = np.sqrt(np.asarray(layer.variance, np.float64).reshape(-1))
+        return [float(v) for v in mean], [float(v) for v in std]
+    except (ValueError, AttributeError):
+        return list(fallback_mean), list(fallback_std)
+
+
+def input_contract(g: Geometry, mean: list[float], std: list[float]) -> dict[str, Any]:
+    r, gg, b = GRAY_WEIGHTS
+    return {
+        "height": g.height,
+        "width": g.width,
+        "channels": 3,
+        "color_order": "RGB",
+        "layout": "NHWC",
+        "dtype": "uint8",
+        "value_range": [0, 255],
+        "resize": "bilinear",
+        "model_channels": g.model_channels,
+        "grayscale": f"in_graph: {r}*R + {gg}*G + {b}*B" if g.model_channels == 1 else None,
+        "normalization": {
+            "in_graph": True,
+            "mean": [round(v, 6) for v in mean],
+            "std": [round(v, 6) for v in std],
+            "formula": "(x - mean) / std per channel, x in 0..255",
+        },
+    }
+
+
+def savedmodel_entry(version_dir: Path) -> dict[str, Any]:
+    """Signatures as the reloaded SavedModel reports them."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(version_dir))
+    sigs = {}
+    for key, fn in loaded.signatures.items():
+        _, kwargs = fn.structured_input_signature
+        sigs[key] = {
+            "inputs": {k: {"dtype": s.dtype.name, "shape": s.shape.as_list()} for k, s in kwargs.items()},
+            "outputs": {k: {"dtype": s.dtype.name, "shape": s.shape.as_list()} for k, s in fn.structured_outputs.items()},
+        }
+    return {
+        "format": "savedmodel",
+        "file": ".",
+        "assets": ["assets/labels.txt"],
+        "signatures": dict(sorted(sigs.items())),
+        "serving": {
+            "models_config": "../models.config",
+            "rest": 'POST /v1/models/<name>:predict {"instances": [<uint8 [H][W][3]>]} or '
+            '{"signature_name": "serving_bytes", "instances": [{"b64": "<JPEG/PNG base64>"}]}',
+        },
+    }
+
+
+def tflite_entry(version_dir: Path, variant: str) -> dict[str, Any]:
+    from tfcnn.export.tflite import tensor_details
+    from tfcnn.export.tflite_metadata import read_metadata
+
+    path = version_dir / VARIANTS[variant]
+    details = tensor_details(path)
+    meta = read_metadata(path.read_bytes())
+    return {
+        "format": "tflite",
+        "file": VARIANTS[variant],
+        "quantization_mode": variant.removeprefix("tflite_"),
+        "description": DESCRIPTIONS[variant],
+        "inputs": details["inputs"],
+        "outputs": details["outputs"],
+        "metadata": {
+            "name": meta.name,
+            "version": meta.version,
+            "min_parser_version": meta.min_parser_version,
+            "labels_file": meta.label_file,
+            "labels_file_type": meta.label_file_type,
+            "runtime": "ai_edge_litert / MediaPipe Tasks ImageClassifier",
+        },
+    }
+
+
+def coreml_entry(rel_path: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": "coreml",
+        "file": rel_path,
+        "model_type": spec["model_type"],
+        "minimum_deployment_target": "iOS15",
+        "compute_precision": spec["compute_precision"],
+        "inputs": spec["inputs"],
+        "input_image": {"scale": 1.0, "bias": [0.0, 0.0, 0.0], "color_layout": "RGB"},
+        "outputs": spec["outputs"],
+        "predicted_feature_name": spec["predicted_feature_name"],
+        "predicted_probabilities_name": spec["predicted_probabilities_name"],
+    }
+
+
+def build_contract(
+    name: str, version: int, g: Geometry, mean: list[float], std: list[float], labels: list[str], artifacts: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "schema": CONTRACT_SCHEMA,
+        "model": {"name": name, "version": version},
+        "input": input_contract(g, mean, std),
+        "output": {"kind": "probabilities", "activation": "softmax", "num_classes": len(labels)},
+        "labels": {"file": "labels.txt", "names": list(labels)},
+        "artifacts": artifacts,
+    }
+
+
+def _format_of(rel: str) -> str:
+    top = rel.split("/", 1)[0]
+    if top == "tflite":
+        stem = Path(rel).stem.removeprefix("model_")
+        return f"tflite_{stem}"
+    if top == "coreml":
+        return "coreml"
+    if rel in ("saved_model.pb", "fingerprint.pb") or top in ("variables", "assets"):
+        return "savedmodel"
+    return {"labels.txt": "labels", "contract.json": "contract"}.get(rel, "other")
+
+
+def manifest(version_dir: Path) -> list[dict[str, Any]]:
+    """sha256 and size of every artifact file (SavedModel files and .mlpackage contents included)."""
+    rows = []
+    for path in sorted(p for p in version_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(version_dir).as_posix()
+        if rel in NOT_ARTIFACTS:
+            continue
+        rows.append({"path": rel, "format": _format_of(rel), "sha256": sha256_file(path), "bytes": path.stat().st_size})
+    return rows
+
+
+def check_integrity(version_dir: Path, artifacts: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Each problem names the file: missing, truncated/grown, or content changed since export."""
+    problems = []
+    for row in artifacts:
+        path = version_dir / row["path"]
+        if not path.is_file():
+            problems.append({"file": row["path"], "format": row["format"], "problem": "missing"})
+            continue
+        size = path.stat().st_size
+        if size != row["bytes"]:
+            problems.append(
+                {"file": row["path"], "format": row["format"], "problem": f"size {size} bytes, model card says {row['bytes']} (truncated or replaced)"}
+            )
+            continue
+        if sha256_file(path) != row["sha256"]:
+            problems.append({"file": row["path"], "format": row["format"], "problem": "sha256 mismatch against model_card.json (file was modified)"})
+    return problems
+
+
+def _training_summary(src: SourceRun) -> dict[str, Any]:
+    t, d, m = src.cfg.train, src.cfg.data, src.cfg.model
+    return {
+        "engine": src.metrics.get("engine", t.engine),
+        "epochs_run": src.metrics.get("epochs_run"),
+        "best_epoch": src.metrics.get("best_epoch"),
+        "stop_reason": src.metrics.get("stop_reason"),
+        "params": src.metrics.get("params"),
+        "config": {
+            "model": m.name,
+            "width": m.width,
+            "optimizer": t.optimizer,
+            "learning_rate": t.learning_rate,
+            "schedule": t.schedule,
+            "epochs": t.epochs,
+            "batch_size": d.batch_size,
+            "augment": {k: v for k, v in vars(d.augment).items() if v},
+            "label_smoothing": t.label_smoothing,
+            "weight_decay": t.weight_decay,
+            "mixed_precision": t.mixed_precision,
+        },
+    }
+
+
+def limitations(src: SourceRun, g: Geometry) -> list[str]:
+    info = src.info
+    chans = "grayscale" if g.model_channels == 1 else "RGB"
+    return [
+        f"Trained on {info.num_train} {chans} {g.height}x{g.width} images from {info.source}; images unlike them "
+        "(photos, other domains, other framing) are out of scope and will still get a confident-looking label.",
+        f"Mobile artifacts take exactly {g.height}x{g.width} RGB uint8 at batch 1; the caller resizes "
+        "(bilinear) - only the SavedModel's serving_bytes signature decodes and resizes itself.",
+        "Probabilities are softmax outputs, not calibrated confidences; there is no 'none of these' class.",
+        "Quantized variants (float16, dynamic, int8) can change the top-1 class on borderline images; "
+        "verification.json lists the int8 changes on the test split.",
+        "CoreML predictions can only be checked on macOS; elsewhere only the package spec is verified.",
+    ]
+
+
+def build_card(
+    src: SourceRun,
+    name: str,
+    version: int,
+    g: Geometry,
+    labels: list[str],
+    contract: dict[str, Any],
+    artifacts: list[dict[str, Any]],
+    export_settings: dict[str, Any],
+) -> dict[str, Any]:
+    info = src.info
+    return {
+        "schema": CARD_SCHEMA,
+        "name": name,
+        "version": version,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "description": src.cfg.export.description
+        or f"{info.num_classes}-class image classifier ({src.cfg.model.name}) trained with tfcnn on {info.source}.",
+        "author": src.cfg.export.author,
+        "license": src.cfg.export.license,
+        "source": {"run_dir": str(src.root), "model": "model.keras", "model_sha256": sha256_file(src.model_path)},
+        "dataset": {
+            "source": info.source,
+            "num_classes": info.num_classes,
+            "input_shape": list(info.input_shape),
+            "splits": {"train": info.num_train, "val": info.num_val, "test": info.num_test},
+            "skipped_files": len(info.skipped),
+        },
+        "training": _training_summary(src),
+        "metrics": {"keras_test_accuracy": src.metrics.get("test_accuracy"), "formats": {}},
+        "export": export_settings,
+        "contract": {"file": "contract.json", **contract},
+        "labels": list(labels),
+        "artifacts": artifacts,
+        "limitations": limitations(src, g),
+    }
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:.1f} KB" if n < 2**20 else f"{n / 2**20:.2f} MB"
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    c = card["contract"]["input"]
+    ds = card["dataset"]
+    lines = [
+        f"# Model card: {card['name']} v{card['version']}",
+        "",
+        card["description"],
+        "",
+        f"- Created: {card['created']}",
+        f"- Author: {card['author']}; license: {card['license']}",
+        f"- Source run: `{card['source']['run_dir']}`",
+        "",
+        "## Data",
+        "",
+        f"{ds['source']}: {ds['num_classes']} classes, {ds['splits']['train']} train / {ds['splits']['val']} val / "
+        f"{ds['splits']['test']} test images, model input {'x'.join(map(str, ds['input_shape']))}.",
+        "",
+        "Labels: " + ", ".join(f"`{l}`" for l in card["labels"]),
+        "",
+        "## Input contract",
+        "",
+        f"RGB uint8 {c['height']}x{c['width']}x3 (NHWC), raw pixels 0..255, resize {c['resize']}. "
+        + (f"Grayscale {c['grayscale']}. " if c["grayscale"] else "")
+        + f"Normalization in-graph: mean {c['normalization']['mean']}, std {c['normalization']['std']}. "
+        "Output: softmax probabilities in label order (labels.txt).",
+        "",
+        "## Training",
+        "",
+    ]
+    tr = card["training"]
+    lines.append(
+        f"{tr['config']['model']} via the {tr['engine']} engine, {tr['epochs_run'] if tr['epochs_run'] is not None else '?'} epochs "
+        f"({tr['config']['optimizer']}, lr {tr['config']['learning_rate']}, {tr['config']['schedule']} schedule)."
+    )
+    lines += ["", "## Metrics", ""]
+    acc = card["metrics"].get("keras_test_accuracy")
+    lines.append(f"Keras test accuracy: {100 * acc:.2f}%" if acc is not None else "Keras test accuracy: not recorded")
+    fmts = card["metrics"].get("formats") or {}
+    if fmts:
+        lines += ["", "| format | accuracy | agreement with Keras | passed |", "|---|---|---|---|"]
+        for fmt, row in fmts.items():
+            a = row.get("accuracy")
+            ag = row.get("agreement")
+            lines.append(
+                f"| {fmt} | {'-' if a is None else f'{100 * a:.2f}%'} | {'-' if ag is None else f'{100 * ag:.2f}%'} | "
+                f"{'yes' if row.get('passed') else 'NO'} |"
+            )
+    else:
+        lines.append("Per-format metrics: run `tfcnn verify` on this version.")
+    lines += ["", "## Artifacts", "", "| file | format | bytes | sha256 |", "|---|---|---|---|"]
+    for row in card["artifacts"]:
+        lines.append(f"| `{row['path']}` | {row['format']} | {_size(row['bytes'])} | `{row['sha256'][:16]}…` |")
+    lines += ["", "## Limitations", ""] + [f"- {l}" for l in card["limitations"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,154 @@
+"""TFLite/LiteRT variants: conversion, and reading back what the written file really is.
+
+Four variants, one conversion each: float32; float16 weights; dynamic-range int8 weights;
+full-integer int8 (uint8 in/out) calibrated on training images. Every variant takes the same
+uint8 RGB input so an app can swap files without touching its preprocessing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from tfcnn.errors import ExportError
+
+VARIANTS: dict[str, str] = {
+    "tflite_float32": "tflite/model_float32.tflite",
+    "tflite_float16": "tflite/model_float16.tflite",
+    "tflite_dynamic": "tflite/model_dynamic.tflite",
+    "tflite_int8": "tflite/model_int8.tflite",
+}
+
+DESCRIPTIONS = {
+    "tflite_float32": "float32 weights and activations",
+    "tflite_float16": "float16 weights (dequantized to float32 at load), float32 activations",
+    "tflite_dynamic": "dynamic-range quantization: int8 weights, float activations",
+    "tflite_int8": "full-integer int8 weights and activations, uint8 input/output, calibrated on training images",
+}
+
+
+def representative_images(images: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n training images (seeded draw) as float32 RGB, plus one guaranteeing the 0 and 255 extremes.
+
+    The converter sets the uint8 input's scale/zero-point from the calibration range; the
+    contract says raw pixels (scale 1, zero-point 0), which needs the range to be exactly
+    0..255. One copy of a real image with a single 0 and a single 255 pixel pins the range
+    without distorting the activation statistics the way an all-black/all-white image would.
+    """
+    from tfcnn.export.wrapper import to_rgb
+
+    if len(images) == 0:
+        raise ExportError("the training split is empty; full-integer quantization needs representative images")
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(images), size=min(n, len(images)), replace=False)
+    rgb = to_rgb(images[np.sort(idx)]).astype(np.float32)
+    pin = rgb[:1].copy()
+    pin[0, 0, 0, :] = 0.0
+    pin[0, -1, -1, :] = 255.0
+    return np.concatenate([rgb, pin])
+
+
+def convert(variant: str, uint8_saved_model: Path, float_saved_model: Path, representative: np.ndarray | None) -> bytes:
+    """Convert one variant from the batch-1 archives written by wrapper.mobile_archive."""
+    import tensorflow as tf
+
+    if variant not in VARIANTS:
+        raise ExportError(f"unknown TFLite variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    source = float_saved_model if variant == "tflite_int8" else uint8_saved_model
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(source))
+    if variant == "tflite_float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "tflite_dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == "tflite_int8":
+        if representative is None or len(representative) == 0:
+            raise ExportError("tflite_int8 needs representative images (export.representative_samples)")
+
+        def gen() -> Iterator[list[np.ndarray]]:
+            for img in representative:
+                yield [img[None]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = gen
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    data = converter.convert()
+    if variant == "tflite_int8":
+        _check_int8_interface(data)
+    return data
+
+
+def _check_int8_interface(data: bytes) -> None:
+    details = tensor_details(data)
+    q_in = details["inputs"][0]["quantization"]
+    if details["inputs"][0]["dtype"] != "uint8" or not q_in or abs(q_in["scale"] - 1.0) > 1e-6 or q_in["zero_point"] != 0:
+        raise ExportError(
+            f"full-integer model input is {details['inputs'][0]['dtype']} with quantization {q_in}; "
+            "the contract needs raw uint8 pixels (scale 1, zero point 0)"
+        )
+
+
+def interpreter(model: bytes | Path, threads: int = 1):
+    from ai_edge_litert.interpreter import Interpreter
+
+    if isinstance(model, (bytes, bytearray)):
+        it = Interpreter(model_content=bytes(model), num_threads=threads)
+    else:
+        it = Interpreter(model_path=str(model), num_threads=threads)
+    it.allocate_tensors()
+    return it
+
+
+def _tensor_entry(d: dict[str, Any]) -> dict[str, Any]:
+    scale, zero = d["quantization"]
+    quant = None if scale == 0.0 else {"scale": float(scale), "zero_point": int(zero)}
+    return {
+        "name": d["name"],
+        "shape": [int(v) for v in d["shape"]],
+        "dtype": np.dtype(d["dtype"]).name,
+        "quantization": quant,
+    }
+
+
+def tensor_details(model: bytes | Path) -> dict[str, list[dict[str, Any]]]:
+    """Input/output name, shape, dtype and quantization as the LiteRT interpreter reports them."""
+    it = interpreter(model)
+    return {
+        "inputs": [_tensor_entry(d) for d in it.get_input_details()],
+        "outputs": [_tensor_entry(d) for d in it.get_output_details()],
+    }
+
+
+class LiteRTRunner:
+    """Batch-1 LiteRT inference returning float probabilities (dequantizing uint8 outputs)."""
+
+    def __init__(self, path: Path, threads: int = 1):
+        self.path = Path(path)
+        self.it = interpreter(self.path, threads)
+        self.inp = self.it.get_input_details()[0]
+        self.out = self.it.get_output_details()[0]
+        if self.inp["dtype"] != np.uint8:
+            raise ExportError(f"{self.path}: input dtype {np.dtype(self.inp['dtype']).name}, the contract needs uint8")
+        scale, zero = self.out["quantization"]
+        self._deq = (float(scale), int(zero)) if scale else None
+
+    def raw(self, image: np.ndarray) -> np.ndarray:
+        self.it.set_tensor(self.inp["index"], image[None])
+        self.it.invoke()
+        return self.it.get_tensor(self.out["index"])[0].copy()
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        out = self.raw(image)
+        if self._deq is not None:
+            scale, zero = self._deq
+            return (out.astype(np.float32) - zero) * scale
+        return out.astype(np.float32)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        if not len(images):
+            return np.zeros((0, int(self.out["shape"][-1])), np.float32)
+        return np.stack([self.probabilities(img) for img in images])

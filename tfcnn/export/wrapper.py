@@ -1,0 +1,148 @@
+"""The one serving wrapper every artifact is converted from.
+
+uint8 RGB [N, H, W, 3] -> float32 -> (BT.601 luma in-graph when the model has 1 channel) ->
+the trained model (its Normalization layer holds mean/std) -> softmax. Keeping a single function
+means SavedModel, TFLite and CoreML cannot drift apart in preprocessing; only the input dtype
+and batch dimension differ per target.
+
+Endpoints are written with keras.export.ExportArchive rather than a bare tf.Module: the archive
+tracks Keras 3 variables as plain tf.Variables, which the TFLite converter can freeze into
+constants (a tf.Module holding the model leaves READ_VARIABLE ops that break int8 calibration).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, the contract's grayscale rule
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The model's fixed input size and channel count (the wrapper always takes 3 channels)."""
+
+    height: int
+    width: int
+    model_channels: int
+
+
+def geometry_of(model) -> Geometry:
+    shape = model.inputs[0].shape
+    h, w, c = (int(d) for d in shape[1:])
+    if c not in (1, 3):
+        raise ValueError(f"model input has {c} channels; the export contract supports 1 (grayscale) or 3 (RGB)")
+    return Geometry(h, w, c)
+
+
+def probabilities_fn(model, geometry: Geometry) -> Callable[[tf.Tensor], tf.Tensor]:
+    """float32 RGB pixels in 0..255 -> softmax probabilities, the core shared by every endpoint."""
+    gray = tf.constant(np.asarray(GRAY_WEIGHTS, np.float32).reshape(1, 1, 3, 1))
+
+    def fn(rgb: tf.Tensor) -> tf.Tensor:
+        x = rgb
+        if geometry.model_channels == 1:
+            # A 1x1 convolution rather than a weighted reduce_sum: it maps onto one CONV_2D in
+            # TFLite, which full-integer quantization handles per channel.
+            x = tf.nn.conv2d(x, gray, strides=1, padding="VALID")
+        logits = model(x, training=False)
+        return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+
+    return fn
+
+
+def _check_images(image: tf.Tensor, g: Geometry) -> tf.Tensor:
+    """Fail in-graph with a readable message: a wrong H/W would otherwise run silently (GAP hides it)."""
+    expected = tf.constant([g.height, g.width, 3], tf.int32)
+    check = tf.debugging.assert_equal(
+        tf.shape(image)[1:],
+        expected,
+        message=f"image must be uint8 RGB with shape [N, {g.height}, {g.width}, 3]",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(image)
+
+
+def label_table(labels_file: Path) -> tf.lookup.StaticHashTable:
+    """class id -> label string, read from the labels.txt that becomes the SavedModel asset."""
+    init = tf.lookup.TextFileInitializer(
+        str(labels_file),
+        key_dtype=tf.int64,
+        key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+        value_dtype=tf.string,
+        value_index=tf.lookup.TextFileIndex.WHOLE_LINE,
+    )
+    return tf.lookup.StaticHashTable(init, default_value="")
+
+
+def decode_image_bytes(g: Geometry) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 RGB [H, W, 3], bilinear resize, round, saturate."""
+
+    def decode(data: tf.Tensor) -> tf.Tensor:
+        img = tf.io.decode_image(data, channels=3, expand_animations=False)
+        img = tf.image.resize(img, [g.height, g.width], method="bilinear")
+        return tf.cast(tf.clip_by_value(tf.round(img), 0.0, 255.0), tf.uint8)
+
+    return decode
+
+
+def serving_archive(model, labels_file: Path):
+    """Archive with `serving_default` (uint8 images) and `serving_bytes` (encoded images)."""
+    import keras
+
+    g = geometry_of(model)
+    probs = probabilities_fn(model, g)
+    table = label_table(labels_file)
+
+    def outputs(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        image = _check_images(image, g)
+        p = probs(tf.cast(image, tf.float32))
+        class_id = tf.argmax(p, axis=-1)
+        return {"probabilities": p, "class_id": tf.cast(class_id, tf.int32), "label": table.lookup(class_id)}
+
+    decode = decode_image_bytes(g)
+
+    def from_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([g.height, g.width, 3], tf.uint8))
+        return outputs(images)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(table)
+    archive.add_endpoint(
+        "serving_default", outputs, [tf.TensorSpec([None, g.height, g.width, 3], tf.uint8, name="image")]
+    )
+    archive.add_endpoint("serving_bytes", from_bytes, [tf.TensorSpec([None], tf.string, name="image_bytes")])
+    return archive
+
+
+def mobile_archive(model, input_dtype: tf.DType):
+    """Batch-1 archive for TFLite/CoreML conversion: only probabilities, no string ops.
+
+    ``uint8`` input is the float TFLite variants' interface (cast in-graph); ``float32`` input
+    (pixel values 0..255) feeds full-integer quantization, whose converter turns the input into
+    uint8 itself, and CoreML, whose ImageType hands the model float pixels.
+    """
+    import keras
+
+    g = geometry_of(model)
+    probs = probabilities_fn(model, g)
+
+    def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"probabilities": probs(tf.cast(image, tf.float32))}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve, [tf.TensorSpec([1, g.height, g.width, 3], input_dtype, name="image")])
+    return archive
+
+
+def to_rgb(images: np.ndarray) -> np.ndarray:
+    """Data-set images (1 or 3 channels) as the contract's RGB uint8 (gray repeated to R=G=B)."""
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"expected NHWC images with 1 or 3 channels, got shape {images.shape}")
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
