@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from tfcnn.config import DataConfig
+from tfcnn.data.augment import Augmenter, augment_dataset, build_augmenter
 from tfcnn.data.info import DataInfo
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -38,15 +40,29 @@ class DataBundle:
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, held_out) with `fraction` of every class held out, deterministic for a seed."""
+    """Indices (keep, held_out) with `fraction` of every class held out, deterministic for a seed.
+
+    The total held out is round(N * fraction), shared between classes by largest remainder, so
+    split sizes are exact; a class with 2+ examples gives at least one to each side when
+    0 < fraction, and a single-example class stays on the keep side.
+    """
     rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * float(fraction)
+    quota = np.floor(exact).astype(np.int64)
+    spare = int(round(len(labels) * fraction)) - int(quota.sum())
+    if spare > 0:
+        by_remainder = sorted(range(len(classes)), key=lambda i: (-(exact[i] - quota[i]), i))
+        for i in by_remainder[:spare]:
+            quota[i] += 1
     keep, held = [], []
-    for cls in np.unique(labels):
+    for cls, count, n_held in zip(classes, counts, quota):
         idx = np.flatnonzero(labels == cls)
         rng.shuffle(idx)
-        n_held = int(round(len(idx) * fraction))
-        if fraction > 0 and n_held == 0 and len(idx) > 1:
-            n_held = 1
+        if fraction > 0 and count > 1:
+            n_held = min(max(int(n_held), 1), count - 1)
+        else:
+            n_held = min(int(n_held), count - 1) if count > 1 else 0
         held.append(idx[:n_held])
         keep.append(idx[n_held:])
     keep_idx = np.sort(np.concatenate(keep)) if keep else np.array([], dtype=np.int64)
@@ -85,9 +101,15 @@ def make_bundle(
     class_names: list[str],
     source: str,
     skipped: list[dict[str, str]] | None = None,
-    augment: "tf.keras.layers.Layer | None" = None,
+    augment: "Augmenter | keras.layers.Layer | None" = None,
+    notes: list[str] | None = None,
 ) -> DataBundle:
-    """Split, subset, compute statistics and build the pipelines from already-decoded arrays."""
+    """Split, subset, compute statistics and build the pipelines from already-decoded arrays.
+
+    Arrays must already be validated uint8 NHWC / int labels (the sources and `from_arrays` do
+    that). `augment` defaults to the seeded augmenter built from ``cfg.augment``; a Keras layer
+    is also accepted (called on float pixels, result rounded back to uint8).
+    """
     x_train, y_train = train
     x_test, y_test = test
     seed = cfg.seed
@@ -110,7 +132,12 @@ def make_bundle(
         num_test=len(y_test),
         source=source,
         skipped=list(skipped or []),
+        notes=list(notes or []),
     )
+    if augment is None:
+        augment = build_augmenter(cfg.augment, fill=mean)
+    elif isinstance(augment, keras.layers.Layer):
+        augment = _layer_augmenter(augment)
     arrays = {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
     return DataBundle(
         info=info,
@@ -121,8 +148,18 @@ def make_bundle(
     )
 
 
+def _layer_augmenter(layer: keras.layers.Layer) -> Augmenter:
+    """Wrap a caller's Keras augmentation layer in the (images, seed) -> uint8 contract."""
+
+    def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        out = layer(tf.cast(images, tf.float32), training=True)
+        return tf.cast(tf.clip_by_value(tf.round(tf.cast(out, tf.float32)), 0.0, 255.0), tf.uint8)
+
+    return augment
+
+
 def _pipeline(
-    x: np.ndarray, y: np.ndarray, cfg: DataConfig, *, training: bool, augment=None
+    x: np.ndarray, y: np.ndarray, cfg: DataConfig, *, training: bool, augment: Augmenter | None = None
 ) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
     if cfg.cache:
@@ -131,5 +168,5 @@ def _pipeline(
         ds = ds.shuffle(min(cfg.shuffle_buffer, max(len(y), 1)), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size)
     if training and augment is not None:
-        ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=AUTOTUNE)
+        ds = augment_dataset(ds, augment, cfg.seed)
     return ds.prefetch(AUTOTUNE)

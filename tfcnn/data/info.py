@@ -22,6 +22,8 @@ class DataInfo:
     num_test: int
     source: str  # human-readable resolved source (path or tfds name)
     skipped: list[dict[str, str]] = field(default_factory=list)  # [{"file": ..., "reason": ...}]
+    # Decisions the loader took on the user's behalf (default size/channels, alpha, resizes).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
