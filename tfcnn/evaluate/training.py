@@ -1,0 +1,160 @@
+"""Training diagnostics the engines leave behind (history.csv, diagnostics.json), turned into figures.
+
+The engines own these files; this module only reads them, tolerating the optional parts:
+the fit engine records no per-layer gradient norms, and early stopping may never fire.
+
+diagnostics.json, as read here::
+
+    {"engine": "tape", "best_epoch": 7, "stopped_epoch": 9, "stop_reason": "early_stopping",
+     "gradient_norms": {"epochs": [1, 2, ...], "layers": {"conv1": [0.8, 0.5, ...], ...}}}
+
+Epoch numbers use the same numbering as history.csv's ``epoch`` column. Also accepted for
+``gradient_norms``: ``{layer: [per-epoch norms]}`` or ``[{"epoch": e, "norms": {layer: norm}}, ...]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tfcnn.rundir import read_json
+
+
+def read_history(path: Path) -> dict[str, np.ndarray]:
+    """history.csv as column -> float array (blank cells become NaN); epoch column guaranteed."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return {}
+    cols: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key is None:
+                continue
+            try:
+                v = float(value) if value not in (None, "") else math.nan
+            except ValueError:
+                continue
+            cols.setdefault(key.strip(), []).append(v)
+    out = {k: np.asarray(v) for k, v in cols.items() if len(v) == len(rows)}
+    if "epoch" not in out:
+        out["epoch"] = np.arange(1, len(rows) + 1, dtype=float)
+    return out
+
+
+def read_diagnostics(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.is_file() else {}
+
+
+def gradient_norms(diag: dict[str, Any]) -> tuple[list[int], dict[str, list[float]]] | None:
+    """(epochs, {layer: norms}) from diagnostics.json, or None when the run recorded none."""
+    raw = diag.get("gradient_norms")
+    if not raw:
+        return None
+    if isinstance(raw, dict) and isinstance(raw.get("layers"), dict):
+        layers = {str(k): [float(x) for x in v] for k, v in raw["layers"].items()}
+        n = max((len(v) for v in layers.values()), default=0)
+        epochs = [int(e) for e in raw.get("epochs", range(1, n + 1))]
+    elif isinstance(raw, dict):
+        layers = {str(k): [float(x) for x in v] for k, v in raw.items() if isinstance(v, list)}
+        n = max((len(v) for v in layers.values()), default=0)
+        epochs = list(range(1, n + 1))
+    elif isinstance(raw, list):
+        epochs, layers = [], {}
+        for i, entry in enumerate(raw):
+            norms = entry.get("norms", entry.get("layers", entry)) if isinstance(entry, dict) else {}
+            epochs.append(int(entry.get("epoch", i + 1)) if isinstance(entry, dict) else i + 1)
+            for k, v in norms.items():
+                if k != "epoch" and isinstance(v, (int, float)):
+                    layers.setdefault(str(k), []).append(float(v))
+    else:
+        return None
+    layers = {k: v for k, v in layers.items() if len(v) == len(epochs) and len(v) > 0}
+    return (epochs, layers) if layers else None
+
+
+def stop_epochs(diag: dict[str, Any], metrics: dict[str, Any] | None = None) -> tuple[int | None, int | None]:
+    """(best_epoch, stopped_epoch) from diagnostics.json, falling back to metrics.json."""
+    metrics = metrics or {}
+
+    def pick(*keys: str) -> int | None:
+        for src in (diag, metrics):
+            for k in keys:
+                if src.get(k) is not None:
+                    try:
+                        return int(src[k])
+                    except (TypeError, ValueError):
+                        pass
+        return None
+
+    return pick("best_epoch"), pick("stopped_epoch", "epochs_run")
+
+
+def read_weight_histograms(
+    tb_dir: Path, layer_order: list[str] | None = None, limit: int = 12
+) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
+    """Weight histograms from TensorBoard event files: tag -> (steps, [k x 3 (left, right, count)] per step).
+
+    Keras' TensorBoard callback and tf.summary.histogram both write tensors of bucket
+    (left edge, right edge, count); the tag is "<layer>/<weight>/histogram". Kernels are preferred
+    over biases and BatchNorm statistics because they are where vanishing/exploding weights show.
+    """
+    import tensorflow as tf
+
+    tb_dir = Path(tb_dir)
+    files = sorted(tb_dir.rglob("events.out.tfevents.*")) if tb_dir.is_dir() else []
+    hist_tags: set[str] = set()
+    series: dict[str, dict[int, np.ndarray]] = {}
+    for f in files:
+        try:
+            events = list(tf.compat.v1.train.summary_iterator(str(f)))
+        except Exception:  # a truncated event file (training killed mid-write) only loses its histograms
+            continue
+        for event in events:
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "histograms":
+                    hist_tags.add(value.tag)
+                if value.tag not in hist_tags and not value.tag.endswith("/histogram"):
+                    continue
+                if not value.HasField("tensor"):
+                    continue
+                arr = tf.make_ndarray(value.tensor)
+                if arr.ndim == 2 and arr.shape[1] == 3:
+                    series.setdefault(value.tag, {})[int(event.step)] = arr.astype(np.float64)
+    rank = {name: i for i, name in enumerate(layer_order or [])}
+    tags = sorted(series, key=lambda t: (rank.get(t.split("/")[0], len(rank)), _natural_key(t)))
+    kernels = [t for t in tags if _is_kernel(t)]
+    chosen = kernels or tags
+    if len(chosen) > limit:  # keep the first and last layers, thin out the middle evenly
+        chosen = [chosen[i] for i in np.unique(np.linspace(0, len(chosen) - 1, limit).round().astype(int))]
+    return {t: (np.asarray(sorted(series[t])), [series[t][s] for s in sorted(series[t])]) for t in chosen}
+
+
+def _is_kernel(tag: str) -> bool:
+    return any(k in tag for k in ("kernel", "depthwise", "pointwise", "embeddings"))
+
+
+def _natural_key(tag: str) -> tuple:
+    """conv2 before conv10: keep the layer order Keras' auto-numbered names imply."""
+    import re
+
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", tag))
+
+
+def histogram_quantiles(hist: np.ndarray, qs: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)) -> list[float]:
+    """Quantiles of a bucketed histogram (left, right, count rows), linear within a bucket."""
+    left, right, count = hist[:, 0], hist[:, 1], hist[:, 2]
+    total = count.sum()
+    if total <= 0:
+        return [float("nan")] * len(qs)
+    cum = np.concatenate([[0.0], np.cumsum(count)]) / total
+    out = []
+    for q in qs:
+        i = int(np.clip(np.searchsorted(cum, q, side="left") - 1, 0, len(count) - 1))
+        frac = (q - cum[i]) / max(cum[i + 1] - cum[i], 1e-12)
+        out.append(float(left[i] + np.clip(frac, 0.0, 1.0) * (right[i] - left[i])))
+    return out

@@ -1,0 +1,486 @@
+"""One self-contained HTML page per run: everything needed to judge the model without the run dir.
+
+Images are embedded as base64 data URIs, the CSS is inline and there is no JavaScript, so the
+file can be mailed, attached to a ticket or opened offline and still show everything. Any input
+that is missing (no export yet, the fit engine recording no gradient norms) becomes a visible
+"not available: why" note instead of a broken image.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tfcnn.errors import TfcnnError
+from tfcnn.rundir import RunDir, read_json, write_text
+
+_CAM_ROWS = 6  # Grad-CAM rows per gallery: each row costs a backward pass and page height
+
+
+class Unavailable(Exception):
+    """An optional report input is missing; the message is the reason shown in the page."""
+
+
+# --------------------------------------------------------------------------- html helpers
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def img_tag(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+
+
+def note(reason: str) -> str:
+    return f'<p class="na"><b>Not available:</b> {esc(reason)}</p>'
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.5g}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else esc(fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+class _Raw(str):
+    """Table cell content that is already HTML."""
+
+
+def kv_table(pairs: Sequence[tuple[str, Any]]) -> str:
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt(v))}</td></tr>" for k, v in pairs)
+    return f'<table class="kv"><tbody>{rows}</tbody></table>'
+
+
+def size_text(n: Any) -> str:
+    if not isinstance(n, (int, float)):
+        return "–"
+    return f"{n / 1024:.1f} KB" if n < 2**20 else f"{n / 2**20:.2f} MB"
+
+
+# --------------------------------------------------------------------------- run context
+
+
+class RunContext:
+    """What the report reads from a run directory, loaded once and lazily (model and data only if needed)."""
+
+    def __init__(self, run_dir: Path):
+        self.rd = RunDir(Path(run_dir))
+        self._model = None
+        self._test: tuple[np.ndarray, np.ndarray] | None = None
+        self._test_error: str | None = None
+
+    def json(self, path: Path) -> dict[str, Any]:
+        if not path.is_file():
+            return {}
+        try:
+            data = read_json(path)
+        except TfcnnError as exc:
+            return {"_error": str(exc)}
+        return data if isinstance(data, (dict, list)) else {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.json(self.rd.config)
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        return self.json(self.rd.evaluation)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.json(self.rd.metrics)
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.evaluation.get("class_names") or self.json(self.rd.data).get("class_names")
+        if not names:
+            raise Unavailable("class names unknown: neither evaluation.json nor data.json lists them")
+        return list(names)
+
+    @property
+    def gallery_size(self) -> int:
+        return int(self.config.get("evaluate", {}).get("gallery_size", 25))
+
+    def plot(self, key: str, alt: str) -> str:
+        """The evaluate stage's PNG for `key`, or why it is not there."""
+        ev = self.evaluation
+        if not ev:
+            return note(f"evaluation.json is missing; run `tfcnn evaluate {self.rd.root}`")
+        rel = ev.get("files", {}).get(key)
+        if rel is None:
+            return note(ev.get("unavailable", {}).get(key, f"the evaluate stage did not make the {key} figure"))
+        path = self.rd.root / rel
+        if not path.is_file():
+            return note(f"{rel} was deleted; re-run `tfcnn evaluate {self.rd.root}`")
+        return img_tag(path.read_bytes(), alt)
+
+    def model(self):
+        if self._model is None:
+            if not self.rd.model.is_file():
+                raise Unavailable("model.keras is missing from the run directory")
+            from tfcnn.evaluate.stage import load_model
+
+            try:
+                self._model = load_model(self.rd.model)
+            except TfcnnError as exc:
+                raise Unavailable(str(exc)) from None
+        return self._model
+
+    def test_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """The test images in bundle.arrays['test'] order, reloaded from the run's data config."""
+        if self._test is None and self._test_error is None:
+            try:
+                from tfcnn.config import load_json
+                from tfcnn.data import load_data
+
+                self._test = load_data(load_json(self.rd.config).data).arrays["test"]
+            except Exception as exc:  # any failure here only costs the image sections, not the report
+                self._test_error = f"could not reload the test split from config.json ({type(exc).__name__}: {exc})"
+        if self._test is None:
+            raise Unavailable(self._test_error or "test split unavailable")
+        return self._test
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{sid}"><h2>{esc(title)}</h2>\n{body}\n</section>'
+
+
+def section_summary(ctx: RunContext) -> str:
+    m, ev, cfg = ctx.metrics, ctx.evaluation, ctx.config
+    pairs = [
+        ("model", m.get("model", cfg.get("model", {}).get("name"))),
+        ("parameters", f"{m['params']:,}" if isinstance(m.get("params"), int) else None),
+        ("engine / strategy", f"{m.get('engine', '–')} / {m.get('strategy', '–')} x{m.get('replicas', 1)}" if m else None),
+        ("test accuracy", ev.get("test_accuracy", m.get("test_accuracy"))),
+        ("test loss", ev.get("test_loss", m.get("test_loss"))),
+        (f"top-{ev.get('top_k', m.get('top_k', 'k'))} accuracy", ev.get("top_k_accuracy", m.get("top_k_accuracy"))),
+        ("expected calibration error", ev.get("ece", m.get("ece"))),
+        ("macro F1", ev.get("averages", {}).get("macro", {}).get("f1", m.get("macro_f1"))),
+        ("epochs run (best)", f"{m.get('epochs_run', '–')} ({m.get('best_epoch', '–')})" if m else None),
+        ("stop reason", m.get("stop_reason")),
+        ("train seconds", m.get("train_seconds")),
+        ("images / second", m.get("images_per_second")),
+    ]
+    body = kv_table([(k, v) for k, v in pairs if v is not None])
+    if not m:
+        body += note("metrics.json is missing (training did not finish through `tfcnn run`/`tfcnn train`)")
+    if not ev:
+        body += note(f"evaluation.json is missing; run `tfcnn evaluate {ctx.rd.root}`")
+    extra = {k: v for k, v in m.items() if k not in {"model", "params"} and not isinstance(v, (dict, list))}
+    if extra:
+        body += "<details><summary>all of metrics.json</summary>" + kv_table(sorted(extra.items())) + "</details>"
+    return _section("summary", "Summary", body)
+
+
+def section_config(ctx: RunContext) -> str:
+    cfg = ctx.config
+    data = ctx.json(ctx.rd.data)
+    body = ""
+    if data:
+        shape = data.get("input_shape")
+        body += kv_table([
+            ("source", data.get("source")),
+            ("classes", f"{len(data.get('class_names', []))}: {', '.join(map(str, data.get('class_names', [])))}"),
+            ("input (H x W x C)", " x ".join(map(str, shape)) if shape else None),
+            ("train / val / test", f"{data.get('num_train')} / {data.get('num_val')} / {data.get('num_test')}"),
+            ("per-channel mean / std", f"{[round(v, 2) for v in data.get('mean', [])]} / {[round(v, 2) for v in data.get('std', [])]}"),
+            ("unreadable files skipped", len(data.get("skipped", []))),
+        ])
+    else:
+        body += note("data.json is missing")
+    if cfg:
+        body += "<details><summary>resolved pipeline configuration (config.json)</summary><pre>" + esc(
+            json.dumps(cfg, indent=2, sort_keys=True)) + "</pre></details>"
+    else:
+        body += note("config.json is missing")
+    return _section("config", "Data and configuration", body)
+
+
+def section_training(ctx: RunContext) -> str:
+    ev = ctx.evaluation
+    tr = ev.get("training", {})
+    m = ctx.metrics
+    diag = ctx.json(ctx.rd.diagnostics)
+    pairs = [
+        ("engine", tr.get("engine") or diag.get("engine") or m.get("engine")),
+        ("best epoch", tr.get("best_epoch", diag.get("best_epoch"))),
+        ("stopped at epoch", tr.get("stopped_epoch", diag.get("stopped_epoch"))),
+        ("stop reason", tr.get("stop_reason") or diag.get("stop_reason") or m.get("stop_reason")),
+    ]
+    body = kv_table([(k, v) for k, v in pairs if v is not None])
+    body += "<h3>Learning curves</h3>" + ctx.plot("learning_curves", "train and validation loss and accuracy per epoch")
+    body += "<h3>Gradient norms per layer</h3>" + ctx.plot("gradient_norms", "per-layer gradient norm per epoch")
+    body += "<h3>Weight distributions</h3>" + ctx.plot("weight_histograms", "weight distributions per layer over epochs")
+    if ctx.rd.history.is_file():
+        from tfcnn.evaluate.training import read_history
+
+        hist = read_history(ctx.rd.history)
+        if hist:
+            cols = list(hist)
+            rows = [[hist[c][i] for c in cols] for i in range(len(hist["epoch"]))]
+            body += "<details><summary>history.csv</summary>" + table(cols, rows, "num") + "</details>"
+    return _section("training", "Training", body)
+
+
+def section_confusion(ctx: RunContext) -> str:
+    ev = ctx.evaluation
+    body = ctx.plot("confusion_matrix", "confusion matrix of the test split")
+    if ev.get("per_class"):
+        rows = [[r["name"], r["precision"], r["recall"], r["f1"], r["support"]] for r in ev["per_class"]]
+        for name, avg in ev.get("averages", {}).items():
+            rows.append([_Raw(f"<i>{esc(name)} average</i>"), avg["precision"], avg["recall"], avg["f1"], ev.get("num_test")])
+        body += "<h3>Per-class precision, recall and F1</h3>" + table(["class", "precision", "recall", "F1", "support"], rows, "num")
+    return _section("confusion", "Confusion matrix and per-class metrics", body)
+
+
+def section_errors(ctx: RunContext) -> str:
+    ev = ctx.evaluation
+    body = ""
+    if ev:
+        body += f"<p>{ev.get('num_errors', '?')} of {ev.get('num_test', '?')} test images are misclassified; " \
+                f"{ev.get('num_confident_mistakes', '?')} of them with probability above {ev.get('confident_threshold', '?')}.</p>"
+    body += "<h3>Misclassified (true / predicted)</h3>" + ctx.plot("misclassified", "misclassified test images")
+    body += "<h3>Most confident mistakes (likely mislabeled)</h3>" + ctx.plot("confident_mistakes", "confident mistakes")
+    return _section("errors", "Errors", body)
+
+
+def section_embedding(ctx: RunContext) -> str:
+    emb = ctx.evaluation.get("embedding", {})
+    body = ""
+    if emb:
+        body += f"<p>{emb.get('samples')} test images, {emb.get('feature_dim')}-dimensional input of the <code>logits</code> layer; misclassified points are ringed.</p>"
+    body += '<div class="row">' + ctx.plot("embedding_pca", "PCA of penultimate features") + ctx.plot(
+        "embedding_tsne", "t-SNE of penultimate features") + "</div>"
+    return _section("embedding", "Feature embeddings", body)
+
+
+def section_calibration(ctx: RunContext) -> str:
+    ev = ctx.evaluation
+    body = ""
+    if "ece" in ev:
+        body += f"<p>Expected calibration error: <b>{fmt(ev['ece'])}</b> ({ev.get('calibration', {}).get('bins', '?')} equal-width confidence bins). 0 means the top-1 probability is, on average, the accuracy.</p>"
+    body += ctx.plot("reliability", "reliability diagram")
+    return _section("calibration", "Calibration", body)
+
+
+def _guard(fn: Callable[[], str]) -> str:
+    try:
+        return fn()
+    except Unavailable as exc:
+        return note(str(exc))
+
+
+def section_gradcam(ctx: RunContext) -> str:
+    from tfcnn.vis import campanels
+
+    def build() -> str:
+        ok, why = campanels.gradcam_available()
+        if not ok:
+            raise Unavailable(why)
+        path = ctx.rd.root / _predictions_file()
+        if not path.is_file():
+            raise Unavailable(f"{path.name} is missing; run `tfcnn evaluate {ctx.rd.root}`")
+        with np.load(path) as z:
+            probs, labels, predicted = z["probs"], z["labels"], z["predicted"]
+        x, y = ctx.test_split()
+        if len(y) != len(labels) or not np.array_equal(np.asarray(y), labels):
+            raise Unavailable("the reloaded test split differs from the one evaluated; re-run `tfcnn evaluate`")
+        model, names = ctx.model(), ctx.class_names
+        conf = probs.max(axis=1)
+        right = np.flatnonzero(predicted == labels)
+        wrong = np.flatnonzero(predicted != labels)
+        n = min(_CAM_ROWS, ctx.gallery_size)
+        out = "<p>Grad-CAM on the last convolutional layer: red = evidence for the named class.</p>"
+        out += "<h3>Right predictions</h3>"
+        if len(right):
+            pick = _one_per_class(right, labels, n)
+            out += img_tag(campanels.rows_png(campanels.prediction_rows(model, x, labels, predicted, probs, pick, names),
+                                              "Correct: Grad-CAM of the predicted class"), "Grad-CAM of correct predictions")
+        else:
+            out += note("the model got no test image right")
+        out += "<h3>Wrong predictions</h3>"
+        if len(wrong):
+            pick = wrong[np.argsort(-conf[wrong], kind="stable")][:n]
+            out += img_tag(campanels.rows_png(campanels.prediction_rows(model, x, labels, predicted, probs, pick, names),
+                                              "Wrong: Grad-CAM of the predicted and of the true class"), "Grad-CAM of wrong predictions")
+        else:
+            out += note("the model made no mistakes on the test split")
+        return out
+
+    return _section("gradcam", "Grad-CAM", _guard(build))
+
+
+def _predictions_file() -> str:
+    from tfcnn.evaluate.stage import PREDICTIONS_FILE
+
+    return PREDICTIONS_FILE
+
+
+def _one_per_class(candidates: np.ndarray, labels: np.ndarray, n: int) -> list[int]:
+    """Up to n indices cycling through classes, so the gallery is not all one easy class."""
+    by_class: dict[int, list[int]] = {}
+    for i in candidates:
+        by_class.setdefault(int(labels[i]), []).append(int(i))
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < n and any(len(v) > depth for v in by_class.values()):
+        for c in sorted(by_class):
+            if len(by_class[c]) > depth and len(picked) < n:
+                picked.append(by_class[c][depth])
+        depth += 1
+    return picked
+
+
+def export_dirs(ctx: RunContext) -> list[Path]:
+    """Version directories listed in exports.json (strings or {"version_dir": ...} entries)."""
+    raw = ctx.json(ctx.rd.exports)
+    if isinstance(raw, dict):
+        raw = raw.get("exports", raw.get("versions", []))
+    out = []
+    for entry in raw or []:
+        p = entry if isinstance(entry, str) else (entry.get("version_dir") or entry.get("path") if isinstance(entry, dict) else None)
+        if not p:
+            continue
+        path = Path(p)
+        if not path.is_absolute() and not path.exists() and (ctx.rd.root / path).exists():
+            path = ctx.rd.root / path
+        out.append(path)
+    return out
+
+
+def section_export(ctx: RunContext) -> str:
+    if not ctx.rd.exports.is_file():
+        return _section("export", "Exports", note(f"this run has not been exported yet (`tfcnn export {ctx.rd.root} --verify`)"))
+    dirs = export_dirs(ctx)
+    if not dirs:
+        return _section("export", "Exports", note("exports.json lists no version directories"))
+    return _section("export", "Exports", "\n".join(_export_version(ctx, d) for d in dirs))
+
+
+def _export_version(ctx: RunContext, vdir: Path) -> str:
+    out = f"<h3>{esc(vdir)}</h3>"
+    if not vdir.is_dir():
+        return out + note(f"{vdir} no longer exists (moved or deleted)")
+    card = ctx.json(vdir / "model_card.json")
+    if card.get("artifacts"):
+        rows = [[a.get("path"), a.get("format"), size_text(a.get("bytes")), str(a.get("sha256", ""))[:12]] for a in card["artifacts"]]
+        out += "<details><summary>artifacts (model_card.json)</summary>" + table(["file", "format", "size", "sha256"], rows) + "</details>"
+    ver = ctx.json(vdir / "verification.json")
+    if not ver:
+        return out + note(f"not verified yet: run `tfcnn verify {vdir}`")
+    keras_acc = ver.get("keras", {}).get("accuracy")
+    verdict = '<span class="ok">passed</span>' if ver.get("passed") else '<span class="bad">FAILED</span>'
+    out += (f"<p>{verdict} on {esc(ver.get('samples', '?'))} test images, {esc(ver.get('threads', '?'))} thread(s); "
+            f"Keras accuracy {esc(fmt(keras_acc))}.</p>")
+    rows = []
+    for name, r in ver.get("formats", {}).items():
+        notes = "; ".join(map(str, r.get("failures") or []))
+        if isinstance(r.get("predictions"), str):
+            notes = (notes + "; " if notes else "") + r["predictions"]
+        passed = r.get("passed")
+        status = _Raw('<span class="ok">yes</span>' if passed else ('<span class="bad">NO</span>' if passed is False else "–"))
+        rows.append([name, status, r.get("accuracy"), r.get("agreement"), r.get("max_abs_diff"), r.get("mean_abs_diff"),
+                     size_text(r.get("bytes")), r.get("latency_ms_median"), r.get("latency_ms_p95"), notes])
+    out += table(["format", "passed", "accuracy", "agreement", "max |Δp|", "mean |Δp|", "size", "p50 ms", "p95 ms", "notes"], rows, "num")
+    out += "<h4>Test images whose prediction changed under int8 quantization</h4>"
+    out += _guard(lambda: _int8_changed(ctx, ver))
+    return out
+
+
+def _int8_changed(ctx: RunContext, ver: dict[str, Any]) -> str:
+    from tfcnn.vis import campanels
+
+    changed = ver.get("int8_changed")
+    if changed is None:
+        raise Unavailable("verification.json has no int8_changed list (int8 model not exported or not verified)")
+    if not changed:
+        return "<p>None: the int8 model agrees with the float model on every verified test image.</p>"
+    names = ctx.class_names
+    n = min(len(changed), ctx.gallery_size)
+    rows = [[c.get("index"), names[c["label"]] if c.get("label") is not None else "–", names[c["keras_class"]],
+             c.get("keras_prob"), names[c["int8_class"]], c.get("int8_prob")] for c in changed]
+    out = f"<p>{len(changed)} image(s) changed class.</p>"
+    out += table(["test index", "true", "float class", "float p", "int8 class", "int8 p"], rows, "num")
+    ok, why = campanels.gradcam_available()
+    if not ok:
+        raise Unavailable(why)
+    x, _ = ctx.test_split()
+    bad = [c["index"] for c in changed[:n] if not 0 <= int(c["index"]) < len(x)]
+    if bad:
+        raise Unavailable(f"int8_changed indices {bad} are outside the reloaded test split ({len(x)} images)")
+    rows_ = campanels.int8_rows(ctx.model(), x, changed[:n], names)
+    out += img_tag(campanels.rows_png(rows_, "Float model Grad-CAM: float class vs int8 class"),
+                   "Grad-CAM of the float model for the float and the int8 class")
+    if n < len(changed):
+        out += f"<p>Showing the first {n} of {len(changed)}.</p>"
+    return out
+
+
+SECTIONS: list[tuple[str, str, Callable[[RunContext], str]]] = [
+    ("summary", "Summary", section_summary),
+    ("config", "Data and configuration", section_config),
+    ("training", "Training", section_training),
+    ("confusion", "Confusion matrix", section_confusion),
+    ("errors", "Errors", section_errors),
+    ("embedding", "Embeddings", section_embedding),
+    ("calibration", "Calibration", section_calibration),
+    ("gradcam", "Grad-CAM", section_gradcam),
+    ("export", "Exports", section_export),
+]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
+header{background:#1d2430;color:#fff;padding:14px 28px}header h1{margin:0;font-size:1.5em}header p{margin:4px 0 0;color:#c8cfdb}
+nav{padding:8px 28px;background:#e8ebf0;position:sticky;top:0}nav a{margin-right:14px;color:#24508f;text-decoration:none}
+main{padding:0 28px 40px;max-width:1280px}section{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:6px 20px 16px;margin-top:18px}
+h2{border-bottom:1px solid #dde1e7;padding-bottom:4px}img{max-width:min(100%,1100px);height:auto;display:block;margin:8px 0}
+.row{display:flex;flex-wrap:wrap;gap:12px}.row img{max-width:48%}
+table{border-collapse:collapse;margin:8px 0;font-size:.92em}th,td{border:1px solid #dde1e7;padding:3px 8px;text-align:left}
+thead th{background:#eef1f5}table.num td{font-variant-numeric:tabular-nums}table.kv th{background:#f3f5f8;font-weight:600}
+.na{background:#fff7e0;border-left:4px solid #e0a800;padding:6px 10px}.ok{color:#13793b;font-weight:600}.bad{color:#b3261e;font-weight:700}
+pre{background:#f3f5f8;padding:10px;overflow:auto;font-size:.85em}details{margin:8px 0}summary{cursor:pointer;color:#24508f}
+"""
+
+
+def render(ctx: RunContext) -> str:
+    name = ctx.config.get("name") or ctx.rd.root.name
+    built = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in SECTIONS)
+    body = "\n".join(fn(ctx) for _, _, fn in SECTIONS)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>tfcnn report: {esc(name)}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>tfcnn run report: {esc(name)}</h1><p>{esc(ctx.rd.root)} · built {esc(built)}</p></header>"
+        f"<nav>{nav}</nav><main>\n{body}\n</main></body></html>\n"
+    )
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write RUN_DIR/report.html atomically and return its path."""
+    rd = RunDir(Path(run_dir))
+    if not rd.root.is_dir():
+        raise TfcnnError(f"run directory {str(rd.root)!r} does not exist")
+    write_text(rd.report, render(RunContext(rd.root)))
+    return rd.report
