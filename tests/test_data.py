@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import FASHION_DIR, fashion_available
-from fakedata import synthetic_arrays, write_npz
+from fakedata import synthetic_arrays
 from tfcnn.config import DataConfig, from_dict
 from tfcnn.data import FASHION_MNIST_CLASSES, builtin, from_arrays, idx, load_data, load_image, tfds_source
 from tfcnn.data.images import to_channels
@@ -278,7 +278,8 @@ def test_folder_mixed_sizes_and_modes(mixed_folder):
     assert info.class_names == ["cat", "dog", "fox"]
     assert info.input_shape == (24, 32, 3)  # most common size; RGB because some images are colour
     assert info.num_train + info.num_test == 6 * 3 + 3  # 21 readable images
-    assert any("most common size" in n for n in info.notes) and any("composited over black" in n for n in info.notes)
+    assert any("most common size" in n for n in info.notes)
+    assert "2 images with transparency composited over black" in info.notes  # alpha.png, la.png
     skipped = {Path(s["file"]).name: s["reason"] for s in info.skipped}
     assert set(skipped) == {"corrupt.jpg", "truncated.png", "notes.txt"}
     assert "truncated" in skipped["truncated.png"] and "extension" in skipped["notes.txt"]
@@ -308,6 +309,14 @@ def test_folder_explicit_size_channels_and_train_test_layout(tmp_path):
     assert (b.info.num_train, b.info.num_val, b.info.num_test) == (12, 4, 6)
     expected = load_image(root / "test" / "ant" / "0.png", (16, 12), 1)
     assert any(np.array_equal(expected, row) for row in b.arrays["test"][0])
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees
+    path = save(rgb_image(10, 20, 3), tmp_path / "phone.jpg", exif=exif.tobytes())
+    assert load_image(path, None, 3).shape == (20, 10, 3)
+    assert load_image(path, (8, 8), 1).shape == (8, 8, 1)
 
 
 def test_luma_matches_pillow_and_grey_to_rgb_replicates():

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tfcnn.data.arrays import Progress, most_common_size
-from tfcnn.data.images import IMAGE_EXTENSIONS, RESIZE_METHOD, conform_image, decode_image, probe_image
+from tfcnn.data.images import IMAGE_EXTENSIONS, RESIZE_METHOD, ImageHeader, conform_image, decode_image, probe_image
 from tfcnn.errors import DataError
 
 PROGRESS_FROM = 200  # files; below this decoding is quick enough to stay quiet
@@ -78,7 +78,7 @@ def read_folder(
 
     # Pass 1: headers only, to pick the default size and channel count before decoding.
     everything = [p for split in files.values() for p, _ in split]
-    probes: dict[Path, tuple[tuple[int, int], bool]] = {}
+    probes: dict[Path, ImageHeader] = {}
     for p in everything:
         try:
             probes[p] = probe_image(p)
@@ -87,7 +87,7 @@ def read_folder(
     if not probes:
         raise DataError(f"folder:{root}: none of the {len(everything)} image files could be read")
     notes = []
-    sizes = [s for s, _ in probes.values()]
+    sizes = [h.size for h in probes.values()]
     if size is None:
         size = most_common_size(sizes)
         differ = sum(s != size for s in sizes)
@@ -101,14 +101,16 @@ def read_folder(
         if differ:
             notes.append(f"{differ} of {len(sizes)} images resized to {size[0]}x{size[1]} with {RESIZE_METHOD}")
     if channels is None:
-        colour = sum(c for _, c in probes.values())
+        colour = sum(h.colour for h in probes.values())
         channels = 3 if colour else 1
         notes.append(
             f"channels {channels} ({colour} of {len(probes)} images are colour"
             + ("; grey images replicated to RGB" if colour and colour < len(probes) else "")
             + "; set data.channels to choose)"
         )
-    notes.append("transparent pixels (RGBA, LA, palette transparency) composited over black")
+    transparent = sum(h.alpha for h in probes.values())
+    if transparent:
+        notes.append(f"{transparent} images with transparency composited over black")
 
     decoded = _decode_all([p for p in everything if p in probes], size, channels, skipped)
     out: dict[str, tuple[np.ndarray, np.ndarray] | None] = {"test": None}

@@ -18,6 +18,7 @@ demo must reproduce) is, in order:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -58,8 +59,14 @@ def decode_image(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
 
 
-def probe_image(path: str | Path) -> tuple[tuple[int, int], bool]:
-    """((height, width), is_colour) from the file header only, without decoding the pixels.
+class ImageHeader(NamedTuple):
+    size: tuple[int, int]  # (height, width) after EXIF orientation
+    colour: bool
+    alpha: bool  # has transparency that will be composited over black
+
+
+def probe_image(path: str | Path) -> ImageHeader:
+    """Size, colour and transparency from the file header only, without decoding the pixels.
 
     Colour is decided by the stored mode: RGB-like modes are colour, L/LA/1/I are grey, and a
     palette image is grey only when every palette entry is grey.
@@ -71,7 +78,8 @@ def probe_image(path: str | Path) -> tuple[tuple[int, int], bool]:
             orientation = img.getexif().get(0x0112, 1)
             if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: exif_transpose swaps the axes
                 w, h = h, w
-            return (h, w), _is_colour(img)
+            alpha = img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info
+            return ImageHeader((h, w), _is_colour(img), alpha)
     except FileNotFoundError:
         raise DataError(f"{path}: no such image file") from None
     except UnidentifiedImageError:
