@@ -158,7 +158,7 @@ def evaluate(
         save("learning_curves", plots.learning_curves_figure(history, best_epoch, stopped_epoch))
     else:
         unavailable["learning_curves"] = "history.csv is missing or empty (the model was not trained by a tfcnn engine)"
-    norms = gradient_norms(diag)
+    norms = gradient_norms(diag, [layer.name for layer in model.layers])
     if norms:
         save("gradient_norms", plots.gradient_norms_figure(*norms))
     else:

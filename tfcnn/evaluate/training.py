@@ -50,35 +50,65 @@ def read_diagnostics(path: Path) -> dict[str, Any]:
     return read_json(path) if path.is_file() else {}
 
 
-def gradient_norms(diag: dict[str, Any]) -> tuple[list[int], dict[str, list[float]]] | None:
-    """(epochs, {layer: norms}) from diagnostics.json, or None when the run recorded none."""
+def gradient_norms(
+    diag: dict[str, Any], layer_order: list[str] | None = None
+) -> tuple[list[int], dict[str, list[float]]] | None:
+    """(epochs, {layer: norms}) from diagnostics.json, or None when the run recorded none.
+
+    Layers come back in `layer_order` (the model's, input side first; diagnostics.json is
+    written with sorted keys), the tape engine's whole-model "global" norm last. Missing
+    epochs (null in JSON, e.g. norms switched on at a resume) become NaN.
+    """
     raw = diag.get("gradient_norms")
     if not raw:
         return None
+    layers: dict[str, list[float]] = {}
     if isinstance(raw, dict) and isinstance(raw.get("layers"), dict):
-        layers = {str(k): [float(x) for x in v] for k, v in raw["layers"].items()}
-        n = max((len(v) for v in layers.values()), default=0)
-        epochs = [int(e) for e in raw.get("epochs", range(1, n + 1))]
+        layers = {str(k): [_float(x) for x in v] for k, v in raw["layers"].items() if isinstance(v, list)}
+        epochs = [int(e) for e in raw.get("epochs", [])]
     elif isinstance(raw, dict):
-        layers = {str(k): [float(x) for x in v] for k, v in raw.items() if isinstance(v, list)}
-        n = max((len(v) for v in layers.values()), default=0)
-        epochs = list(range(1, n + 1))
+        layers = {str(k): [_float(x) for x in v] for k, v in raw.items() if isinstance(v, list)}
+        epochs = []
     elif isinstance(raw, list):
-        epochs, layers = [], {}
+        epochs = []
         for i, entry in enumerate(raw):
-            norms = entry.get("norms", entry.get("layers", entry)) if isinstance(entry, dict) else {}
-            epochs.append(int(entry.get("epoch", i + 1)) if isinstance(entry, dict) else i + 1)
+            if not isinstance(entry, dict):
+                continue
+            norms = entry.get("norms", entry.get("layers", entry))
+            epochs.append(int(entry.get("epoch", i + 1)))
             for k, v in norms.items():
-                if k != "epoch" and isinstance(v, (int, float)):
-                    layers.setdefault(str(k), []).append(float(v))
-    else:
+                if k != "epoch" and (v is None or isinstance(v, (int, float))):
+                    series = layers.setdefault(str(k), [])
+                    series.extend([math.nan] * (len(epochs) - 1 - len(series)))
+                    series.append(_float(v))
+    n = max((len(v) for v in layers.values()), default=0)
+    if n == 0:
         return None
-    layers = {k: v for k, v in layers.items() if len(v) == len(epochs) and len(v) > 0}
-    return (epochs, layers) if layers else None
+    if len(epochs) != n:
+        epochs = list(range(1, n + 1))
+    layers = {k: v + [math.nan] * (n - len(v)) for k, v in layers.items()}
+    rank = {name: i for i, name in enumerate(layer_order or [])}
+
+    def key(name: str) -> tuple:
+        if name == "global":
+            return (2, 0, ())
+        return (0 if name.split("/")[0] in rank else 1, rank.get(name.split("/")[0], 0), _natural_key(name))
+
+    return epochs, {k: layers[k] for k in sorted(layers, key=key)}
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def stop_epochs(diag: dict[str, Any], metrics: dict[str, Any] | None = None) -> tuple[int | None, int | None]:
-    """(best_epoch, stopped_epoch) from diagnostics.json, falling back to metrics.json."""
+    """(best_epoch, stopped_epoch) from diagnostics.json, falling back to metrics.json.
+
+    stopped_epoch is None when training ran all its epochs (no stopping rule fired).
+    """
     metrics = metrics or {}
 
     def pick(*keys: str) -> int | None:
@@ -91,7 +121,7 @@ def stop_epochs(diag: dict[str, Any], metrics: dict[str, Any] | None = None) -> 
                         pass
         return None
 
-    return pick("best_epoch"), pick("stopped_epoch", "epochs_run")
+    return pick("best_epoch"), pick("stopped_epoch")
 
 
 def read_weight_histograms(
@@ -110,11 +140,7 @@ def read_weight_histograms(
     hist_tags: set[str] = set()
     series: dict[str, dict[int, np.ndarray]] = {}
     for f in files:
-        try:
-            events = list(tf.compat.v1.train.summary_iterator(str(f)))
-        except Exception:  # a truncated event file (training killed mid-write) only loses its histograms
-            continue
-        for event in events:
+        for event in _events(f):
             for value in event.summary.value:
                 if value.metadata.plugin_data.plugin_name == "histograms":
                     hist_tags.add(value.tag)
@@ -132,6 +158,20 @@ def read_weight_histograms(
     if len(chosen) > limit:  # keep the first and last layers, thin out the middle evenly
         chosen = [chosen[i] for i in np.unique(np.linspace(0, len(chosen) - 1, limit).round().astype(int))]
     return {t: (np.asarray(sorted(series[t])), [series[t][s] for s in sorted(series[t])]) for t in chosen}
+
+
+def _events(path: Path) -> list:
+    """Event protos of one file; a truncated file (training killed mid-write) keeps what was readable."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    out = []
+    try:
+        for record in tf.data.TFRecordDataset(str(path)):
+            out.append(event_pb2.Event.FromString(record.numpy()))
+    except tf.errors.DataLossError:
+        pass
+    return out
 
 
 def _is_kernel(tag: str) -> bool:

@@ -144,25 +144,32 @@ def learning_curves_figure(
 
 
 def gradient_norms_figure(epochs: Sequence[int], norms: dict[str, Sequence[float]]) -> Figure:
-    """Per-layer gradient L2 norm per epoch on a log scale: vanishing layers sink, exploding ones climb."""
+    """Per-layer gradient L2 norm per epoch on a log scale: vanishing layers sink, exploding ones climb.
+
+    A "global" series (whole-model norm) is drawn as a thick black line and kept out of the
+    per-layer bar chart, which shows the last epoch's gradient flow from input to output.
+    """
     fig, (ax_lines, ax_last) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     cmap = plt.get_cmap("viridis")
-    names = list(norms)
-    for i, name in enumerate(names):
-        ax_lines.plot(epochs, norms[name], "o-", ms=2, lw=1, color=cmap(i / max(len(names) - 1, 1)), label=name)
+    names = [n for n in norms if n != "global"]
+    colors = [cmap(i / max(len(names) - 1, 1)) for i in range(len(names))]
+    for name, color in zip(names, colors):
+        ax_lines.plot(epochs, norms[name], "o-", ms=2, lw=1, color=color, label=name)
+    if "global" in norms:
+        ax_lines.plot(epochs, norms["global"], "k-", lw=2.2, label="global (whole model)")
     ax_lines.set_yscale("log")
     ax_lines.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_lines.set_xlabel("epoch")
-    ax_lines.set_ylabel("gradient L2 norm")
+    ax_lines.set_ylabel("mean gradient L2 norm")
     ax_lines.set_title("Gradient norm per layer (input side = dark)")
     ax_lines.grid(alpha=0.3)
     if len(names) <= 16:
         ax_lines.legend(fontsize=7, ncol=2)
     last = [float(norms[n][-1]) for n in names]
-    ax_last.bar(range(len(names)), last, color=[cmap(i / max(len(names) - 1, 1)) for i in range(len(names))])
+    ax_last.bar(range(len(names)), last, color=colors)
     ax_last.set_yscale("log")
     ax_last.set_xticks(range(len(names)), [_short(n, 18) for n in names], rotation=70, ha="right", fontsize=7)
-    ax_last.set_title(f"Gradient flow, epoch {epochs[-1]}")
+    ax_last.set_title(f"Gradient flow, epoch {epochs[-1]} (input -> output)")
     fig.tight_layout()
     return fig
 
@@ -208,7 +215,7 @@ def reliability_figure(bins: dict, ece: float) -> Figure:
     ax.bar(centers[filled], acc[filled], width=width[filled], edgecolor="black", alpha=0.75, label="accuracy")
     gap_lo = np.minimum(acc, conf)[filled]
     ax.bar(centers[filled], np.abs(conf - acc)[filled], bottom=gap_lo, width=width[filled],
-           color="red", alpha=0.3, hatch="//", label="gap to confidence")
+           facecolor="none", edgecolor="red", lw=0.8, hatch="//", label="gap to confidence")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -259,22 +266,27 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return np.clip(0.55 * img + 0.45 * heat, 0.0, 1.0)
 
 
-def cam_rows_figure(rows: Sequence[dict], suptitle: str) -> Figure:
-    """One row per image: the image, then one Grad-CAM overlay per explained class.
+def cam_rows_figure(rows: Sequence[dict], suptitle: str, max_panels: int = 8) -> Figure:
+    """Image + one Grad-CAM overlay per explained class, several examples side by side per line.
 
     Each row is {"image": HWC uint8, "title": str, "cams": [(caption, HxW cam), ...]}.
     """
-    cols = 1 + max(len(r["cams"]) for r in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(2.3 * cols, 2.4 * len(rows) + 0.4), squeeze=False)
+    width = 1 + max(len(r["cams"]) for r in rows)  # panels per example
+    per_line = max(1, max_panels // width)
+    lines = int(np.ceil(len(rows) / per_line))
+    cols = width * min(per_line, len(rows))
+    fig, axes = plt.subplots(lines, cols, figsize=(1.9 * cols, 2.2 * lines + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for r, row in enumerate(rows):
+    for k, row in enumerate(rows):
+        line, start = divmod(k, per_line)
+        c0 = start * width
         shown, cmap = display_image(row["image"])
-        axes[r, 0].imshow(shown, cmap=cmap, vmin=0, vmax=255)
-        axes[r, 0].set_title(row["title"], fontsize=8)
+        axes[line, c0].imshow(shown, cmap=cmap, vmin=0, vmax=255)
+        axes[line, c0].set_title(row["title"], fontsize=8)
         for c, (caption, cam) in enumerate(row["cams"], start=1):
-            axes[r, c].imshow(cam_overlay(row["image"], cam))
-            axes[r, c].set_title(caption, fontsize=8)
+            axes[line, c0 + c].imshow(cam_overlay(row["image"], cam))
+            axes[line, c0 + c].set_title(caption, fontsize=8)
     fig.suptitle(suptitle)
     fig.tight_layout()
     return fig

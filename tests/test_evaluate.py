@@ -1,0 +1,175 @@
+"""The evaluate stage: its numbers agree with sklearn computed independently, and it leaves every file the report needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fakedata import synthetic_arrays
+from tfcnn.evaluate import expected_calibration_error, reliability_bins
+
+NOISY = 9  # test labels flipped on purpose so there are (confident) mistakes to find
+
+
+def _ece_by_loop(probs: np.ndarray, labels: np.ndarray, bins: int) -> float:
+    """Textbook ECE written as plainly as possible, to check the vectorised one."""
+    conf = probs.max(1)
+    correct = probs.argmax(1) == labels
+    total = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            total += sel.sum() / len(conf) * abs(correct[sel].mean() - conf[sel].mean())
+    return total
+
+
+def test_ece_perfectly_calibrated_is_near_zero():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 200_000)
+    labels = (rng.uniform(0, 1, p.size) < p).astype(int)  # label 1 with probability exactly p
+    probs = np.stack([1 - p, p], axis=1)
+    assert expected_calibration_error(probs, labels) < 0.01
+
+
+def test_ece_overconfident_is_large():
+    rng = np.random.default_rng(1)
+    n, k = 100_000, 10
+    predicted = rng.integers(0, k, n)
+    probs = np.full((n, k), 0.01 / (k - 1))
+    probs[np.arange(n), predicted] = 0.99  # claims 99 %...
+    right = rng.uniform(0, 1, n) < 0.7  # ...is right 70 % of the time
+    labels = np.where(right, predicted, (predicted + 1 + rng.integers(0, k - 1, n)) % k)
+    ece = expected_calibration_error(probs, labels)
+    assert ece == pytest.approx(0.29, abs=0.01)
+    bins = reliability_bins(probs, labels, 15)
+    assert sum(bins["count"]) == n and bins["count"][-1] == n  # all in the top bin
+
+
+@pytest.mark.parametrize("bins", [2, 10, 15])
+def test_ece_matches_plain_loop(bins):
+    rng = np.random.default_rng(bins)
+    logits = rng.normal(size=(5000, 4)) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = rng.integers(0, 4, 5000)
+    assert expected_calibration_error(probs, labels, bins) == pytest.approx(_ece_by_loop(probs, labels, bins), abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A tape-engine tiny_cnn run (real training records, TensorBoard histograms), evaluated once."""
+    from tfcnn import config as config_mod
+    from tfcnn.data import load_data
+    from tfcnn.evaluate import evaluate
+    from tfcnn.models import build_model
+    from tfcnn.train import train
+
+    root = tmp_path_factory.mktemp("evaluate")
+    xtr, ytr = synthetic_arrays(240, seed=1)
+    xte, yte = synthetic_arrays(90, seed=2)
+    yte = yte.copy()
+    yte[:NOISY] = (yte[:NOISY] + 1) % 3
+    npz = root / "noisy.npz"
+    np.savez(npz, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, class_names=np.array(["ring", "bar", "dot"]))
+    cfg = config_mod.from_dict({
+        "name": "eval",
+        "data": {"source": f"numpy:{npz}", "batch_size": 32, "val_fraction": 0.2},
+        "model": {"name": "tiny_cnn"},
+        "train": {"engine": "tape", "epochs": 3, "learning_rate": 0.02, "histogram_freq": 1},
+        "evaluate": {"top_k": 2, "confident_threshold": 0.6, "embedding_samples": 60, "gallery_size": 8},
+    })
+    run_dir = root / "run"
+    run_dir.mkdir()
+    config_mod.save(cfg, run_dir / "config.json")
+    bundle = load_data(cfg.data)
+    info = bundle.info
+    info.save(run_dir / "data.json")
+    result = train(cfg, bundle, run_dir, lambda: build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std), quiet=True)
+    ev = cfg.evaluate
+    out = evaluate(result.model, bundle, run_dir, top_k=ev.top_k, quiet=True, confident_threshold=ev.confident_threshold,
+                   embedding_samples=ev.embedding_samples, gallery_size=ev.gallery_size)
+    return {"run_dir": run_dir, "result": out, "model": result.model, "bundle": bundle}
+
+
+def _independent(evaluated):
+    x, y = evaluated["bundle"].arrays["test"]
+    logits = evaluated["model"].predict(x.astype("float32"), verbose=0).astype(np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    return probs / probs.sum(1, keepdims=True), y
+
+
+def test_metrics_match_sklearn(evaluated):
+    from sklearn import metrics as skm
+
+    probs, y = _independent(evaluated)
+    pred = probs.argmax(1)
+    res = evaluated["result"]
+    ev = json.loads((evaluated["run_dir"] / "evaluation.json").read_text())
+    assert ev["num_errors"] >= NOISY - 2 and 0 < res["test_accuracy"] < 1  # the flipped labels are mistakes
+    assert res["test_accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-6)
+    assert res["test_loss"] == pytest.approx(skm.log_loss(y, probs, labels=[0, 1, 2]), rel=1e-4)
+    assert res["top_k"] == 2
+    assert res["top_k_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, probs, k=2, labels=[0, 1, 2]), abs=1e-6)
+    p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=[0, 1, 2], zero_division=0)
+    for i, row in enumerate(ev["per_class"]):
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx((p[i], r[i], f[i], s[i]), abs=1e-6)
+    assert ev["averages"]["macro"]["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0), abs=1e-6)
+    assert ev["averages"]["weighted"]["f1"] == pytest.approx(skm.f1_score(y, pred, average="weighted", zero_division=0), abs=1e-6)
+    cm = np.array(ev["confusion_matrix"])
+    assert (cm == skm.confusion_matrix(y, pred, labels=[0, 1, 2])).all()
+    assert cm.sum() == len(y) == ev["num_test"]
+    assert (cm.sum(1) == np.bincount(y, minlength=3)).all()
+    assert res["ece"] == pytest.approx(_ece_by_loop(probs, y, 15), abs=1e-5)
+
+
+def test_files_written(evaluated):
+    rd: Path = evaluated["run_dir"]
+    ev = json.loads((rd / "evaluation.json").read_text())
+    probs, y = _independent(evaluated)
+    with np.load(rd / "predictions.npz") as z:
+        assert z["probs"].shape == (90, 3) and np.allclose(z["probs"].sum(1), 1, atol=1e-5)
+        assert np.allclose(z["probs"], probs, atol=1e-4) and (z["labels"] == y).all()
+    # Everything this run can make is made: tape engine -> gradient norms, histogram_freq -> weight plots.
+    for key in ("confusion_matrix", "reliability", "misclassified", "confident_mistakes", "embedding_pca",
+                "embedding_tsne", "learning_curves", "gradient_norms", "weight_histograms"):
+        path = rd / ev["files"][key]
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.width > 100 and im.height > 100, key
+    assert ev["unavailable"] == {}
+    mistakes = ev["confident_mistakes"]
+    assert mistakes and all(m["prob"] > 0.6 and m["label"] != m["predicted"] for m in mistakes)
+    assert [m["prob"] for m in mistakes] == sorted((m["prob"] for m in mistakes), reverse=True)
+    with np.load(rd / "embedding.npz") as z:
+        assert z["pca"].shape == (60, 2) and z["tsne"].shape == (60, 2)
+        assert np.bincount(z["labels"], minlength=3).min() >= 19  # class-balanced sample
+    assert ev["training"]["engine"] == "tape" and ev["training"]["best_epoch"] is not None
+
+
+def test_evaluate_run_reloads_and_explains_missing_inputs(evaluated, tmp_path):
+    """`tfcnn evaluate RUN_DIR` reproduces the numbers; without training records the figures are
+    skipped with a reason (not an error), and metrics.json is refreshed, not replaced."""
+    import shutil
+
+    from tfcnn.evaluate import evaluate_run
+
+    rd = tmp_path / "copy"
+    shutil.copytree(evaluated["run_dir"], rd, ignore=shutil.ignore_patterns("history.csv", "diagnostics.json", "tensorboard", "plots"))
+    cfg = json.loads((rd / "config.json").read_text())
+    cfg["evaluate"]["embedding_samples"] = 0
+    (rd / "config.json").write_text(json.dumps(cfg))
+    (rd / "metrics.json").write_text(json.dumps({"engine": "tape", "test_accuracy": -1.0}))
+    again = evaluate_run(rd, quiet=True)
+    for key in ("test_loss", "test_accuracy", "top_k_accuracy", "ece"):
+        assert again[key] == pytest.approx(evaluated["result"][key], abs=1e-5), key
+    merged = json.loads((rd / "metrics.json").read_text())
+    assert merged["engine"] == "tape" and merged["test_accuracy"] == pytest.approx(again["test_accuracy"])
+    ev = json.loads((rd / "evaluation.json").read_text())
+    for key in ("learning_curves", "gradient_norms", "weight_histograms", "embedding_pca", "embedding_tsne"):
+        assert key in ev["unavailable"] and key not in ev["files"], key
+    assert "embedding_samples = 0" in ev["unavailable"]["embedding_pca"]
+    assert "diagnostics.json is missing" in ev["unavailable"]["gradient_norms"]
+    assert (rd / "plots" / "confusion_matrix.png").is_file()
