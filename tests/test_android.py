@@ -1,0 +1,368 @@
+"""The Android demo: its Kotlin classifier core replays golden vectors from real LiteRT runs, and
+its assets are checked against the export they came from.
+
+The classifier module is compiled once per session with Debian's kotlinc and run with JUnit 4,
+on the checked-in goldens and on goldens freshly written from an export.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfcnn.errors import ExportError, VerificationError
+from tfcnn.export.android import (
+    ASSETS,
+    GOLDEN,
+    check_android_assets,
+    input_tensor,
+    rgb_to_argb,
+    tensor_specs,
+    write_android_assets,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "android_demo"
+CLASSIFIER = APP / "classifier"
+JARS = [Path("/usr/share/java/junit4.jar"), Path("/usr/share/java/hamcrest-core.jar")]
+STDLIB = Path("/usr/share/java/kotlin-stdlib.jar")
+
+
+# --------------------------------------------------------------------------- a version directory to export from
+
+
+def make_version_dir(
+    root: Path,
+    *,
+    size: int = 16,
+    version: int = 1,
+    name: str = "tiny",
+    epochs: int = 3,
+    data: tuple | None = None,
+    full_range: bool = True,
+    variants: tuple[str, ...] = ("tflite_int8", "tflite_float32"),
+):
+    """A contract-shaped version directory (tflite_int8 + tflite_float32, labels, contract, model card).
+
+    Built from a tiny_cnn on synthetic data (or `data` = (x, y, x_test, y_test, labels), grayscale
+    uint8 NHWC): uint8 RGB -> in-graph luma -> model -> softmax, the int8 variant fully quantized
+    with uint8 I/O, as the export contract describes. With `full_range` the representative images
+    include black and white frames so the int8 input quantization is the contract's scale 1 /
+    zero point 0; without it the converter picks the data's own range (scale != 1), which the
+    Kotlin preprocessing must then reproduce too.
+    """
+    import keras
+    import tensorflow as tf
+    from fakedata import synthetic_arrays
+
+    from tfcnn.config import ModelConfig
+    from tfcnn.data.bundle import channel_stats
+    from tfcnn.models import build_model
+
+    if data is None:
+        x, y = synthetic_arrays(240, size=size, seed=1)
+        xt, yt = synthetic_arrays(30, size=size, seed=2)
+        labels = ["class_0", "class_1", "class_2"]
+    else:
+        x, y, xt, yt, labels = data
+        size = x.shape[1]
+    mean, std = channel_stats(x)
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelConfig(name="tiny_cnn"), (size, size, 1), len(labels), mean, std)
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x.astype("float32"), y, epochs=epochs, batch_size=32, verbose=0)
+
+    def wrapper(dtype: str) -> keras.Model:
+        image = keras.Input((size, size, 3), batch_size=1, dtype=dtype, name="image")
+        rgb = keras.ops.cast(image, "float32")
+        luma = keras.ops.sum(rgb * np.array([0.299, 0.587, 0.114], "float32"), axis=-1, keepdims=True)
+        return keras.Model(image, keras.layers.Softmax(name="probabilities")(model(luma)))
+
+    rep = np.repeat(x[:64], 3, axis=-1).astype("float32")
+    if full_range:
+        rep = np.concatenate([np.zeros_like(rep[:1]), np.full_like(rep[:1], 255), rep])
+    blobs = {}
+    if "tflite_int8" in variants:
+        conv = tf.lite.TFLiteConverter.from_keras_model(wrapper("float32"))
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([rep[i : i + 1]] for i in range(len(rep)))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.uint8
+        conv.inference_output_type = tf.uint8
+        blobs["tflite_int8"] = conv.convert()
+    if "tflite_float32" in variants:
+        blobs["tflite_float32"] = tf.lite.TFLiteConverter.from_keras_model(wrapper("uint8")).convert()
+
+    vdir = root / name / str(version)
+    (vdir / "tflite").mkdir(parents=True)
+    (vdir / "labels.txt").write_text("\n".join(labels) + "\n")
+    artifacts, card_files = {}, []
+    for variant, blob in blobs.items():
+        rel = f"tflite/model_{variant.split('_')[1]}.tflite"
+        (vdir / rel).write_bytes(blob)
+        ins, outs = tensor_specs(vdir / rel)
+        artifacts[variant] = {"format": "tflite", "file": rel, "inputs": ins, "outputs": outs}
+        card_files.append({"path": rel, "format": "tflite", "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)})
+    contract = {
+        "schema": "tfcnn.contract/1",
+        "model": {"name": name, "version": version},
+        "input": {
+            "height": size, "width": size, "channels": 3, "color_order": "RGB", "layout": "NHWC",
+            "dtype": "uint8", "value_range": [0, 255], "resize": "bilinear", "model_channels": 1,
+            "grayscale": "in_graph: 0.299*R + 0.587*G + 0.114*B",
+            "normalization": {"in_graph": True, "mean": mean, "std": std, "formula": "(x - mean) / std per channel, x in 0..255"},
+        },
+        "output": {"kind": "probabilities", "activation": "softmax", "num_classes": len(labels)},
+        "labels": {"file": "labels.txt", "names": labels},
+        "artifacts": artifacts,
+    }
+    (vdir / "contract.json").write_text(json.dumps(contract, indent=2))
+    card = {"name": name, "version": version, "created": date.today().isoformat(), "contract": contract,
+            "labels": labels, "artifacts": card_files, "limitations": ["synthetic test model"]}
+    (vdir / "model_card.json").write_text(json.dumps(card, indent=2))
+    return vdir, (xt, yt)
+
+
+def copy_app(dst: Path) -> Path:
+    """A throw-away copy of android_demo without build outputs or a previously exported model."""
+    ignore = shutil.ignore_patterns("build", ".gradle", "model.tflite", "contract.json", "labels.txt")
+    shutil.copytree(APP, dst, ignore=ignore)
+    return dst
+
+
+# --------------------------------------------------------------------------- compiling and running the JVM tests
+
+
+FAST_JVM = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]  # short-lived JVMs: C1 only halves kotlinc's CPU time
+
+
+@pytest.fixture(scope="module")
+def jvm(tmp_path_factory):
+    """Start compiling classifier main + test sources (once per session, in the background while
+    other fixtures build models); returns a runner for JUnitCore that waits for the compiler."""
+    kotlinc, java = shutil.which("kotlinc"), shutil.which("java")
+    if kotlinc is None or java is None:
+        pytest.skip("kotlinc/java not found: install the Debian packages `kotlin` and `junit4` (apt-get install kotlin junit4)")
+    missing = [str(j) for j in JARS + [STDLIB] if not j.is_file()]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} missing: install the Debian packages `junit4` and `kotlin`")
+    out = tmp_path_factory.mktemp("kotlin") / "classes"
+    cp = ":".join(str(j) for j in JARS)
+    env = {**os.environ, "JAVA_OPTS": " ".join([os.environ.get("JAVA_OPTS", ""), *FAST_JVM]).strip()}
+    compiler = subprocess.Popen(
+        [kotlinc, str(CLASSIFIER / "src/main/kotlin"), str(CLASSIFIER / "src/test/kotlin"), "-cp", cp, "-d", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    classes: list[str] = []
+
+    def compiled() -> list[str]:
+        if not classes:
+            stdout, stderr = compiler.communicate(timeout=600)
+            assert compiler.returncode == 0, f"kotlinc failed:\n{stdout}\n{stderr}"
+            errors = [line for line in stderr.splitlines() if "error:" in line]
+            assert not errors, "\n".join(errors)
+            found = sorted(
+                str(p.relative_to(out).with_suffix("")).replace("/", ".") for p in out.rglob("*Test.class") if "$" not in p.name
+            )
+            assert len(found) >= 6, found
+            classes.extend(found)
+        return classes
+
+    def run(props: dict[str, str], resources: Path | None = None) -> subprocess.CompletedProcess:
+        tests = compiled()
+        classpath = [str(out), str(STDLIB), cp] + ([str(resources)] if resources else [])
+        cmd = [java, *FAST_JVM, *(f"-D{k}={v}" for k, v in props.items()), "-cp", ":".join(classpath),
+               "org.junit.runner.JUnitCore", *tests]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    yield run
+    if compiler.poll() is None:
+        compiler.kill()
+        compiler.communicate()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Two exports of 'tiny': v1 (16x16), v2 re-exported at 20x20 — and an app copy fed from v1."""
+    root = tmp_path_factory.mktemp("export")
+    v1, (xt, yt) = make_version_dir(root, size=16, version=1)
+    v2, test2 = make_version_dir(root, size=20, version=2, epochs=1, full_range=False, variants=("tflite_int8",))
+    app = copy_app(tmp_path_factory.mktemp("app") / "android_demo")
+    info = write_android_assets(v1, app, samples=(xt, yt))
+    return {"v1": v1, "v2": v2, "app": app, "info": info, "test": (xt, yt), "test2": test2}
+
+
+def _junit_ok(proc: subprocess.CompletedProcess) -> int:
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:]
+    m = re.search(r"^OK \((\d+) tests?\)", proc.stdout, re.M)
+    assert m, text[-4000:]
+    return int(m.group(1))
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_fresh_export_goldens_pass_on_the_jvm(jvm, exported):
+    app, v1 = exported["app"], exported["v1"]
+    proc = jvm({"tfcnn.golden.dir": str(app / GOLDEN), "tfcnn.assets.dir": str(app / ASSETS), "tfcnn.export.dir": str(v1)})
+    _junit_ok(proc)
+    assert "app assets in" in proc.stdout and "matches the export in" in proc.stdout, proc.stdout
+    golden = json.loads((app / GOLDEN / "golden.json").read_text())
+    assert golden["samples_source"] == "samples argument"
+    assert len(golden["samples"]) == 5
+    assert golden["model_tensors"]["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
+
+
+def test_checked_in_goldens_pass_on_the_jvm(jvm):
+    golden = json.loads((CLASSIFIER / "src/test/resources/golden/golden.json").read_text())
+    assert golden["samples"] and golden["contract"]["android"]["variant"]
+    proc = jvm({"tfcnn.assets.dir": ""}, resources=CLASSIFIER / "src/test/resources")
+    assert _junit_ok(proc) >= 30
+
+
+def test_float32_variant_goldens_pass_on_the_jvm(jvm, exported, tmp_path):
+    app = copy_app(tmp_path / "android_demo")
+    info = write_android_assets(exported["v1"], app, "tflite_float32", samples=exported["test"], n_samples=3)
+    golden = json.loads(Path(info["golden"]).read_text())
+    assert golden["model_tensors"]["output"]["dtype"] == "float32"
+    assert golden["model_tensors"]["input"]["quantization"] is None
+    proc = jvm({"tfcnn.golden.dir": str(app / GOLDEN), "tfcnn.assets.dir": str(app / ASSETS), "tfcnn.export.dir": str(exported["v1"])})
+    _junit_ok(proc)
+    check_android_assets(app, exported["v1"])
+
+
+def test_golden_input_is_raw_rgb_pixels_of_the_test_images(exported):
+    """The contract's scaling: uint8 RGB 0..255 straight from the pixels (normalization is in-graph)."""
+    golden = json.loads(Path(exported["info"]["golden"]).read_text())
+    xt, yt = exported["test"]
+    for s in golden["samples"]:
+        fed = np.frombuffer(base64.b64decode(s["input_b64"]), np.uint8)
+        np.testing.assert_array_equal(fed, np.repeat(xt[s["index"]], 3, axis=-1).reshape(-1))
+        assert s["label"] == int(yt[s["index"]])
+        argb = np.asarray(s["argb"], np.int64) & 0xFFFFFFFF
+        assert np.all(argb >> 24 == 0xFF)
+        assert len(s["top_k"]) == golden["k"] == 3
+        assert [t["label"] for t in s["top_k"]] == [golden["labels"][t["index"]] for t in s["top_k"]]
+
+
+def test_python_preprocessing_handles_normalization_and_int8():
+    contract = {"input": {"normalization": {"in_graph": False, "mean": [127.5], "std": [127.5]}}}
+    tensor = {"shape": [1, 1, 2, 1], "dtype": "int8", "quantization": {"scale": 1 / 128, "zero_point": 0}}
+    argb = rgb_to_argb(np.array([[[[0], [255]]]], np.uint8))[0]
+    np.testing.assert_array_equal(input_tensor(argb, contract, tensor).reshape(-1), [-128, 127])
+    f32 = input_tensor(argb, contract, {"shape": [1, 1, 2, 1], "dtype": "float32", "quantization": None})
+    np.testing.assert_array_equal(f32.reshape(-1), np.array([-1.0, 1.0], np.float32))
+
+
+def test_assets_agree_with_the_export(exported):
+    app, v1 = exported["app"], exported["v1"]
+    check_android_assets(app, v1)
+    contract = json.loads((app / ASSETS / "contract.json").read_text())
+    model = app / ASSETS / "model.tflite"
+    assert contract["android"]["variant"] == "tflite_int8"
+    assert contract["android"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest() == exported["info"]["sha256"]
+    assert model.read_bytes() == (v1 / "tflite/model_int8.tflite").read_bytes()
+    assert (app / ASSETS / "labels.txt").read_text().splitlines() == ["class_0", "class_1", "class_2"]
+
+
+def test_contract_drift_fails_both_checks(jvm, exported):
+    """v2 changed the input size; the app still ships v1. pytest and JUnit must both name the field."""
+    app, v2 = exported["app"], exported["v2"]
+    with pytest.raises(VerificationError) as err:
+        check_android_assets(app, v2)
+    msg = str(err.value)
+    assert "input.height" in msg and "16" in msg and "20" in msg, msg
+    assert "sha256" in msg and "--android" in msg, msg
+    proc = jvm({"tfcnn.golden.dir": str(app / GOLDEN), "tfcnn.assets.dir": str(app / ASSETS), "tfcnn.export.dir": str(v2)})
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert "ExportAgreementTest" in proc.stdout
+    assert "input.height, input.width: model input is 1x16x16x3 but contract.json says 1x20x20x3" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_re_export_with_android_fixes_drift_and_quantized_input_matches(jvm, exported, tmp_path):
+    """Re-running the Android step for v2 makes both checks pass again. v2's int8 input is quantized
+    with the data's own range (scale != 1), so the goldens also pin q = round(x / scale) + zero_point."""
+    app, v2 = copy_app(tmp_path / "android_demo"), exported["v2"]
+    samples = exported["test2"]
+    write_android_assets(v2, app, samples=samples, n_samples=4)
+    check_android_assets(app, v2)
+    golden = json.loads((app / GOLDEN / "golden.json").read_text())
+    q = golden["model_tensors"]["input"]["quantization"]
+    assert q and abs(q["scale"] - 1.0) > 0.01, q
+    raw = np.frombuffer(base64.b64decode(golden["samples"][0]["input_b64"]), np.uint8)
+    assert not np.array_equal(raw, np.repeat(samples[0][0], 3, axis=-1).reshape(-1))
+    _junit_ok(jvm({"tfcnn.golden.dir": str(app / GOLDEN), "tfcnn.assets.dir": str(app / ASSETS), "tfcnn.export.dir": str(v2)}))
+
+
+def test_tampered_assets_are_named(exported, tmp_path):
+    app = copy_app(tmp_path / "android_demo")
+    shutil.copytree(exported["app"] / ASSETS, app / ASSETS, dirs_exist_ok=True)
+    labels = app / ASSETS / "labels.txt"
+    labels.write_text("class_0\nclass_1\n")
+    with pytest.raises(VerificationError, match=r"labels.txt has 2 labels but the model outputs 3 scores"):
+        check_android_assets(app, exported["v1"])
+    shutil.copy(exported["v1"] / "labels.txt", labels)
+    shutil.copy(exported["v1"] / "tflite/model_float32.tflite", app / ASSETS / "model.tflite")
+    with pytest.raises(VerificationError) as err:
+        check_android_assets(app, exported["v1"])
+    assert "sha256" in str(err.value) and "artifacts.tflite_int8.outputs[0].dtype" in str(err.value)
+    (app / ASSETS / "model.tflite").unlink()
+    with pytest.raises(VerificationError, match="model.tflite is missing"):
+        check_android_assets(app, exported["v1"])
+
+
+def test_bad_targets_are_refused(exported, tmp_path):
+    with pytest.raises(ExportError, match="not the tfcnn Android demo"):
+        write_android_assets(exported["v1"], tmp_path)
+    app = copy_app(tmp_path / "android_demo")
+    with pytest.raises(ExportError, match="tflite_fp16.*choose one of tflite_float32, tflite_int8"):
+        write_android_assets(exported["v1"], app, "tflite_fp16")
+
+
+def test_app_project_is_pinned_and_complete():
+    settings = (APP / "settings.gradle.kts").read_text()
+    assert 'include(":app", ":classifier")' in settings
+    catalog = tomllib.loads((APP / "gradle/libs.versions.toml").read_text())
+    for key, value in catalog["versions"].items():
+        assert re.fullmatch(r"\d+(\.\d+)+", value), f"{key} = {value} is not a pinned version"
+    assert catalog["libraries"]["litert"]["group"] == "com.google.ai.edge.litert"
+    assert catalog["libraries"]["litert"]["name"] == "litert"
+    wrapper = (APP / "gradle/wrapper/gradle-wrapper.properties").read_text()
+    assert re.search(r"gradle-\d+\.\d+(\.\d+)?-bin\.zip", wrapper)
+    app_gradle = (APP / "app/build.gradle.kts").read_text()
+    assert "minSdk = 24" in app_gradle and "libs.litert" in app_gradle and 'project(":classifier")' in app_gradle
+    sources = "\n".join(p.read_text() for p in (APP / "app/src/main").rglob("*.kt"))
+    for needle in ("PickVisualMedia", "TakePicturePreview", "createScaledBitmap", "InterpreterApi", "ModelMismatchException"):
+        assert needle in sources, needle
+    # the classifier module is plain JVM Kotlin
+    core = "\n".join(p.read_text() for p in (CLASSIFIER / "src/main").rglob("*.kt"))
+    assert "import android" not in core and "import androidx" not in core
+
+
+def test_model_weights_are_git_ignored_and_samples_ship():
+    for rel in ("app/src/main/assets/model.tflite", "app/src/main/assets/contract.json", "app/src/main/assets/labels.txt"):
+        proc = subprocess.run(["git", "check-ignore", "-q", str(APP / rel)], cwd=REPO)
+        assert proc.returncode == 0, f"{rel} is not git-ignored"
+    from PIL import Image
+
+    samples = sorted((APP / ASSETS / "samples").glob("*.png"))
+    assert len(samples) >= 4
+    for p in samples:
+        with Image.open(p) as im:
+            assert im.size == (28, 28)
+    assert (CLASSIFIER / "src/test/resources/golden/golden.json").stat().st_size < 150_000
