@@ -64,7 +64,7 @@ def evaluated(tmp_path_factory):
     """A tape-engine tiny_cnn run (real training records, TensorBoard histograms), evaluated once."""
     from tfcnn import config as config_mod
     from tfcnn.data import load_data
-    from tfcnn.evaluate import evaluate
+    from tfcnn.evaluate import evaluate, evaluate_options
     from tfcnn.models import build_model
     from tfcnn.train import train
 
@@ -89,9 +89,7 @@ def evaluated(tmp_path_factory):
     info = bundle.info
     info.save(run_dir / "data.json")
     result = train(cfg, bundle, run_dir, lambda: build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std), quiet=True)
-    ev = cfg.evaluate
-    out = evaluate(result.model, bundle, run_dir, top_k=ev.top_k, quiet=True, confident_threshold=ev.confident_threshold,
-                   embedding_samples=ev.embedding_samples, gallery_size=ev.gallery_size)
+    out = evaluate(result.model, bundle, run_dir, quiet=True, **evaluate_options(cfg.evaluate))
     return {"run_dir": run_dir, "result": out, "model": result.model, "bundle": bundle}
 
 

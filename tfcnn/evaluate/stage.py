@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfcnn.config import EvaluateConfig
 from tfcnn.data.bundle import DataBundle
 from tfcnn.errors import TfcnnError
 from tfcnn.evaluate.calibration import ece_from_bins, reliability_bins
@@ -219,6 +220,17 @@ def evaluate(
     }
 
 
+def evaluate_options(ev: EvaluateConfig) -> dict[str, Any]:
+    """evaluate()'s keyword settings from the [evaluate] config section (for the pipeline and evaluate_run)."""
+    return {
+        "top_k": ev.top_k,
+        "calibration_bins": ev.calibration_bins,
+        "confident_threshold": ev.confident_threshold,
+        "embedding_samples": ev.embedding_samples,
+        "gallery_size": ev.gallery_size,
+    }
+
+
 def evaluate_run(run_dir: Path, *, quiet: bool = False) -> dict[str, Any]:
     """Re-evaluate a finished run from its directory; refreshes the test figures in metrics.json."""
     from tfcnn.config import load_json
@@ -231,12 +243,7 @@ def evaluate_run(run_dir: Path, *, quiet: bool = False) -> dict[str, Any]:
     cfg = load_json(rd.config)
     bundle = load_data(cfg.data)
     model = load_model(rd.model)
-    ev = cfg.evaluate
-    result = evaluate(
-        model, bundle, rd.root, top_k=ev.top_k, quiet=quiet, calibration_bins=ev.calibration_bins,
-        confident_threshold=ev.confident_threshold, embedding_samples=ev.embedding_samples,
-        gallery_size=ev.gallery_size,
-    )
+    result = evaluate(model, bundle, rd.root, quiet=quiet, **evaluate_options(cfg.evaluate))
     if rd.metrics.is_file():
         write_json(rd.metrics, {**read_json(rd.metrics), **result})
     return result

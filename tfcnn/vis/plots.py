@@ -97,12 +97,12 @@ def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str]) -> Figur
     return fig
 
 
-def image_grid_figure(images: np.ndarray, titles: Sequence[str], suptitle: str, cols: int = 5) -> Figure:
+def image_grid_figure(images: np.ndarray, titles: Sequence[str], suptitle: str, cols: int = 8) -> Figure:
     """A gallery of test images with one caption each ("true / predicted")."""
     n = len(images)
     cols = max(1, min(cols, n))
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.3 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, title in zip(axes.flat, images, titles):

@@ -12,7 +12,6 @@ import base64
 import datetime as _dt
 import html
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -398,22 +397,34 @@ def _export_version(ctx: RunContext, vdir: Path) -> str:
         notes = "; ".join(map(str, r.get("failures") or []))
         if isinstance(r.get("predictions"), str):
             notes = (notes + "; " if notes else "") + r["predictions"]
-        passed = r.get("passed")
-        status = _Raw('<span class="ok">yes</span>' if passed else ('<span class="bad">NO</span>' if passed is False else "–"))
+        status = _Raw(_verdict(r.get("passed")))
         rows.append([name, status, r.get("accuracy"), r.get("agreement"), r.get("max_abs_diff"), r.get("mean_abs_diff"),
                      size_text(r.get("bytes")), r.get("latency_ms_median"), r.get("latency_ms_p95"), notes])
     out += table(["format", "passed", "accuracy", "agreement", "max |Δp|", "mean |Δp|", "size", "p50 ms", "p95 ms", "notes"], rows, "num")
+    mp = ver.get("mediapipe") or {}
+    if mp:
+        mrows = [[v, _Raw(_verdict(m.get("passed"))), m.get("checked"), m.get("top1_agreement_with_litert"),
+                  m.get("labels_from_metadata"), "; ".join(map(str, m.get("failures") or [])) or m.get("skipped") or ""]
+                 for v, m in mp.items()]
+        out += "<h4>MediaPipe Tasks (labels from the TFLite metadata)</h4>" + table(
+            ["variant", "passed", "images", "top-1 agreement with LiteRT", "labels from metadata", "notes"], mrows, "num")
+    if ver.get("failures"):
+        out += '<h4>Failures</h4><ul class="bad">' + "".join(f"<li>{esc(f)}</li>" for f in ver["failures"]) + "</ul>"
     out += "<h4>Test images whose prediction changed under int8 quantization</h4>"
     out += _guard(lambda: _int8_changed(ctx, ver))
     return out
+
+
+def _verdict(passed: Any) -> str:
+    return '<span class="ok">yes</span>' if passed else ('<span class="bad">NO</span>' if passed is False else "–")
 
 
 def _int8_changed(ctx: RunContext, ver: dict[str, Any]) -> str:
     from tfcnn.vis import campanels
 
     changed = ver.get("int8_changed")
-    if changed is None:
-        raise Unavailable("verification.json has no int8_changed list (int8 model not exported or not verified)")
+    if changed is None or "tflite_int8" not in ver.get("formats", {}):
+        raise Unavailable("the tflite_int8 variant was not exported or not verified in this version")
     if not changed:
         return "<p>None: the int8 model agrees with the float model on every verified test image.</p>"
     names = ctx.class_names
