@@ -18,7 +18,7 @@ def load_model(run_dir: Path):
     rd = RunDir(Path(run_dir))
     rd.require(rd.model)
     try:
-        return keras.models.load_model(rd.model)
+        return keras.models.load_model(rd.model, compile=False)
     except Exception as exc:  # corrupt or foreign file
         raise TfcnnError(f"{rd.model} could not be loaded ({type(exc).__name__}: {exc}); re-run training") from None
 
