@@ -1,4 +1,5 @@
 import org.jetbrains.kotlin.gradle.dsl.JvmTarget
+import org.jetbrains.kotlin.gradle.tasks.KotlinCompile
 
 // Plain JVM Kotlin: everything that can be wrong (contract parsing, pixels -> tensor bytes,
 // dequantization, top-k, model/contract checks) is unit-tested here without a device.
@@ -11,7 +12,7 @@ java {
     targetCompatibility = JavaVersion.VERSION_17
 }
 
-kotlin {
+tasks.withType<KotlinCompile>().configureEach {
     compilerOptions {
         jvmTarget.set(JvmTarget.JVM_17)
     }

@@ -35,7 +35,7 @@ class Preprocessor(
         if (channels != 1 && channels != 3) {
             throw ContractException("model input is ${tensor.dims}; the app feeds 1 or 3 channels")
         }
-        tensor.bytesPerElement // rejects unsupported dtypes early
+        check(tensor.bytesPerElement > 0) // throws ContractException for unsupported dtypes
         val norm = input.normalization
         if (norm.inGraph) {
             mean = DoubleArray(channels)
