@@ -30,7 +30,7 @@ def train_stage(cfg: PipelineConfig, run_dir: Path, *, quiet: bool = False) -> d
     import keras
 
     from tfcnn.data import load_data
-    from tfcnn.evaluate import evaluate
+    from tfcnn.evaluate import evaluate, evaluate_options
     from tfcnn.models import build_model
     from tfcnn.train import train
 
@@ -60,7 +60,7 @@ def train_stage(cfg: PipelineConfig, run_dir: Path, *, quiet: bool = False) -> d
     _say(quiet, f"train: {cfg.model.name} with the {cfg.train.engine} engine, up to {cfg.train.epochs} epochs")
     result = train(cfg, bundle, rd.root, build, quiet=quiet)
     _say(quiet, f"evaluate: {info.num_test} test images")
-    metrics = evaluate(result.model, bundle, rd.root, top_k=cfg.evaluate.top_k, quiet=quiet)
+    metrics = evaluate(result.model, bundle, rd.root, quiet=quiet, **evaluate_options(cfg.evaluate))
     summary = {
         **metrics,
         "params": int(result.model.count_params()),
