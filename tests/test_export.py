@@ -321,6 +321,22 @@ def test_coreml_spec(exported):
     assert row["spec_checked"] is True and row["passed"] is True
 
 
+def test_coreml_float32_precision_from_run_config(run_dir, tmp_path):
+    from tfcnn.export import export_run, verify_version
+    from tfcnn.export.coreml import read_spec
+
+    run = tmp_path / "run32"
+    shutil.copytree(run_dir, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["export"]["coreml_precision"] = "float32"
+    (run / "config.json").write_text(json.dumps(cfg))
+    vd = export_run(run, formats=["coreml"], root=tmp_path / "repo", quiet=True)
+    spec = read_spec(vd / "coreml" / "tiny.mlpackage")
+    assert spec["compute_precision"] == "float32" and "FLOAT16" not in spec["tensor_float_types"]
+    assert json.loads((vd / "contract.json").read_text())["artifacts"]["coreml"]["compute_precision"] == "float32"
+    assert verify_version(vd, samples=10, quiet=True)["formats"]["coreml"]["passed"]
+
+
 @pytest.mark.skipif(sys.platform != "darwin", reason="coremltools can only run CoreML predictions on macOS")
 def test_coreml_predictions_on_macos(exported, reference):
     from tfcnn.export.coreml import predict

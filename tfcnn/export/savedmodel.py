@@ -124,15 +124,12 @@ def _decode_value(value: Any) -> Any:
     return value
 
 
-def _as_tensor(value: Any, spec, where: str):
-    import tensorflow as tf
-
-    if spec.dtype == tf.string:
-        return tf.constant(value, dtype=tf.string)
+def _as_tensor(value: Any, spec, where: str) -> np.ndarray:
+    """JSON numbers -> an array of the signature's numeric dtype, refusing what would wrap around."""
     arr = np.asarray(value)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
         raise TfcnnError(f"{where}: expected a nested list of numbers for {spec.dtype.name}, got ragged or non-numeric data")
-    if spec.dtype == tf.uint8:
+    if spec.dtype.name == "uint8":
         if arr.size and (arr.min() < 0 or arr.max() > 255 or not np.all(np.equal(np.mod(arr, 1), 0))):
             raise TfcnnError(f"{where}: uint8 pixels must be integers in 0..255 (got range {arr.min()}..{arr.max()})")
         arr = arr.astype(np.uint8)
