@@ -250,6 +250,8 @@ def build_card(
 
 
 def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
     return f"{n / 1024:.1f} KB" if n < 2**20 else f"{n / 2**20:.2f} MB"
 
 

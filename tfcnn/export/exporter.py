@@ -209,7 +209,6 @@ def _build(src, chosen: list[str], name: str, version: int, out: Path, quiet: bo
                 description=f"{description}. {tflite_mod.DESCRIPTIONS[variant]}.",
                 author=ecfg.author,
                 license=ecfg.license,
-                labels=labels,
                 height=g.height,
                 width=g.width,
                 input_description=input_text,

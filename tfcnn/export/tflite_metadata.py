@@ -77,7 +77,6 @@ class MetadataSpec:
     description: str
     author: str
     license: str
-    labels: list[str]
     height: int
     width: int
     input_description: str
