@@ -53,14 +53,13 @@ def make_version_dir(
     full_range: bool = True,
     variants: tuple[str, ...] = ("tflite_int8", "tflite_float32"),
 ):
-    """A contract-shaped version directory (tflite_int8 + tflite_float32, labels, contract, model card).
+    """A contract-shaped version directory built without the export stage (tflite_int8/float32,
+    labels, contract, model card), for what the real exporter never writes: with
+    `full_range=False` the int8 input quantization takes the data's own range (scale != 1).
 
-    Built from a tiny_cnn on synthetic data (or `data` = (x, y, x_test, y_test, labels), grayscale
-    uint8 NHWC): uint8 RGB -> in-graph luma -> model -> softmax, the int8 variant fully quantized
-    with uint8 I/O, as the export contract describes. With `full_range` the representative images
-    include black and white frames so the int8 input quantization is the contract's scale 1 /
-    zero point 0; without it the converter picks the data's own range (scale != 1), which the
-    Kotlin preprocessing must then reproduce too.
+    tiny_cnn on synthetic data (or `data` = (x, y, x_test, y_test, labels), grayscale uint8 NHWC),
+    wrapped uint8 RGB -> in-graph luma -> model -> softmax; `full_range` pins the calibration range
+    to 0..255 with a black and a white frame, giving the contract's scale 1 / zero point 0.
     """
     import keras
     import tensorflow as tf
@@ -196,14 +195,39 @@ def jvm(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """Two exports of 'tiny': v1 (16x16), v2 re-exported at 20x20 — and an app copy fed from v1."""
-    root = tmp_path_factory.mktemp("export")
-    v1, (xt, yt) = make_version_dir(root, size=16, version=1)
-    v2, test2 = make_version_dir(root, size=20, version=2, epochs=1, full_range=False, variants=("tflite_int8",))
-    app = copy_app(tmp_path_factory.mktemp("app") / "android_demo")
-    info = write_android_assets(v1, app, samples=(xt, yt))
-    return {"v1": v1, "v2": v2, "app": app, "info": info, "test": (xt, yt), "test2": test2}
+def exported(tmp_path_factory, tiny_run, npz_path):
+    """Real exports of 'tiny': v1 from the tiny_run fixture straight into an app copy
+    (`export_run(..., android=...)`), then v2, a re-export of the same data at 20x20."""
+    from tfcnn.config import from_dict
+    from tfcnn.export import export_run
+    from tfcnn.pipeline import run_pipeline
+
+    base = tmp_path_factory.mktemp("android_export")
+    run1 = base / "run1"
+    shutil.copytree(tiny_run, run1)  # export_run records itself in the run dir; tiny_run stays read-only
+    app = copy_app(base / "android_demo")
+    root = base / "export"
+    v1 = export_run(run1, formats=["tflite_int8", "tflite_float32"], root=root, name="tiny", android=app, quiet=True)
+    cfg = from_dict(
+        {
+            "name": "tiny20",
+            "data": {"source": f"numpy:{npz_path}", "image_size": [20, 20], "batch_size": 32, "val_fraction": 0.2},
+            "model": {"name": "tiny_cnn"},
+            "train": {"engine": "fit", "epochs": 1, "tensorboard": False},
+            "export": {"enabled": False},
+            "report": False,
+        }
+    )
+    run_pipeline(cfg, base / "run2", quiet=True)
+    v2 = export_run(base / "run2", formats=["tflite_int8"], root=root, name="tiny", quiet=True)
+    return {"v1": v1, "v2": v2, "app": app, "run1": run1}
+
+
+def _test_split(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    from tfcnn import config as config_mod
+    from tfcnn.data import load_data
+
+    return load_data(config_mod.load_json(run_dir / "config.json").data).arrays["test"]
 
 
 def _junit_ok(proc: subprocess.CompletedProcess) -> int:
@@ -219,11 +243,12 @@ def _junit_ok(proc: subprocess.CompletedProcess) -> int:
 
 def test_fresh_export_goldens_pass_on_the_jvm(jvm, exported):
     app, v1 = exported["app"], exported["v1"]
+    assert v1.name == "1"
     proc = jvm({"tfcnn.golden.dir": str(app / GOLDEN), "tfcnn.assets.dir": str(app / ASSETS), "tfcnn.export.dir": str(v1)})
     _junit_ok(proc)
     assert "app assets in" in proc.stdout and "matches the export in" in proc.stdout, proc.stdout
     golden = json.loads((app / GOLDEN / "golden.json").read_text())
-    assert golden["samples_source"] == "samples argument"
+    assert golden["samples_source"] == "test split of run1"
     assert len(golden["samples"]) == 5
     assert golden["model_tensors"]["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
 
@@ -237,10 +262,11 @@ def test_checked_in_goldens_pass_on_the_jvm(jvm):
 
 def test_float32_variant_goldens_pass_on_the_jvm(jvm, exported, tmp_path):
     app = copy_app(tmp_path / "android_demo")
-    info = write_android_assets(exported["v1"], app, "tflite_float32", samples=exported["test"], n_samples=3)
+    info = write_android_assets(exported["v1"], app, "tflite_float32", n_samples=3)
     golden = json.loads(Path(info["golden"]).read_text())
     assert golden["model_tensors"]["output"]["dtype"] == "float32"
     assert golden["model_tensors"]["input"]["quantization"] is None
+    assert len(golden["samples"]) == 3
     proc = jvm({"tfcnn.golden.dir": str(app / GOLDEN), "tfcnn.assets.dir": str(app / ASSETS), "tfcnn.export.dir": str(exported["v1"])})
     _junit_ok(proc)
     check_android_assets(app, exported["v1"])
@@ -248,8 +274,8 @@ def test_float32_variant_goldens_pass_on_the_jvm(jvm, exported, tmp_path):
 
 def test_golden_input_is_raw_rgb_pixels_of_the_test_images(exported):
     """The contract's scaling: uint8 RGB 0..255 straight from the pixels (normalization is in-graph)."""
-    golden = json.loads(Path(exported["info"]["golden"]).read_text())
-    xt, yt = exported["test"]
+    golden = json.loads((exported["app"] / GOLDEN / "golden.json").read_text())
+    xt, yt = _test_split(exported["run1"])
     for s in golden["samples"]:
         fed = np.frombuffer(base64.b64decode(s["input_b64"]), np.uint8)
         np.testing.assert_array_equal(fed, np.repeat(xt[s["index"]], 3, axis=-1).reshape(-1))
@@ -275,9 +301,10 @@ def test_assets_agree_with_the_export(exported):
     contract = json.loads((app / ASSETS / "contract.json").read_text())
     model = app / ASSETS / "model.tflite"
     assert contract["android"]["variant"] == "tflite_int8"
-    assert contract["android"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest() == exported["info"]["sha256"]
+    assert contract["android"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert model.read_bytes() == (v1 / "tflite/model_int8.tflite").read_bytes()
-    assert (app / ASSETS / "labels.txt").read_text().splitlines() == ["class_0", "class_1", "class_2"]
+    assert (app / ASSETS / "labels.txt").read_text() == (v1 / "labels.txt").read_text()
+    assert {k: v for k, v in contract.items() if k != "android"} == json.loads((v1 / "contract.json").read_text())
 
 
 def test_contract_drift_fails_both_checks(jvm, exported):
@@ -294,19 +321,27 @@ def test_contract_drift_fails_both_checks(jvm, exported):
     assert "input.height, input.width: model input is 1x16x16x3 but contract.json says 1x20x20x3" in proc.stdout, proc.stdout[-3000:]
 
 
-def test_re_export_with_android_fixes_drift_and_quantized_input_matches(jvm, exported, tmp_path):
-    """Re-running the Android step for v2 makes both checks pass again. v2's int8 input is quantized
-    with the data's own range (scale != 1), so the goldens also pin q = round(x / scale) + zero_point."""
+def test_re_export_with_android_fixes_drift(jvm, exported, tmp_path):
+    """Running the Android step for v2 makes both checks pass again."""
     app, v2 = copy_app(tmp_path / "android_demo"), exported["v2"]
-    samples = exported["test2"]
-    write_android_assets(v2, app, samples=samples, n_samples=4)
+    write_android_assets(v2, app, n_samples=3)
     check_android_assets(app, v2)
+    _junit_ok(jvm({"tfcnn.golden.dir": str(app / GOLDEN), "tfcnn.assets.dir": str(app / ASSETS), "tfcnn.export.dir": str(v2)}))
+
+
+def test_quantized_input_with_non_unit_scale_matches(jvm, tmp_path):
+    """A uint8 input quantized with the data's own range (scale != 1, not what tfcnn exports, but
+    legal LiteRT): the goldens then pin q = round(x / scale) + zero_point in Kotlin too."""
+    vdir, samples = make_version_dir(tmp_path / "export", full_range=False, epochs=1, variants=("tflite_int8",))
+    app = copy_app(tmp_path / "android_demo")
+    write_android_assets(vdir, app, samples=samples, n_samples=4)
+    check_android_assets(app, vdir)
     golden = json.loads((app / GOLDEN / "golden.json").read_text())
     q = golden["model_tensors"]["input"]["quantization"]
     assert q and abs(q["scale"] - 1.0) > 0.01, q
     raw = np.frombuffer(base64.b64decode(golden["samples"][0]["input_b64"]), np.uint8)
     assert not np.array_equal(raw, np.repeat(samples[0][0], 3, axis=-1).reshape(-1))
-    _junit_ok(jvm({"tfcnn.golden.dir": str(app / GOLDEN), "tfcnn.assets.dir": str(app / ASSETS), "tfcnn.export.dir": str(v2)}))
+    _junit_ok(jvm({"tfcnn.golden.dir": str(app / GOLDEN), "tfcnn.assets.dir": str(app / ASSETS), "tfcnn.export.dir": str(vdir)}))
 
 
 def test_tampered_assets_are_named(exported, tmp_path):
