@@ -335,15 +335,28 @@ def write_android_assets(
 # --------------------------------------------------------------------------- checking them
 
 
+_DIFF_ORDER = ("input", "output", "labels", "model", "schema", "artifacts")
+
+
+def _brief(v: Any) -> str:
+    if v is None:
+        return "absent"
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
+    """Dotted paths where two contracts differ, the fields the app relies on first."""
     if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
+        keys = set(a) | set(b)
+        order = sorted(keys, key=lambda k: (_DIFF_ORDER.index(k) if not path and k in _DIFF_ORDER else len(_DIFF_ORDER), k))
+        for key in order:
             _diff(a.get(key), b.get(key), f"{path}.{key}" if path else key, out)
     elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b)):
             _diff(x, y, f"{path}[{i}]", out)
     elif a != b:
-        out.append(f"contract.json {path} is {json.dumps(a)} in the app but {json.dumps(b)} in the export")
+        out.append(f"contract.json {path} is {_brief(a)} in the app but {_brief(b)} in the export")
 
 
 def _quant_equal(a: dict | None, b: dict | None) -> bool:
