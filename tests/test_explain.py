@@ -97,7 +97,7 @@ def test_maps_of_a_quadrant_only_model_sit_in_that_quadrant():
     for cam in (gradcam, gradcam_plus_plus):
         maps = cam(model, x, classes)
         assert maps.shape == (4, 32, 32) and maps.dtype == np.float32
-        assert 0.0 <= maps.min() and maps.max() <= 1.0
+        assert 0.0 <= maps.min() and np.allclose(maps.max(axis=(1, 2)), 1.0)  # each map scaled to [0, 1]
         assert top_right(maps).min() > 0.7, cam.__name__
     assert top_right(scorecam(model, x, classes, max_n=8)).min() > 0.7
 

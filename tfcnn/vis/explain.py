@@ -150,8 +150,13 @@ def _batch(model: keras.Model, images: np.ndarray, class_indices: Sequence[int])
 
 
 def _as_maps(result: np.ndarray | list, n: int, hw: tuple[int, int]) -> np.ndarray:
-    maps = np.asarray(result, dtype=np.float32).reshape((n,) + hw)
-    return np.clip(np.nan_to_num(maps), 0.0, 1.0)
+    """Min-max scale each map to [0, 1] ourselves: tf-keras-vis divides by (max - min + 1e-7), which
+    flattens the tiny raw maps of weakly trained models to ~0; an identically flat map becomes zeros."""
+    maps = np.nan_to_num(np.asarray(result, dtype=np.float64).reshape((n,) + hw))
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - lo
+    scaled = np.divide(maps - lo, span, out=np.zeros_like(maps), where=span > 0)
+    return scaled.astype(np.float32)
 
 
 def saliency(
@@ -172,7 +177,9 @@ def saliency(
 
     x, classes = _batch(model, images, class_indices)
     with _quiet():
-        maps = Saliency(model)(CategoricalScore(classes), x, smooth_samples=smooth_samples, smooth_noise=smooth_noise)
+        maps = Saliency(model)(
+            CategoricalScore(classes), x, smooth_samples=smooth_samples, smooth_noise=smooth_noise, normalize_map=False
+        )
     return _as_maps(maps, len(x), x.shape[1:3])
 
 
@@ -187,7 +194,8 @@ def _cam(kind: str, model: keras.Model, images: np.ndarray, class_indices: Seque
     cls = {"gradcam": Gradcam, "gradcam_plus_plus": GradcamPlusPlus, "scorecam": Scorecam}[kind]
     with _quiet():
         maps = cls(model)(
-            CategoricalScore(classes), x, penultimate_layer=name, seek_penultimate_conv_layer=False, **kw
+            CategoricalScore(classes), x, penultimate_layer=name, seek_penultimate_conv_layer=False,
+            normalize_cam=False, **kw
         )
     return _as_maps(maps, len(x), x.shape[1:3])
 
