@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("images", type=Path, nargs="+")
     sp.add_argument("--layer", help="conv layer to explain (default: the last conv layer)")
     sp.add_argument("--out", type=Path, help="output folder (default RUN_DIR/explain)")
+    sp.add_argument("--methods", nargs="+", help="subset of: saliency smoothgrad gradcam gradcam_plus_plus scorecam activation_maximization filters feature_maps (default: all)")
+    sp.add_argument("--classes", type=int, nargs="+", help="class ids to explain / maximise (default: the predicted class)")
+    sp.add_argument("--filters", type=int, nargs="+", help="filter indices for activation maximisation")
+    sp.add_argument("--smooth-samples", type=int, default=20, help="SmoothGrad noise samples")
 
     sp = sub.add_parser("inspect", help="per-layer shapes, parameters, FLOPs and receptive fields")
     sp.add_argument("run_dir", type=Path)
@@ -124,7 +128,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "explain":
         from tfcnn.vis.explain import explain_images
 
-        for path in explain_images(args.run_dir, args.images, layer=args.layer, out_dir=args.out):
+        paths = explain_images(
+            args.run_dir, args.images, layer=args.layer, out_dir=args.out, methods=args.methods,
+            classes=args.classes, filters=args.filters, smooth_samples=args.smooth_samples,
+        )
+        for path in paths:
             print(path)
         return 0
     if cmd == "inspect":
