@@ -197,18 +197,20 @@ def _check_model(model: keras.Model, bundle: DataBundle) -> None:
 
 
 def save_model(s: Session) -> None:
-    """model.keras: final (or best) weights, compiled with plain built-in objects only.
+    """model.keras: the final (or best) weights, compiled with the loss and accuracy metric.
 
-    The training optimizer may carry tfcnn's own warm-up schedule; recompiling with a plain
-    optimizer keeps the file loadable by `keras.models.load_model` in any process.
+    The file is a deployment artifact, not a training state (that is checkpoints/): it is
+    compiled with a stateless SGD so it carries no optimizer slots (a third of the size for
+    Adam) and no tfcnn-specific schedule, and `keras.models.load_model` works in any process
+    with or without `compile=False`.
     """
-    tc = s.cfg.train
     with s.strategy.scope():
         s.model.compile(
-            optimizer=keras.optimizers.get({"class_name": _OPTIMIZER_CLASS[tc.optimizer], "config": {"learning_rate": tc.learning_rate}}),
+            optimizer=keras.optimizers.SGD(learning_rate=s.cfg.train.learning_rate),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
+        s.model.optimizer.build(s.model.trainable_variables)
     path = s.rd.model
     fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".keras", dir=path.parent)
     os.close(fd)
@@ -218,9 +220,6 @@ def save_model(s: Session) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-_OPTIMIZER_CLASS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
 
 
 def _diagnostics_extra(cfg: PipelineConfig) -> dict:

@@ -139,6 +139,13 @@ def run(s: Session) -> RunRecord:
         check_fingerprint(read_json(state_path).get("fingerprint", {}), record.fingerprint, rd.checkpoints)
 
     smoothing = tc.label_smoothing > 0
+    steps_per_execution = tc.steps_per_execution
+    if s.replicas > 1:
+        # Keras 3.15's multi-step loop fails under MirroredStrategy ("You must feed a value for
+        # placeholder tensor"), and its clipnorm clips each replica's partial gradient.
+        steps_per_execution = 1
+        if tc.clipnorm:
+            s.say("note: with the fit engine on several replicas Keras clips each replica's gradient; the tape engine clips the sum")
     k = s.bundle.info.num_classes
     with s.strategy.scope():
         optimizer = build_optimizer(tc, build_schedule(tc, s.steps_per_epoch), clipnorm=True)
@@ -152,16 +159,13 @@ def run(s: Session) -> RunRecord:
             optimizer=optimizer,
             loss=loss,
             metrics=metrics,
-            steps_per_execution=tc.steps_per_execution,
+            steps_per_execution=steps_per_execution,
             jit_compile=tc.jit_compile,
         )
 
     def prepare(ds: tf.data.Dataset) -> tf.data.Dataset:
-        def cast(x, y):
-            y = tf.one_hot(y, k) if smoothing else y
-            return tf.cast(x, tf.float32), y
-
-        return ds.map(cast, num_parallel_calls=tf.data.AUTOTUNE)
+        # Keras casts the uint8 images to the model's float32 input itself; only smoothing needs one-hot labels.
+        return ds.map(lambda x, y: (x, tf.one_hot(y, k)), num_parallel_calls=tf.data.AUTOTUNE) if smoothing else ds
 
     # Replay the shuffle passes the interrupted run made (see tape.TapeTrainer.restore).
     for _ in range(resume_epoch):
@@ -197,6 +201,7 @@ def run(s: Session) -> RunRecord:
         train_ds,
         validation_data=val_ds,
         epochs=tc.epochs,
+        shuffle=False,  # the bundle's pipeline shuffles (seeded, every epoch)
         callbacks=callbacks,
         verbose=0 if s.quiet else (1 if sys.stdout.isatty() else 2),
     )

@@ -100,7 +100,8 @@ def build_schedule(tc: TrainConfig, steps_per_epoch: int) -> Schedule:
             sched = lr
         else:
             sched = keras.optimizers.schedules.PiecewiseConstantDecay(
-                boundaries=[k * every * spe for k in range(1, drops + 1)],
+                # PiecewiseConstantDecay keeps values[i] while step <= boundaries[i]; step counts from 0
+                boundaries=[k * every * spe - 1 for k in range(1, drops + 1)],
                 values=[max(lr * tc.step_factor**k, floor) for k in range(drops + 1)],
             )
     else:  # pragma: no cover - the config's Literal type rejects anything else

@@ -1,0 +1,255 @@
+"""Training throughput: tfcnn's tape engine vs model.fit vs the course's eager GradientTape loop.
+
+All three train the same model (seed_cnn, L2 1e-4, batch 64) on the same uint8 tf.data
+pipeline (Fashion-MNIST from /usr/share/datasets/fashion-mnist, or --synthetic images) in ONE
+process, so they share the machine's state. The engines run through ``tfcnn.train.train``
+exactly as a pipeline would (epoch 1 is the warm-up: tracing, cache fill; the later epochs are
+timed from their epoch hooks); the course's loop (shared/seeds/000, lines 628-724: a Python
+``for`` over batches, ``loss.numpy()`` every step, no tf.function) runs --eager-steps after a
+short warm-up.
+
+Prints images/s for each (median over timed windows) and images per CPU-second of this process
+(steadier on a shared machine), the machine, and a final JSON line:
+{"tape_ips":..,"fit_ips":..,"eager_ips":..,"tape_vs_fit":..,"tape_vs_eager":.., "..._cpu": ..}
+Numbers on a shared machine are noisy; compare ratios from one run, not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfcnn.config import from_dict  # noqa: E402
+from tfcnn.data import load_data, make_bundle  # noqa: E402
+from tfcnn.models import build_model  # noqa: E402
+from tfcnn.train import train  # noqa: E402
+
+FASHION = Path(os.environ.get("TFCNN_DATA_DIR", "/usr/share/datasets/fashion-mnist"))
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall and process-CPU time of each epoch, from the engine's own epoch hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self._t0 = self._c0 = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.wall.append(time.perf_counter() - self._t0)
+        self.cpu.append(time.process_time() - self._c0)
+
+
+def rates(images: int, wall: list[float], cpu: list[float]) -> dict[str, float]:
+    """images/s over the timed windows: median wall rate, and images per CPU-second.
+
+    On a shared machine wall time swings with other people's load; CPU time (all threads of
+    this process) measures the work an engine does per image and is far steadier.
+    """
+    return {
+        "ips": float(np.median([images / w for w in wall])),
+        "ips_best": float(max(images / w for w in wall)),
+        "ips_cpu": float(images * len(cpu) / sum(cpu)),
+    }
+
+
+def make_config(args: argparse.Namespace, engine: str):
+    return from_dict(
+        {
+            "name": f"bench-{engine}",
+            "data": {
+                "source": "fashion_mnist",  # --synthetic builds its bundle from arrays instead
+                "batch_size": args.batch,
+                "val_fraction": 0.0,
+                "train_subset": args.batch * args.steps,
+                "seed": 0,
+            },
+            "model": {"name": "seed_cnn", "l2": 1e-4},
+            "train": {
+                "engine": engine,
+                "epochs": 1 + args.epochs,
+                "steps_per_execution": args.steps_per_execution,
+                "jit_compile": args.jit,
+                "tensorboard": False,
+                "gradient_norms": args.gradient_norms,
+                "early_stopping": {"enabled": False},
+            },
+            "export": {"enabled": False},
+        }
+    )
+
+
+def get_bundle(cfg, synthetic: bool):
+    if not synthetic:
+        return load_data(cfg.data)
+    rng = np.random.default_rng(0)
+    n = cfg.data.train_subset or 6400
+    x = rng.integers(0, 256, size=(n, 28, 28, 1), dtype=np.uint8)
+    y = rng.integers(0, 10, size=n).astype(np.int32)
+    names = [f"class_{i}" for i in range(10)]
+    return make_bundle(cfg.data, (x, y), (x[:64], y[:64]), names, "synthetic")
+
+
+def bench_engine(args, engine: str, synthetic: bool) -> dict[str, float]:
+    cfg = make_config(args, engine)
+    bundle = get_bundle(cfg, synthetic)
+    info = bundle.info
+    timer = EpochTimer()
+    with tempfile.TemporaryDirectory(prefix=f"bench-{engine}-") as run_dir:
+        train(
+            cfg,
+            bundle,
+            Path(run_dir),
+            lambda: build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std),
+            quiet=True,
+            callbacks=[timer],
+        )
+    return rates(info.num_train, timer.wall[1:], timer.cpu[1:])
+
+
+def bench_plain_fit(args, synthetic: bool) -> dict[str, float]:
+    """model.fit as the course writes it: compile with defaults (steps_per_execution=1), no callbacks."""
+    cfg = make_config(args, "fit")
+    bundle = get_bundle(cfg, synthetic)
+    info = bundle.info
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    timer = EpochTimer()
+    model.fit(bundle.train, epochs=1 + args.epochs, shuffle=False, verbose=0, callbacks=[timer])
+    return rates(info.num_train, timer.wall[1:], timer.cpu[1:])
+
+
+def bench_eager(args, synthetic: bool) -> dict[str, float]:
+    """The course's custom loop, verbatim in spirit: eager steps, a host sync per step."""
+    cfg = make_config(args, "tape")
+    bundle = get_bundle(cfg, synthetic)
+    info = bundle.info
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+    batches = bundle.train.repeat()
+    window = max(args.eager_steps // 4, 1)  # timed in 4 windows, like the engines' epochs
+    total = args.eager_warmup + 4 * window
+    wall: list[float] = []
+    cpu: list[float] = []
+    epoch_loss = 0.0
+    t0 = c0 = 0.0
+    for i, (batch_x, batch_y) in enumerate(batches.take(total)):
+        if i >= args.eager_warmup and (i - args.eager_warmup) % window == 0:
+            if i > args.eager_warmup:
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+            t0, c0 = time.perf_counter(), time.process_time()
+        with tf.GradientTape() as tape:
+            logits = model(tf.cast(batch_x, tf.float32), training=True)
+            loss = loss_fn(batch_y, logits)
+            loss += sum(model.losses)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        epoch_loss += loss.numpy()
+    wall.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+    return rates(window * args.batch, wall, cpu)
+
+
+def machine() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    return (
+        f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, "
+        f"{'%d GPU' % len(gpus) if gpus else 'no GPU'}, tensorflow {tf.__version__}, keras {keras.__version__}, "
+        f"threads intra={tf.config.threading.get_intra_op_parallelism_threads()} "
+        f"inter={tf.config.threading.get_inter_op_parallelism_threads()}"
+    ).replace("  ", " ")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=50, help="steps per epoch (train_subset = batch * steps)")
+    ap.add_argument("--epochs", type=int, default=4, help="timed epochs per engine, after one warm-up epoch")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--eager-steps", type=int, default=80, help="timed eager steps (4 windows)")
+    ap.add_argument("--eager-warmup", type=int, default=10)
+    ap.add_argument("--steps-per-execution", type=int, default=16)
+    ap.add_argument("--jit", action="store_true", help="XLA-compile the train steps (both engines)")
+    ap.add_argument(
+        "--no-gradient-norms", dest="gradient_norms", action="store_false", help="turn off the tape engine's per-layer norms"
+    )
+    ap.add_argument("--synthetic", action="store_true", help="random images instead of Fashion-MNIST")
+    ap.add_argument(
+        "--only", choices=["tape", "fit", "plain_fit", "eager"], action="append", help="run only these (repeatable)"
+    )
+    args = ap.parse_args(argv)
+
+    synthetic = args.synthetic or not (FASHION / "train-images-idx3-ubyte.gz").exists()
+    which = args.only or ["tape", "fit", "plain_fit", "eager"]
+    print(f"machine: {machine()}", flush=True)
+    print(
+        f"data: {'synthetic 28x28x1' if synthetic else FASHION}, seed_cnn l2=1e-4, batch {args.batch}, "
+        f"{args.steps} steps/epoch x {args.epochs} timed epochs (+1 warm-up); eager {args.eager_steps} steps",
+        flush=True,
+    )
+    got: dict[str, dict[str, float]] = {}
+    for name in which:
+        t = time.perf_counter()
+        if name == "eager":
+            got[name] = bench_eager(args, synthetic)
+        elif name == "plain_fit":
+            got[name] = bench_plain_fit(args, synthetic)
+        else:
+            got[name] = bench_engine(args, name, synthetic)
+        r = got[name]
+        print(
+            f"{name:>9}: {r['ips']:8.1f} images/s (median window, best {r['ips_best']:.1f}); "
+            f"{r['ips_cpu']:8.1f} images per CPU-second   ({time.perf_counter() - t:.1f} s)",
+            flush=True,
+        )
+
+    def val(name: str, key: str = "ips") -> float | None:
+        return round(got[name][key], 1) if name in got else None
+
+    def ratio(a: str, b: str, key: str = "ips") -> float | None:
+        return round(got[a][key] / got[b][key], 3) if a in got and b in got else None
+
+    result = {
+        "tape_ips": val("tape"),
+        "fit_ips": val("fit"),
+        "eager_ips": val("eager"),
+        "tape_vs_fit": ratio("tape", "fit"),
+        "tape_vs_eager": ratio("tape", "eager"),
+        "tape_ips_cpu": val("tape", "ips_cpu"),
+        "fit_ips_cpu": val("fit", "ips_cpu"),
+        "eager_ips_cpu": val("eager", "ips_cpu"),
+        "tape_vs_fit_cpu": ratio("tape", "fit", "ips_cpu"),
+        "tape_vs_eager_cpu": ratio("tape", "eager", "ips_cpu"),
+        "machine": machine(),
+        "synthetic": synthetic,
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
