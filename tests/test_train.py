@@ -230,6 +230,9 @@ def test_tape_engine_learns_and_writes_the_run_directory(tape_run):
         assert max(layer) * 0.999 <= norms["global"][e] <= sum(layer) * 1.001
     events = list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert {p.parent.name for p in events} == {"train", "validation"}
+    tags = _event_tags(next(p for p in events if p.parent.name == "train"))
+    assert tags["epoch_loss"] == [1, 2, 3, 4, 5] and tags["gradient_norm/global"] == [1, 2, 3, 4, 5]
+    assert tags["conv1/kernel"] == [2, 4]  # weight histograms every histogram_freq = 2 epochs
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("epoch-*.index")) == [
         "epoch-3.index",
         "epoch-4.index",
@@ -238,6 +241,16 @@ def test_tape_engine_learns_and_writes_the_run_directory(tape_run):
     reloaded = keras.models.load_model(run_dir / "model.keras")
     x = np.asarray(_val_arrays(tape_run)[0][:8], dtype="float32")
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), result.model.predict(x, verbose=0), atol=1e-5)
+
+
+def _event_tags(path: Path) -> dict[str, list[int]]:
+    import tensorflow as tf
+
+    tags: dict[str, list[int]] = {}
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+        for value in event.summary.value:
+            tags.setdefault(value.tag, []).append(int(event.step))
+    return tags
 
 
 def _val_arrays(tape_run):
@@ -366,6 +379,21 @@ def test_mixed_precision_on_cpu_uses_bfloat16_and_keeps_float32_logits(tmp_path)
     assert result.model.outputs[0].dtype == "float32"
     assert all(math.isfinite(v) for v in result.history["loss"]) and result.history["loss"][1] < result.history["loss"][0]
     assert keras.mixed_precision.global_policy().name == before  # later stages are not affected
+
+
+def test_float16_loss_scaling_path_tracks_float32(tmp_path, monkeypatch):
+    """mixed_float16 is chosen only on GPUs; force it on CPU to exercise the loss-scaled step
+    (unscale, clip and measure the true gradient, rescale for LossScaleOptimizer)."""
+    import tfcnn.train.core as core
+
+    opts = {"epochs": 2, "clipnorm": 1.0, "early_stopping": {"enabled": False}}
+    reference, _ = run(make_cfg(opts), tmp_path / "f32")
+    monkeypatch.setattr(core, "precision_policy", lambda tc, strategy: "mixed_float16")
+    result, _ = run(make_cfg(opts), tmp_path / "f16")
+    assert result.model.get_layer("conv1").compute_dtype == "float16"
+    np.testing.assert_allclose(result.history["loss"], reference.history["loss"], rtol=0.05)
+    norms = [json.loads((tmp_path / d / "diagnostics.json").read_text())["gradient_norms"]["global"][0] for d in ("f16", "f32")]
+    assert norms[0] == pytest.approx(norms[1], rel=0.1)  # unscaled: not 2**15 times larger
 
 
 def test_config_errors_are_one_clear_line(tmp_path):

@@ -111,7 +111,8 @@ class RunRecord:
 def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
     """The settings a checkpoint depends on (model, data, training minus RESUMABLE_KEYS)."""
     train = {k: v for k, v in to_dict(cfg.train).items() if k not in RESUMABLE_KEYS}
-    return {"data": to_dict(cfg.data), "model": to_dict(cfg.model), "train": train}
+    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("path", "cache")}  # where, not what
+    return {"data": data, "model": to_dict(cfg.model), "train": train}
 
 
 def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
