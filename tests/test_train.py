@@ -426,29 +426,32 @@ MIRRORED_SCRIPT = textwrap.dedent(
     }
     for engine, (train_opts, data_opts) in cases.items():
         models = {}
-        for strategy in ("default", "mirrored"):
+        # multi_worker without TF_CONFIG is a one-worker cluster: same numbers, collective ops
+        for strategy in ("default", "mirrored", "multi_worker") if engine == "tape" else ("default", "mirrored"):
             opts = {"epochs": 2, "strategy": strategy, "early_stopping": {"enabled": False}, **train_opts}
             if strategy == "mirrored":
                 opts["devices"] = ["/cpu:0", "/cpu:1"]
             cfg = make_cfg(opts, model_opts={"batch_norm": False, "l2": 1e-2}, data_opts=data_opts)
             result, _ = run(cfg, f"{sys.argv[3]}/{engine}-{strategy}")
             models[strategy] = result
-        a, b = models["default"], models["mirrored"]
-        out[engine] = {
-            "replicas": [a.replicas, b.replicas],
-            "max_diff": max(float(np.abs(x - y).max()) for x, y in zip(a.model.get_weights(), b.model.get_weights())),
-            "loss": [a.history["loss"], b.history["loss"]],
-        }
+        a = models.pop("default")
+        for strategy, b in models.items():
+            out[f"{engine}-{strategy}"] = {
+                "replicas": [a.replicas, b.replicas],
+                "max_diff": max(float(np.abs(x - y).max()) for x, y in zip(a.model.get_weights(), b.model.get_weights())),
+                "loss": [a.history["loss"], b.history["loss"]],
+            }
     print(json.dumps(out))
     """
 )
 
 
-def test_mirrored_on_two_logical_cpus_matches_single_device(tmp_path):
+def test_mirrored_on_two_logical_cpus_and_multi_worker_match_single_device(tmp_path):
     """Logical devices must be configured before TensorFlow initialises, hence a subprocess."""
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("TF_CONFIG", None)
     proc = subprocess.run(
         [sys.executable, str(script), str(REPO), str(REPO / "tests"), str(tmp_path)],
         capture_output=True,
@@ -459,7 +462,8 @@ def test_mirrored_on_two_logical_cpus_matches_single_device(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    for engine in ("tape", "fit"):
-        assert out[engine]["replicas"] == [1, 2]
-        assert out[engine]["max_diff"] < 1e-4, out[engine]
-        np.testing.assert_allclose(out[engine]["loss"][0], out[engine]["loss"][1], rtol=1e-4)
+    assert sorted(out) == ["fit-mirrored", "tape-mirrored", "tape-multi_worker"]
+    for case, got in out.items():
+        assert got["replicas"] == [1, 1 if case.endswith("multi_worker") else 2], case
+        assert got["max_diff"] < 1e-4, (case, got)
+        np.testing.assert_allclose(got["loss"][0], got["loss"][1], rtol=1e-4)

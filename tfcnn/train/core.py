@@ -57,6 +57,9 @@ class Session:
     steps_per_epoch: int
     callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
     chief: bool = True
+    # Where to resume from: the run directory's checkpoints, also for non-chief workers, which
+    # write their own checkpoints to a scratch `rd` but must restore the chief's state.
+    resume_dir: Path | None = None
 
     @property
     def replicas(self) -> int:
@@ -125,6 +128,7 @@ def train(
         steps_per_epoch=steps_per_epoch(bundle),
         callbacks=list(callbacks or []),
         chief=chief,
+        resume_dir=rd.checkpoints,
     )
     started = time.perf_counter()
     engine = tape_engine.run if tc.engine == "tape" else fit_engine.run

@@ -203,7 +203,7 @@ class TapeTrainer:
 
     def restore(self) -> None:
         """Continue from the run directory's last checkpoint, if it has one."""
-        path = self.manager.latest_checkpoint
+        path = tf.train.latest_checkpoint(str(self.s.resume_dir or self.s.rd.checkpoints))
         if not path:
             return
         try:
