@@ -134,6 +134,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"export: {summary['export']}")
         header = f"  {'format':<16}{'size':>10}{'accuracy':>10}{'agree':>9}{'max|dp|':>10}{'p50 ms':>8}{'p95 ms':>8}  ok"
         lines.append(header)
+        keras_acc = ver.get("keras", {}).get("accuracy")
+        if keras_acc is not None:
+            lines.append(f"  {'keras (ref)':<16}{'':>10}{100 * keras_acc:>9.2f}%")
         for fmt, row in ver.get("formats", {}).items():
             lines.append(_format_row(fmt, row))
     elif summary.get("export"):
