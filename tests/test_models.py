@@ -262,3 +262,15 @@ def test_mixed_precision_keeps_float32_logits(policy):
             assert out.dtype == "float32" and np.isfinite(np.asarray(out)).all()
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_separable_convs_grow_the_receptive_field():
+    """Keras 3's SeparableConv2D is not a Conv2D subclass; it must still count as a kernel."""
+    from tfcnn.models.conv_math import model_receptive_fields
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.SeparableConv2D(4, 3, padding="same", name="sep1")(inputs)
+    x = keras.layers.SeparableConv2D(4, 5, strides=2, padding="same", name="sep2")(x)
+    x = keras.layers.SeparableConv2D(4, 3, padding="same", name="sep3")(x)
+    fields = model_receptive_fields(keras.Model(inputs, x))
+    assert [fields[n] for n in ("sep1", "sep2", "sep3")] == [(3, 1), (7, 2), (11, 2)]

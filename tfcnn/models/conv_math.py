@@ -85,7 +85,8 @@ def receptive_fields(kernels: Sequence[int], strides: Sequence[int] | None = Non
 
 def _spatial(layer: keras.layers.Layer) -> tuple[int, int] | None:
     """(kernel, stride) along the height axis for layers that change the receptive field."""
-    if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+    # SeparableConv2D is not a Conv2D subclass in Keras 3; its depthwise kernel sets the field.
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)):
         k = (layer.kernel_size[0] - 1) * layer.dilation_rate[0] + 1
         return k, layer.strides[0]
     if isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)):
