@@ -154,8 +154,12 @@ def _format_row(fmt: str, row: dict[str, Any]) -> str:
     size = row.get("bytes")
     size_s = "-" if size is None else (f"{size / 1024:.0f} KB" if size < 2**20 else f"{size / 2**20:.1f} MB")
     ok = {True: "yes", False: "NO"}.get(row.get("passed"), "-")
+
+    def pct(key: str) -> str:
+        return "-" if row.get(key) is None else f"{100 * row[key]:.2f}%"
+
     return (
-        f"  {fmt:<16}{size_s:>10}{num('accuracy', 100):>9}%{num('agreement', 100):>8}%"
+        f"  {fmt:<16}{size_s:>10}{pct('accuracy'):>10}{pct('agreement'):>9}"
         f"{num('max_abs_diff', 1, '.1e'):>10}{num('latency_ms_median'):>8}{num('latency_ms_p95'):>8}  {ok}"
     )
 
