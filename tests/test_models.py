@@ -15,6 +15,7 @@ from tfcnn.models import conv_math as cm
 SMALL = {
     "seed_cnn": ModelConfig(name="seed_cnn", width=0.25),
     "compact_cnn": ModelConfig(name="compact_cnn", width=0.5, se=True, dropout=0.1),
+    "compact_gdconv": ModelConfig(name="compact_cnn", width=0.5, dropout=0.1, options={"head": "gdconv"}),
     "resnet": ModelConfig(name="resnet", width=0.5, depth=8, se=True),
     "resnet_bottleneck": ModelConfig(name="resnet", block="bottleneck", depth=11, width=0.5),
     "mobilenet": ModelConfig(name="mobilenet", width=0.25, depth=1, se=True),
@@ -128,6 +129,22 @@ def test_compact_cnn_is_under_100k_parameters():
     assert build_model(ModelConfig(name="compact_cnn", se=True), (28, 28, 1), 10).count_params() > plain
 
 
+def test_compact_cnn_gdconv_head_is_learned_spatial_pooling():
+    model = build_model(ModelConfig(name="compact_cnn", options={"head": "gdconv"}), (28, 28, 1), 10)
+    assert model.count_params() < 100_000
+    gd = model.get_layer("gdconv")
+    assert tuple(gd.kernel.shape) == (7, 7, 96, 1) and not gd.use_bias  # one 7x7 weighting per channel
+    assert model.get_layer("gdconv_flatten").output.shape == (None, 96)
+    # with uniform 1/49 weights and no BatchNorm it is exactly global average pooling
+    cfg = ModelConfig(name="compact_cnn", batch_norm=False, width=0.25, options={"head": "gdconv"})
+    m = build_model(cfg, (28, 28, 1), 10)
+    m.get_layer("gdconv").kernel.assign(np.full((7, 7, 24, 1), 1 / 49, "float32"))
+    m.get_layer("gdconv").bias.assign(np.zeros(24, "float32"))
+    features = keras.Model(m.input, [m.get_layer("s3_c1_act").output, m.get_layer("gdconv_flatten").output])
+    fmap, pooled = features(_images(2, (28, 28, 1)))
+    np.testing.assert_allclose(np.asarray(pooled), np.asarray(fmap).mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+
+
 def test_resnet_depth_rule_and_projections():
     model = build_model(ModelConfig(name="resnet", depth=20), (32, 32, 3), 10)
     assert 0.26e6 < model.count_params() < 0.28e6  # ResNet-20's 0.27M (He et al., table 6)
@@ -184,7 +201,7 @@ def test_registry_lists_every_architecture():
         build_model(ModelConfig(name="nope"), (28, 28, 1), 10)
 
 
-@pytest.mark.parametrize("key", ["compact_cnn", "resnet", "mobilenet", "vgg_dense", "seed_cnn"])
+@pytest.mark.parametrize("key", ["compact_cnn", "compact_gdconv", "resnet", "mobilenet", "vgg_dense", "seed_cnn"])
 def test_l2_adds_one_loss_per_kernel(key):
     cfg = SMALL[key]
     plain = build_model(cfg, (28, 28, 1), 10)
@@ -215,7 +232,7 @@ def test_width_dropout_activation_batch_norm_knobs():
 
 def test_options_are_validated():
     assert option_defaults("compact_cnn")["filters"] == [32, 48, 96]
-    with pytest.raises(ConfigError, match="model.options.filterz is not an option of compact_cnn; allowed options: convs, filters, se_ratio"):
+    with pytest.raises(ConfigError, match="model.options.filterz is not an option of compact_cnn; allowed options: convs, filters, head, se_ratio"):
         build_model(ModelConfig(name="compact_cnn", options={"filterz": [8]}), (28, 28, 1), 10)
     with pytest.raises(ConfigError, match="model.options.anything is not an option of tiny_cnn; allowed options: none"):
         resolve(ModelConfig(name="tiny_cnn", options={"anything": 1}))
@@ -223,6 +240,8 @@ def test_options_are_validated():
         resolve(ModelConfig(name="seed_cnn", options={"batch_norm": "yes"}))
     with pytest.raises(ConfigError, match="model.options.convs has 2 entries but model.options.filters has 3"):
         build_model(ModelConfig(name="compact_cnn", options={"convs": [1, 2]}), (28, 28, 1), 10)
+    with pytest.raises(ConfigError, match="model.options.head = 'flatten'; choose one of gap, gdconv"):
+        build_model(ModelConfig(name="compact_cnn", options={"head": "flatten"}), (28, 28, 1), 10)
     with pytest.raises(ConfigError, match="block_type = 'dense'"):
         build_model(ModelConfig(name="mobilenet", options={"block_type": "dense"}), (28, 28, 1), 10)
     with pytest.raises(ConfigError, match="model.activation = 'rellu'"):
@@ -234,7 +253,7 @@ def test_options_are_validated():
 # --------------------------------------------------------------------------- persistence and precision
 
 
-@pytest.mark.parametrize("key", ["seed_cnn", "compact_cnn", "resnet", "resnet_bottleneck", "mobilenet", "mobilenet_separable", "vgg"])
+@pytest.mark.parametrize("key", ["seed_cnn", "compact_cnn", "compact_gdconv", "resnet", "resnet_bottleneck", "mobilenet", "mobilenet_separable", "vgg"])
 def test_save_and_reload_gives_identical_outputs(key, tmp_path):
     model = build_model(SMALL[key], (32, 32, 3), 5, mean=[120.0, 110.0, 100.0], std=[60.0, 50.0, 40.0])
     # move every weight (BatchNorm gamma/beta and moving statistics included) off its initial value,

@@ -109,6 +109,19 @@ def head(x: keras.KerasTensor, cfg: ModelConfig) -> keras.KerasTensor:
     return x
 
 
+def global_depthwise_head(x: keras.KerasTensor, cfg: ModelConfig) -> keras.KerasTensor:
+    """A depthwise conv as large as the feature map: per-channel learned spatial pooling, then BN."""
+    h, w = x.shape[1], x.shape[2]
+    x = keras.layers.DepthwiseConv2D(
+        (h, w), padding="valid", use_bias=not cfg.batch_norm, depthwise_regularizer=regularizer(cfg), name="gdconv"
+    )(x)
+    x = bn(x, cfg, "gdconv_bn")
+    x = keras.layers.Flatten(name="gdconv_flatten")(x)
+    if cfg.dropout > 0:
+        x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)
+    return x
+
+
 def check_pool(x: keras.KerasTensor, model: str, what: str) -> None:
     """Refuse to downsample a feature map that is already 1 pixel wide (input too small for the depth)."""
     h, w = x.shape[1], x.shape[2]

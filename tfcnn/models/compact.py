@@ -9,6 +9,11 @@ channels for a few thousand extra parameters.
 Stages: ``options.filters[i] * width`` channels, ``options.convs[i]`` 3x3 conv-BN-act layers,
 then 2x2 max pooling between stages. ``model.depth > 0`` sets the conv count of every stage
 after the first.
+
+``options.head = "gdconv"`` swaps global average pooling for a global depthwise conv (one
+learned H x W weighting per channel, MobileFaceNet's GDConv): average pooling with learned
+instead of uniform weights, for aligned images such as Fashion-MNIST where *where* a feature
+fires (sleeve, collar) matters. It costs H*W weights per channel (4,704 at 7x7x96).
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ import keras
 
 from tfcnn.config import ModelConfig
 from tfcnn.errors import ConfigError
-from tfcnn.models.blocks import check_pool, conv_bn_act, head, int_list, scaled, squeeze_excite
+from tfcnn.models.blocks import check_pool, conv_bn_act, global_depthwise_head, head, int_list, scaled, squeeze_excite
 from tfcnn.models.registry import register
 
-OPTIONS = {"filters": [32, 48, 96], "convs": [1, 2, 1], "se_ratio": 0.25}
+OPTIONS = {"filters": [32, 48, 96], "convs": [1, 2, 1], "se_ratio": 0.25, "head": "gap"}
+HEADS = ("gap", "gdconv")
 
 
 @register("compact_cnn", options=OPTIONS)
@@ -33,6 +39,8 @@ def compact_cnn(x: keras.KerasTensor, cfg: ModelConfig) -> keras.KerasTensor:
         )
     if cfg.depth > 0:
         convs = convs[:1] + [cfg.depth] * (len(convs) - 1)
+    if cfg.options["head"] not in HEADS:
+        raise ConfigError(f"model.options.head = {cfg.options['head']!r}; choose one of {', '.join(HEADS)}")
     ratio = float(cfg.options["se_ratio"])
     if not 0 < ratio <= 1:
         raise ConfigError(f"model.options.se_ratio = {ratio} must be in (0, 1]")
@@ -44,4 +52,6 @@ def compact_cnn(x: keras.KerasTensor, cfg: ModelConfig) -> keras.KerasTensor:
             x = conv_bn_act(x, scaled(f, cfg.width), 3, cfg, f"s{stage}_c{i}")
         if cfg.se and stage > 1:
             x = squeeze_excite(x, cfg, f"s{stage}_se", ratio)
+    if cfg.options["head"] == "gdconv":
+        return global_depthwise_head(x, cfg)
     return head(x, cfg)
