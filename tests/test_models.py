@@ -133,14 +133,14 @@ def test_compact_cnn_gdconv_head_is_learned_spatial_pooling():
     model = build_model(ModelConfig(name="compact_cnn", options={"head": "gdconv"}), (28, 28, 1), 10)
     assert model.count_params() < 100_000
     gd = model.get_layer("gdconv")
-    assert tuple(gd.kernel.shape) == (7, 7, 96, 1) and not gd.use_bias  # one 7x7 weighting per channel
-    assert model.get_layer("gdconv_flatten").output.shape == (None, 96)
+    assert tuple(gd.kernel.shape) == (7, 7, 72, 1) and not gd.use_bias  # one 7x7 weighting per channel
+    assert model.get_layer("gdconv_flatten").output.shape == (None, 72)
     # with uniform 1/49 weights and no BatchNorm it is exactly global average pooling
     cfg = ModelConfig(name="compact_cnn", batch_norm=False, width=0.25, options={"head": "gdconv"})
     m = build_model(cfg, (28, 28, 1), 10)
-    m.get_layer("gdconv").kernel.assign(np.full((7, 7, 24, 1), 1 / 49, "float32"))
-    m.get_layer("gdconv").bias.assign(np.zeros(24, "float32"))
-    features = keras.Model(m.input, [m.get_layer("s3_c1_act").output, m.get_layer("gdconv_flatten").output])
+    m.get_layer("gdconv").kernel.assign(np.full((7, 7, 18, 1), 1 / 49, "float32"))
+    m.get_layer("gdconv").bias.assign(np.zeros(18, "float32"))
+    features = keras.Model(m.input, [m.get_layer("s3_c2_act").output, m.get_layer("gdconv_flatten").output])
     fmap, pooled = features(_images(2, (28, 28, 1)))
     np.testing.assert_allclose(np.asarray(pooled), np.asarray(fmap).mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
 
@@ -231,7 +231,7 @@ def test_width_dropout_activation_batch_norm_knobs():
 
 
 def test_options_are_validated():
-    assert option_defaults("compact_cnn")["filters"] == [32, 48, 96]
+    assert option_defaults("compact_cnn")["filters"] == [16, 40, 72]
     with pytest.raises(ConfigError, match="model.options.filterz is not an option of compact_cnn; allowed options: convs, filters, head, se_ratio"):
         build_model(ModelConfig(name="compact_cnn", options={"filterz": [8]}), (28, 28, 1), 10)
     with pytest.raises(ConfigError, match="model.options.anything is not an option of tiny_cnn; allowed options: none"):

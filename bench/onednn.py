@@ -1,0 +1,149 @@
+"""oneDNN on vs off: training throughput of a pipeline's model with TF_ENABLE_ONEDNN_OPTS=1 and =0.
+
+TensorFlow's x86 wheels turn oneDNN's kernels on by default only on CPUs with AVX512-VNNI,
+AVX512-BF16 or AMX; on an AVX2-only CPU they are off. ``import tfcnn`` turns them on (unless
+the variable is already set) because this benchmark measured them faster there. The setting is
+read once, when TensorFlow loads, so each measurement runs in a child process; the parent
+alternates the two settings for --rounds rounds and keeps each setting's best round.
+
+Each child trains the pipeline's model with the real train stage (tape engine, the pipeline's
+batch size) on a stratified Fashion-MNIST subset (--synthetic: random images), times the
+epochs after the first (tracing, cache fill), and reports images/s.
+
+Usage: ``python bench/onednn.py [PIPELINE] [--images 12800] [--epochs 2] [--rounds 2]``
+Prints one line per child and a final JSON line:
+{"onednn_ips": .., "plain_ips": .., "speedup": .., "model": .., "machine": ..}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(args: argparse.Namespace) -> dict:
+    """Runs inside a fresh interpreter whose TF_ENABLE_ONEDNN_OPTS the parent chose."""
+    sys.path.insert(0, str(ROOT))
+    import keras
+    import numpy as np
+
+    from tfcnn.config import load
+    from tfcnn.data import load_data, make_bundle
+    from tfcnn.models import build_model
+    from tfcnn.train import train
+
+    cfg = load(
+        args.pipeline,
+        [
+            f"train.epochs={1 + args.epochs}",
+            "train.tensorboard=false",
+            "train.early_stopping.enabled=false",
+            "data.val_fraction=0.0",
+            f"data.train_subset={args.images}",
+            "export.enabled=false",
+        ],
+    )
+    if args.synthetic:
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, size=(args.images, 28, 28, 1), dtype=np.uint8)
+        y = rng.integers(0, 10, size=args.images).astype(np.int32)
+        bundle = make_bundle(cfg.data, (x, y), (x[:64], y[:64]), [str(i) for i in range(10)], "synthetic")
+    else:
+        bundle = load_data(cfg.data)
+    info = bundle.info
+
+    class Timer(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wall: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.wall.append(time.perf_counter() - self.t0)
+
+    timer = Timer()
+    with tempfile.TemporaryDirectory(prefix="bench-onednn-") as run_dir:
+        train(
+            cfg,
+            bundle,
+            Path(run_dir),
+            lambda: build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std),
+            quiet=True,
+            callbacks=[timer],
+        )
+    timed = timer.wall[1:]
+    return {
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "model": cfg.model.name,
+        "batch": cfg.data.batch_size,
+        "ips": max(info.num_train / w for w in timed),
+        "epoch_seconds": [round(w, 2) for w in timed],
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs, {cpu}"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("pipeline", nargs="?", default=str(ROOT / "pipelines" / "fashion_mnist.toml"))
+    p.add_argument("--images", type=int, default=12800, help="training images per epoch")
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs (after one warm-up epoch)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--synthetic", action="store_true", help="random images instead of Fashion-MNIST")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args)), flush=True)
+        return {}
+
+    best: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for setting in ("1", "0"):
+            env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting, TF_CPP_MIN_LOG_LEVEL="2")
+            cmd = [sys.executable, __file__, args.pipeline, "--child", "--images", str(args.images), "--epochs", str(args.epochs)]
+            if args.synthetic:
+                cmd.append("--synthetic")
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"bench child with TF_ENABLE_ONEDNN_OPTS={setting} failed:\n{out.stderr[-2000:]}")
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"TF_ENABLE_ONEDNN_OPTS={setting}: {result['ips']:.0f} img/s (epochs {result['epoch_seconds']} s)", flush=True)
+            if setting not in best or result["ips"] > best[setting]["ips"]:
+                best[setting] = result
+    summary = {
+        "onednn_ips": round(best["1"]["ips"], 1),
+        "plain_ips": round(best["0"]["ips"], 1),
+        "speedup": round(best["1"]["ips"] / best["0"]["ips"], 3),
+        "model": best["1"]["model"],
+        "batch": best["1"]["batch"],
+        "images": args.images,
+        "data": "synthetic" if args.synthetic else "fashion_mnist",
+        "machine": machine(),
+    }
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
