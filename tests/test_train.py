@@ -467,3 +467,30 @@ def test_mirrored_on_two_logical_cpus_and_multi_worker_match_single_device(tmp_p
         assert got["replicas"] == [1, 1 if case.endswith("multi_worker") else 2], case
         assert got["max_diff"] < 1e-4, (case, got)
         np.testing.assert_allclose(got["loss"][0], got["loss"][1], rtol=1e-4)
+
+
+@pytest.mark.parametrize("engine", ["tape", "fit"])
+@pytest.mark.parametrize("steps_per_execution", [1, 3, 4])
+def test_engines_take_exactly_one_epoch_of_steps_per_epoch(tmp_path, engine, steps_per_execution):
+    # 192 training images / batch 32 = 6 steps per epoch. Both engines iterate the repeated
+    # training set through one iterator; compiled blocks of steps must still stop at the epoch's
+    # end, which the per-step exponential schedule would show (lr at epoch e = 0.01 * 0.5**e).
+    cfg = make_cfg(
+        {"engine": engine, "epochs": 3, "schedule": "exponential", "decay_rate": 0.5, "steps_per_execution": steps_per_execution}
+    )
+    result, _ = run(cfg, tmp_path)
+    assert result.history["lr"] == pytest.approx([0.01 * 0.5**e for e in range(3)], rel=1e-5)
+
+
+def test_one_repeated_iterator_sees_the_same_epochs_as_one_iterator_per_epoch():
+    # What the engines rely on when they keep one iterator over train.repeat(): the same
+    # shuffle order and augmentation draws as a fresh iterator per epoch, and no batch that
+    # straddles two epochs.
+    cfg = make_cfg(data_opts={"augment": {"flip": True, "translate": 0.1}})
+    train = make_data(cfg).train
+    first = [x.numpy() for _ in range(2) for x, _ in train]
+    repeated = iter(make_data(cfg).train.repeat())
+    second = [next(repeated)[0].numpy() for _ in range(len(first))]
+    assert [len(x) for x in first] == [32] * 6 * 2
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert not np.array_equal(first[0], first[6])  # epochs are reshuffled / re-augmented

@@ -170,7 +170,11 @@ def run(s: Session) -> RunRecord:
     # Replay the shuffle passes the interrupted run made (see tape.TapeTrainer.restore).
     for _ in range(resume_epoch):
         iter(s.bundle.train)
-    train_ds = prepare(s.bundle.train)
+    # Repeated, with steps_per_epoch, Keras keeps one iterator for the run instead of one per epoch
+    # (see tape.TapeTrainer.run: per-epoch iterators stalled at epoch ends). Keras 3 then runs
+    # whole steps_per_execution blocks, so this is only exact when they tile the epoch.
+    repeat = s.steps_per_epoch % steps_per_execution == 0
+    train_ds = prepare(s.bundle.train).repeat() if repeat else prepare(s.bundle.train)
     val_ds = prepare(s.bundle.val) if s.has_validation else None
 
     rules_cb = RulesCallback(rules, rd.checkpoints / "best_weights.npz", es.enabled and es.restore_best)
@@ -201,6 +205,7 @@ def run(s: Session) -> RunRecord:
         train_ds,
         validation_data=val_ds,
         epochs=tc.epochs,
+        steps_per_epoch=s.steps_per_epoch if repeat else None,
         shuffle=False,  # the bundle's pipeline shuffles (seeded, every epoch)
         callbacks=callbacks,
         verbose=0 if s.quiet else (1 if sys.stdout.isatty() else 2),

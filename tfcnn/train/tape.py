@@ -244,7 +244,12 @@ class TapeTrainer:
     def run(self) -> RunRecord:
         s, tc = self.s, self.tc
         self.restore()
-        dist_train = self.strategy.experimental_distribute_dataset(s.bundle.train)
+        # One iterator for the whole run, over the repeated training set (batches never straddle
+        # epochs: repeat() comes after batch()). Making a new iterator every epoch and dropping the
+        # old one stalled ~10 s at the end of about half the epochs with an augmentation map on
+        # TF 2.21 (bench/epoch_stall.py); the shuffle and augmentation draws are the same either way.
+        dist_train = self.strategy.experimental_distribute_dataset(s.bundle.train.repeat())
+        iterator = iter(dist_train)
         dist_val = self.strategy.experimental_distribute_dataset(s.bundle.val) if s.has_validation else None
         writers = self._tensorboard_writers()
         callbacks = keras.callbacks.CallbackList(s.callbacks, model=self.model, epochs=tc.epochs, steps=s.steps_per_epoch)
@@ -263,7 +268,6 @@ class TapeTrainer:
             self.norm_sums.assign(tf.zeros_like(self.norm_sums))
             bar = self._progbar(epoch)
             t0 = time.perf_counter()
-            iterator = iter(dist_train)
             done = 0
             while done < spe:
                 n = int(self._train_chunk(iterator, tf.constant(min(chunk, spe - done))))
