@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,17 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import describe  # noqa: E402  (bench/machine.py, beside this script)
 
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs, {cpu}"
+
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -103,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": cfg.model.name,
         "augment": active(cfg.data.augment),
         "tensorflow": tf.__version__,
-        "machine": machine(),
+        "machine": describe(),
     }
     print(json.dumps(summary), flush=True)
     return summary

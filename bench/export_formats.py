@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import describe  # noqa: E402  (bench/machine.py, beside this script)
 
 GOALS = {"size_ratio": 0.30, "latency_ratio": 0.7, "accuracy_drop_points": 0.5, "export_verify_seconds": 90.0}
 
@@ -149,7 +150,7 @@ def main() -> int:
             "verification_passed": report["passed"],
             "threads": args.threads,
             "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
+            "machine": describe(),
         }
         result["goals_met"] = {
             "size_ratio": result["size_ratio"] <= GOALS["size_ratio"],

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+from machine import describe  # noqa: E402  (bench/machine.py, beside this script)
 
 
 def child(args: argparse.Namespace) -> dict:
@@ -92,16 +93,6 @@ def child(args: argparse.Namespace) -> dict:
     }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs, {cpu}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -139,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch": best["1"]["batch"],
         "images": args.images,
         "data": "synthetic" if args.synthetic else "fashion_mnist",
-        "machine": machine(),
+        "machine": describe(),
     }
     print(json.dumps(summary), flush=True)
     return summary

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import describe  # noqa: E402  (bench/machine.py, beside this script)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -180,24 +181,16 @@ def bench_eager(args, synthetic: bool) -> dict[str, float]:
     return rates(window * args.batch, wall, cpu)
 
 
-def machine() -> str:
-    gpus = tf.config.list_physical_devices("GPU")
-    return (
-        f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, "
-        f"{'%d GPU' % len(gpus) if gpus else 'no GPU'}, tensorflow {tf.__version__}, keras {keras.__version__}, "
-        f"threads intra={tf.config.threading.get_intra_op_parallelism_threads()} "
-        f"inter={tf.config.threading.get_inter_op_parallelism_threads()}"
-    ).replace("  ", " ")
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=50, help="steps per epoch (train_subset = batch * steps)")
+    ap.add_argument("--steps", type=int, default=150, help="steps per epoch (train_subset = batch * steps)")
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs per engine, after one warm-up epoch")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--eager-steps", type=int, default=60, help="timed eager steps (4 windows)")
     ap.add_argument("--eager-warmup", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=2, help="alternate the engines this many times; keep each one's best")
+    ap.add_argument("--rounds", type=int, default=3, help="alternate the engines this many times; keep each one's best")
     ap.add_argument("--steps-per-execution", type=int, default=16)
     ap.add_argument("--jit", action="store_true", help="XLA-compile the train steps (both engines)")
     ap.add_argument(
@@ -211,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     synthetic = args.synthetic or not (FASHION / "train-images-idx3-ubyte.gz").exists()
     which = args.only or ["tape", "fit", "plain_fit", "eager"]
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {describe()}", flush=True)
     print(
         f"data: {'synthetic 28x28x1' if synthetic else FASHION}, seed_cnn l2=1e-4, batch {args.batch}, "
         f"{args.steps} steps/epoch x {args.epochs} timed epochs (+1 warm-up); eager {args.eager_steps} steps",
@@ -256,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tape_vs_fit_cpu": ratio("tape", "fit", "ips_cpu"),
         "tape_vs_eager_cpu": ratio("tape", "eager", "ips_cpu"),
         "tape_vs_plain_fit_cpu": ratio("tape", "plain_fit", "ips_cpu"),
-        "machine": machine(),
+        "machine": describe(),
         "synthetic": synthetic,
     }
     print(json.dumps(result), flush=True)
