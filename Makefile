@@ -24,6 +24,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 	$(PY) bench/export_formats.py
+	$(PY) bench/onednn.py
+	$(PY) bench/epoch_stall.py
 
 clean:
 	rm -rf runs build *.egg-info
