@@ -494,3 +494,18 @@ def test_one_repeated_iterator_sees_the_same_epochs_as_one_iterator_per_epoch():
     assert [len(x) for x in first] == [32] * 6 * 2
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
     assert not np.array_equal(first[0], first[6])  # epochs are reshuffled / re-augmented
+
+
+def test_tape_resume_with_augmentation_replays_the_augmentation_draws(tmp_path):
+    # The augmentation seeds come from tf.data's Dataset.random, which (like the shuffle) draws a
+    # new stream for every pass; resuming replays the finished passes, so epoch 3 of the resumed
+    # run flips and shifts exactly the images the uninterrupted run did.
+    opts = {"epochs": 3, "early_stopping": {"patience": 10}}
+    data = {"augment": {"flip": True, "translate": 0.1}}
+    cfg = make_cfg(opts, data_opts=data)
+    whole, _ = run(cfg, tmp_path / "whole")
+    with pytest.raises(Interrupted):
+        run(cfg, tmp_path / "cut", callbacks=[InterruptAfter(2)])
+    resumed, _ = run(cfg, tmp_path / "cut")
+    assert resumed.history["loss"] == pytest.approx(whole.history["loss"], rel=1e-5)
+    assert max_diff(whole.model, resumed.model) < 1e-5
