@@ -22,8 +22,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,13 +32,9 @@ from machine import describe  # noqa: E402  (bench/machine.py, beside this scrip
 def child(args: argparse.Namespace) -> dict:
     """Runs inside a fresh interpreter whose TF_ENABLE_ONEDNN_OPTS the parent chose."""
     sys.path.insert(0, str(ROOT))
-    import keras
-    import numpy as np
+    from timing import bundle_for, train_timed  # bench/timing.py: loads TensorFlow, so only here
 
     from tfcnn.config import load
-    from tfcnn.data import load_data, make_bundle
-    from tfcnn.models import build_model
-    from tfcnn.train import train
 
     cfg = load(
         args.pipeline,
@@ -53,46 +47,16 @@ def child(args: argparse.Namespace) -> dict:
             "export.enabled=false",
         ],
     )
-    if args.synthetic:
-        rng = np.random.default_rng(0)
-        x = rng.integers(0, 256, size=(args.images, 28, 28, 1), dtype=np.uint8)
-        y = rng.integers(0, 10, size=args.images).astype(np.int32)
-        bundle = make_bundle(cfg.data, (x, y), (x[:64], y[:64]), [str(i) for i in range(10)], "synthetic")
-    else:
-        bundle = load_data(cfg.data)
-    info = bundle.info
-
-    class Timer(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.wall: list[float] = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.wall.append(time.perf_counter() - self.t0)
-
-    timer = Timer()
-    with tempfile.TemporaryDirectory(prefix="bench-onednn-") as run_dir:
-        train(
-            cfg,
-            bundle,
-            Path(run_dir),
-            lambda: build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std),
-            quiet=True,
-            callbacks=[timer],
-        )
+    bundle = bundle_for(cfg, args.synthetic)
+    timer = train_timed(cfg, bundle)
     timed = timer.wall[1:]
     return {
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "model": cfg.model.name,
         "batch": cfg.data.batch_size,
-        "ips": max(info.num_train / w for w in timed),
+        "ips": max(bundle.info.num_train / w for w in timed),
         "epoch_seconds": [round(w, 2) for w in timed],
     }
-
-
 
 
 def main(argv: list[str] | None = None) -> dict:

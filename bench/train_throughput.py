@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,28 +38,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfcnn.config import from_dict  # noqa: E402
-from tfcnn.data import load_data, make_bundle  # noqa: E402
 from tfcnn.models import build_model  # noqa: E402
-from tfcnn.train import train  # noqa: E402
+from timing import EpochTimer, bundle_for, train_timed  # noqa: E402  (bench/timing.py)
 
 FASHION = Path(os.environ.get("TFCNN_DATA_DIR", "/usr/share/datasets/fashion-mnist"))
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall and process-CPU time of each epoch, from the engine's own epoch hooks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.wall: list[float] = []
-        self.cpu: list[float] = []
-        self._t0 = self._c0 = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t0, self._c0 = time.perf_counter(), time.process_time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.wall.append(time.perf_counter() - self._t0)
-        self.cpu.append(time.process_time() - self._c0)
 
 
 def rates(images: int, wall: list[float], cpu: list[float]) -> dict[str, float]:
@@ -102,38 +83,17 @@ def make_config(args: argparse.Namespace, engine: str):
     )
 
 
-def get_bundle(cfg, synthetic: bool):
-    if not synthetic:
-        return load_data(cfg.data)
-    rng = np.random.default_rng(0)
-    n = cfg.data.train_subset or 6400
-    x = rng.integers(0, 256, size=(n, 28, 28, 1), dtype=np.uint8)
-    y = rng.integers(0, 10, size=n).astype(np.int32)
-    names = [f"class_{i}" for i in range(10)]
-    return make_bundle(cfg.data, (x, y), (x[:64], y[:64]), names, "synthetic")
-
-
 def bench_engine(args, engine: str, synthetic: bool) -> dict[str, float]:
     cfg = make_config(args, engine)
-    bundle = get_bundle(cfg, synthetic)
-    info = bundle.info
-    timer = EpochTimer()
-    with tempfile.TemporaryDirectory(prefix=f"bench-{engine}-") as run_dir:
-        train(
-            cfg,
-            bundle,
-            Path(run_dir),
-            lambda: build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std),
-            quiet=True,
-            callbacks=[timer],
-        )
-    return rates(info.num_train, timer.wall[1:], timer.cpu[1:])
+    bundle = bundle_for(cfg, synthetic)
+    timer = train_timed(cfg, bundle)
+    return rates(bundle.info.num_train, timer.wall[1:], timer.cpu[1:])
 
 
 def bench_plain_fit(args, synthetic: bool) -> dict[str, float]:
     """model.fit as the course writes it: compile with defaults (steps_per_execution=1), no callbacks."""
     cfg = make_config(args, "fit")
-    bundle = get_bundle(cfg, synthetic)
+    bundle = bundle_for(cfg, synthetic)
     info = bundle.info
     keras.utils.set_random_seed(0)
     model = build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std)
@@ -144,13 +104,13 @@ def bench_plain_fit(args, synthetic: bool) -> dict[str, float]:
     )
     timer = EpochTimer()
     model.fit(bundle.train, epochs=1 + args.epochs, shuffle=False, verbose=0, callbacks=[timer])
-    return rates(info.num_train, timer.wall[1:], timer.cpu[1:])
+    return rates(bundle.info.num_train, timer.wall[1:], timer.cpu[1:])
 
 
 def bench_eager(args, synthetic: bool) -> dict[str, float]:
     """The course's custom loop, verbatim in spirit: eager steps, a host sync per step."""
     cfg = make_config(args, "tape")
-    bundle = get_bundle(cfg, synthetic)
+    bundle = bundle_for(cfg, synthetic)
     info = bundle.info
     keras.utils.set_random_seed(0)
     model = build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std)
