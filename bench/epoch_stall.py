@@ -27,8 +27,6 @@ sys.path.insert(0, str(ROOT))
 from machine import describe  # noqa: E402  (bench/machine.py, beside this script)
 
 
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("pipeline", nargs="?", default=str(ROOT / "pipelines" / "fashion_mnist.toml"))

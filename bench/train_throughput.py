@@ -141,8 +141,6 @@ def bench_eager(args, synthetic: bool) -> dict[str, float]:
     return rates(window * args.batch, wall, cpu)
 
 
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=150, help="steps per epoch (train_subset = batch * steps)")

@@ -175,7 +175,8 @@ def run(s: Session) -> RunRecord:
     # whole steps_per_execution blocks, so this is only exact when they tile the epoch; otherwise a
     # new iterator per epoch it is (the stall hit 1 of 7 epochs of a 190-step fit run with 16 per block).
     repeat = s.steps_per_epoch % steps_per_execution == 0
-    train_ds = prepare(s.bundle.train).repeat() if repeat else prepare(s.bundle.train)
+    train_ds = prepare(s.bundle.train)
+    train_ds = train_ds.repeat() if repeat else train_ds
     val_ds = prepare(s.bundle.val) if s.has_validation else None
 
     rules_cb = RulesCallback(rules, rd.checkpoints / "best_weights.npz", es.enabled and es.restore_best)
