@@ -175,6 +175,7 @@ class PipelineConfig:
     """A whole run: config -> data -> model -> train -> evaluate -> export -> verify -> report."""
 
     name: str = "run"
+    task: str = "classification"  # a registered task (tfcnn.tasks): what the model is trained to do
     out_dir: Optional[str] = None  # default runs/<name>
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

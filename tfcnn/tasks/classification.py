@@ -1,0 +1,117 @@
+"""Image classification: softmax cross-entropy (with optional label smoothing), accuracy, top-1
+agreement and probability differences between an artifact and the Keras model."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from tfcnn.tasks.base import TASKS, Task
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis, in float64 then float32."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class Classification(Task):
+    name = "classification"
+    metric_names = ("accuracy",)
+
+    def loss_fn(self, num_outputs: int, label_smoothing: float = 0.0):
+        import keras
+        import tensorflow as tf
+
+        def loss(y, logits):
+            if label_smoothing > 0:
+                onehot = tf.one_hot(tf.cast(y, tf.int32), num_outputs, dtype=logits.dtype)
+                return keras.losses.categorical_crossentropy(onehot, logits, from_logits=True, label_smoothing=label_smoothing)
+            return keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+
+        return loss
+
+    def keras_loss(self, label_smoothing: float = 0.0):
+        import keras
+
+        if label_smoothing > 0:
+            return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def keras_metrics(self, label_smoothing: float = 0.0) -> list:
+        import keras
+
+        if label_smoothing > 0:
+            return [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+    def prepare_labels(self, y, num_outputs: int, label_smoothing: float = 0.0):
+        import tensorflow as tf
+
+        return tf.one_hot(tf.cast(y, tf.int32), num_outputs) if label_smoothing > 0 else y
+
+    def outputs_to_scores(self, outputs: np.ndarray) -> np.ndarray:
+        return softmax(outputs)
+
+    def headline(self, scores: np.ndarray, labels: np.ndarray, **options: Any) -> dict[str, Any]:
+        labels = np.asarray(labels).astype(np.int64)
+        return {"test_accuracy": float(np.mean(scores.argmax(1) == labels)) if len(labels) else math.nan}
+
+    def output_contract(self, labels: Sequence[str]) -> dict[str, Any]:
+        return {"kind": "probabilities", "activation": "softmax", "num_classes": len(labels)}
+
+    def compare(self, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Accuracy, top-1 agreement, max/mean |p - p_keras|; a non-finite output makes every number NaN."""
+        probs = np.asarray(outputs, np.float64)
+        ref = np.asarray(reference, np.float64)
+        if probs.shape != ref.shape:
+            raise ValueError(f"artifact returned shape {probs.shape}, the Keras model {ref.shape}")
+        if not np.all(np.isfinite(probs)) or not np.all(np.isfinite(ref)):
+            nan = math.nan
+            return {"accuracy": nan, "agreement": nan, "max_abs_diff": nan, "mean_abs_diff": nan, "non_finite": True}
+        diff = np.abs(probs - ref)
+        return {
+            "accuracy": round(float(np.mean(probs.argmax(1) == labels)), 6),
+            "agreement": round(float(np.mean(probs.argmax(1) == ref.argmax(1))), 6),
+            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+            "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+        }
+
+    def failures(self, row: dict[str, Any], limits: dict[str, float], reference_score: float) -> list[str]:
+        """Written so that NaN fails: each check asks 'is it provably within the limit?'."""
+        fails = []
+        if row.get("non_finite"):
+            fails.append("the artifact returned non-finite values (NaN or infinity)")
+        if "max_abs_diff" in limits:
+            v = row.get("max_abs_diff")
+            if v is None or not (v <= limits["max_abs_diff"]):
+                fails.append(f"max |p - p_keras| = {_num(v)} > {limits['max_abs_diff']:.3g}")
+        if "agreement" in limits:
+            v = row.get("agreement")
+            if v is None or not (v >= limits["agreement"]):
+                fails.append(f"top-1 agreement with Keras {_pct(v)} < {100 * limits['agreement']:.2f}%")
+        if "max_accuracy_drop" in limits:
+            v = row.get("accuracy")
+            drop = (reference_score - v) if v is not None else math.nan
+            if not (drop <= limits["max_accuracy_drop"] + 1e-12):
+                fails.append(f"accuracy drop {_pts(drop)} points > {100 * limits['max_accuracy_drop']:.2f}")
+        return fails
+
+
+def _num(v: Any) -> str:
+    return "nan" if v is None or not math.isfinite(v) else f"{v:.3g}"
+
+
+def _pct(v: Any) -> str:
+    return "nan%" if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
+
+
+def _pts(v: Any) -> str:
+    return "nan" if v is None or not math.isfinite(v) else f"{100 * v:.2f}"
+
+
+TASKS.register("classification", Classification())
