@@ -52,5 +52,5 @@ def tiny_run(tmp_path_factory, npz_path) -> Path:
         }
     )
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    run_pipeline(cfg, run_dir, quiet=True)
+    run_pipeline(cfg, run_dir)
     return run_dir

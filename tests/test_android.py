@@ -207,7 +207,7 @@ def exported(tmp_path_factory, tiny_run, npz_path):
     shutil.copytree(tiny_run, run1)  # export_run records itself in the run dir; tiny_run stays read-only
     app = copy_app(base / "android_demo")
     root = base / "export"
-    v1 = export_run(run1, formats=["tflite_int8", "tflite_float32"], root=root, name="tiny", android=app, quiet=True)
+    v1 = export_run(run1, formats=["tflite_int8", "tflite_float32"], root=root, name="tiny", android=app)
     cfg = from_dict(
         {
             "name": "tiny20",
@@ -218,8 +218,8 @@ def exported(tmp_path_factory, tiny_run, npz_path):
             "report": False,
         }
     )
-    run_pipeline(cfg, base / "run2", quiet=True)
-    v2 = export_run(base / "run2", formats=["tflite_int8"], root=root, name="tiny", quiet=True)
+    run_pipeline(cfg, base / "run2")
+    v2 = export_run(base / "run2", formats=["tflite_int8"], root=root, name="tiny")
     return {"v1": v1, "v2": v2, "app": app, "run1": run1}
 
 

@@ -23,11 +23,11 @@ def test_main_pipeline_on_a_subset(tmp_path, capsys):
             "--set", "data.train_subset=3000", "--set", "data.test_subset=600",
             "--set", "train.epochs=3", "--set", "train.warmup_epochs=0", "--set", "data.batch_size=32",
             "--set", f"export.root={tmp_path / 'export'}",
-            "--set", 'export.formats=["savedmodel", "tflite_float32", "tflite_int8"]',
+            "--set", 'export.formats=["savedmodel", "tflite_float32", "tflite_int8", "onnx"]',
             "--set", "export.representative_samples=100", "--set", "export.latency_runs=5",
             # A 3-epoch model has many near-ties that int8 rounding flips; the 98.5% default is
             # checked on converged models in test_export.py, here we only need the plumbing.
-            "--set", "export.thresholds.int8_agreement=0.9",
+            "--set", "export.thresholds.tflite_int8.agreement=0.9",
         ]
     )
     out = capsys.readouterr().out
@@ -46,6 +46,7 @@ def test_main_pipeline_on_a_subset(tmp_path, capsys):
     assert data["class_names"][0] == "T-shirt/top" and data["input_shape"] == [28, 28, 1]
     version_dir = tmp_path / "export" / "fashion_mnist" / "1"
     verification = json.loads((version_dir / "verification.json").read_text())
-    assert set(verification["formats"]) >= {"savedmodel", "tflite_float32", "tflite_int8"}
+    assert set(verification["formats"]) >= {"savedmodel", "tflite_float32", "tflite_int8", "onnx"}
+    assert verification["formats"]["onnx"]["agreement"] == 1.0 and verification["formats"]["onnx"]["max_abs_diff"] <= 1e-5
     assert verification["formats"]["savedmodel"]["agreement"] == 1.0
     assert "tflite_int8" in out and "test accuracy" in out  # the results table

@@ -18,7 +18,7 @@ import pytest
 
 from tfcnn.errors import ExportError, TfcnnError, VerificationError
 
-ALL = ["savedmodel", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8", "coreml"]
+ALL = ["savedmodel", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8", "onnx", "coreml"]
 
 
 def _make_run(root: Path, npz: Path, name: str, epochs: int) -> Path:
@@ -26,10 +26,10 @@ def _make_run(root: Path, npz: Path, name: str, epochs: int) -> Path:
     with model.fit so these tests do not depend on the train/evaluate stages."""
     import keras
 
-    from tfcnn.config import from_dict, save
+    from tfcnn.config import from_dict
     from tfcnn.data import load_data
     from tfcnn.models.registry import build_model
-    from tfcnn.rundir import RunDir, write_json
+    from tfcnn.run import Metrics, Run
 
     import tfcnn.models.tiny  # noqa: F401  (registers tiny_cnn)
 
@@ -50,14 +50,13 @@ def _make_run(root: Path, npz: Path, name: str, epochs: int) -> Path:
         metrics=["accuracy"],
     )
     model.fit(bundle.train, epochs=epochs, verbose=0)
-    rd = RunDir(root / name)
-    rd.root.mkdir(parents=True)
-    save(cfg, rd.config)
-    bundle.info.save(rd.data)
-    model.save(rd.model)
+    run = Run.create(root / name)
+    run.save_config(cfg)
+    run.write(bundle.info)
+    model.save(run.path("model"))
     acc = float(model.evaluate(bundle.test, verbose=0)[1])
-    write_json(rd.metrics, {"test_accuracy": acc, "engine": "fit", "epochs_run": epochs})
-    return rd.root
+    run.write(Metrics(engine="fit", epochs_run=epochs, scores={"test_accuracy": acc}))
+    return run.root
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +70,8 @@ def exported(run_dir, tmp_path_factory):
     from tfcnn.export import export_run, verify_version
 
     root = tmp_path_factory.mktemp("repo")
-    vd = export_run(run_dir, formats=ALL, root=root, quiet=True)
-    report = verify_version(vd, quiet=True)
+    vd = export_run(run_dir, formats=ALL, root=root)
+    report = verify_version(vd)
     return vd, report
 
 
@@ -100,7 +99,7 @@ def test_version_layout_contract_and_repository(exported, run_dir):
     assert vd.name == "1" and vd.parent.name == "tiny"
     for rel in ["saved_model.pb", "variables", "assets/labels.txt", "labels.txt", "contract.json", "model_card.json",
                 "model_card.md", "tflite/model_float32.tflite", "tflite/model_float16.tflite",
-                "tflite/model_dynamic.tflite", "tflite/model_int8.tflite", "coreml/tiny.mlpackage",
+                "tflite/model_dynamic.tflite", "tflite/model_int8.tflite", "onnx/model.onnx", "coreml/tiny.mlpackage",
                 "verification.json", "verification.md"]:
         assert (vd / rel).exists(), rel
     assert not [p for p in vd.parent.iterdir() if p.name.startswith(".")], "temp dirs left behind"
@@ -283,7 +282,7 @@ def test_tflite_metadata_reads_back(exported, run_dir):
 
 def test_mediapipe_image_classifier_reads_labels_from_metadata(exported, reference):
     from tfcnn.export.tflite import VARIANTS, LiteRTRunner
-    from tfcnn.export.verify import mediapipe_check
+    from tfcnn.export.formats.tflite import mediapipe_check
 
     vd, report = exported
     rgb = reference[0][:30]
@@ -330,11 +329,11 @@ def test_coreml_float32_precision_from_run_config(run_dir, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     cfg["export"]["coreml_precision"] = "float32"
     (run / "config.json").write_text(json.dumps(cfg))
-    vd = export_run(run, formats=["coreml"], root=tmp_path / "repo", quiet=True)
+    vd = export_run(run, formats=["coreml"], root=tmp_path / "repo")
     spec = read_spec(vd / "coreml" / "tiny.mlpackage")
     assert spec["compute_precision"] == "float32" and "FLOAT16" not in spec["tensor_float_types"]
     assert json.loads((vd / "contract.json").read_text())["artifacts"]["coreml"]["compute_precision"] == "float32"
-    assert verify_version(vd, samples=10, quiet=True)["formats"]["coreml"]["passed"]
+    assert verify_version(vd, samples=10)["formats"]["coreml"]["passed"]
 
 
 @pytest.mark.skipif(sys.platform != "darwin", reason="coremltools can only run CoreML predictions on macOS")
@@ -371,11 +370,16 @@ def test_verification_report(exported):
 
 
 def test_threshold_rules():
-    from tfcnn.config import ThresholdsConfig
-    from tfcnn.export.verify import threshold_failures, thresholds_for
+    from tfcnn.export.formats import thresholds_for as limits_of
+    from tfcnn.export.verify import threshold_failures
 
-    t = ThresholdsConfig()
+    def thresholds_for(fmt, overrides):
+        return limits_of(fmt, {}, overrides)
+
+    t = {}
     assert thresholds_for("savedmodel", t) == {"max_abs_diff": 1e-5, "agreement": 1.0}
+    assert thresholds_for("onnx", t) == {"max_abs_diff": 1e-5, "agreement": 1.0}
+    assert thresholds_for("tflite_int8", {"tflite_int8": {"agreement": 0.9}})["agreement"] == 0.9
     ok = {"accuracy": 0.9, "agreement": 1.0, "max_abs_diff": 5e-6}
     assert threshold_failures(ok, thresholds_for("savedmodel", t), 0.9) == []
     assert threshold_failures({**ok, "max_abs_diff": 2e-5}, thresholds_for("savedmodel", t), 0.9)
@@ -385,6 +389,12 @@ def test_threshold_rules():
     drop = threshold_failures({**ok, "accuracy": 0.885}, thresholds_for("tflite_int8", t), 0.9)
     assert drop and "accuracy drop 1.50 points" in drop[0]
     assert threshold_failures({**ok, "accuracy": 0.895}, thresholds_for("tflite_int8", t), 0.9) == []
+    # NaN is a failure, not a number that compares false: every limit must be provably met.
+    nan = float("nan")
+    assert threshold_failures({**ok, "max_abs_diff": nan}, thresholds_for("savedmodel", t), 0.9)
+    assert threshold_failures({**ok, "agreement": nan}, thresholds_for("tflite_float16", t), 0.9)
+    assert threshold_failures({**ok, "accuracy": nan}, thresholds_for("tflite_int8", t), 0.9)
+    assert threshold_failures({**ok, "non_finite": True}, thresholds_for("tflite_float16", t), 0.9)
 
 
 def test_tampered_or_truncated_artifact_fails_naming_the_file(exported, tmp_path):
@@ -400,7 +410,7 @@ def test_tampered_or_truncated_artifact_fails_naming_the_file(exported, tmp_path
     raw[len(raw) // 2] ^= 0xFF  # same size, one byte flipped
     data.write_bytes(bytes(raw))
     with pytest.raises(VerificationError, match=r"tflite/model_int8.tflite: size .* \(truncated or replaced\)") as err:
-        verify_version(copy, samples=20, quiet=True)
+        verify_version(copy, samples=20)
     assert f"variables/{data.name}: sha256 mismatch" in str(err.value)
     report = json.loads((copy / "verification.json").read_text())
     assert report["passed"] is False
@@ -421,13 +431,13 @@ def test_perturbed_model_fails_thresholds(run_dir, tmp_path):
     rng = np.random.default_rng(0)
     kernel.assign(kernel.numpy() + rng.normal(0, 0.5, kernel.shape).astype("float32"))
     model.save(bad_run / "model.keras")
-    vd = export_run(bad_run, formats=["savedmodel", "tflite_float32"], root=tmp_path / "repo", quiet=True)
+    vd = export_run(bad_run, formats=["savedmodel", "tflite_float32"], root=tmp_path / "repo")
     with pytest.raises(VerificationError, match=r"savedmodel: max \|p - p_keras\|"):
-        verify_version(vd, run_dir=run_dir, quiet=True)  # judged against the original model
+        verify_version(vd, run_dir=run_dir)  # judged against the original model
     report = json.loads((vd / "verification.json").read_text())
     assert report["passed"] is False and report["reference"]["same_as_exported"] is False
     assert not report["formats"]["savedmodel"]["passed"] and not report["formats"]["tflite_float32"]["passed"]
-    assert verify_version(vd, quiet=True)["passed"]  # against its own (perturbed) model it is faithful
+    assert verify_version(vd)["passed"]  # against its own (perturbed) model it is faithful
 
 
 # --------------------------------------------------------------------------- robustness
@@ -446,7 +456,7 @@ def test_failed_step_leaves_no_version(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(tflite, "convert", flaky)
     before = (run_dir / "exports.json").read_text() if (run_dir / "exports.json").exists() else None
     with pytest.raises(ExportError, match=r"export step 'tflite_int8' failed: RuntimeError: calibration exploded"):
-        export_run(run_dir, formats=["tflite_float32", "tflite_int8"], root=tmp_path, quiet=True)
+        export_run(run_dir, formats=["tflite_float32", "tflite_int8"], root=tmp_path)
     assert list((tmp_path / "tiny").iterdir()) == []  # no version, no temp dir
     after = (run_dir / "exports.json").read_text() if (run_dir / "exports.json").exists() else None
     assert before == after
@@ -458,29 +468,29 @@ def test_versions_overwrite_and_android_hook(run_dir, tmp_path, monkeypatch):
     from tfcnn.export import export_run
 
     fast = ["tflite_float32"]
-    v1 = export_run(run_dir, formats=fast, root=tmp_path, quiet=True)
-    v2 = export_run(run_dir, formats=fast, root=tmp_path, quiet=True)
+    v1 = export_run(run_dir, formats=fast, root=tmp_path)
+    v2 = export_run(run_dir, formats=fast, root=tmp_path)
     assert (v1.name, v2.name) == ("1", "2")
     config = (tmp_path / "tiny" / "models.config").read_text()
     assert "versions: 1" in config and "versions: 2" in config
     with pytest.raises(ExportError, match="already exists; pass overwrite=True"):
-        export_run(run_dir, formats=fast, root=tmp_path, version=1, quiet=True)
+        export_run(run_dir, formats=fast, root=tmp_path, version=1)
     calls = []
     fake = types.ModuleType("tfcnn.export.android")
     fake.write_android_assets = lambda vd, app, variant="tflite_int8": calls.append((vd, app, variant)) or {}
     monkeypatch.setitem(sys.modules, "tfcnn.export.android", fake)
     again = export_run(
         run_dir, formats=["tflite_float32", "tflite_dynamic"], root=tmp_path, version=1, overwrite=True,
-        android=tmp_path / "app", android_variant="tflite_dynamic", quiet=True,
+        android=tmp_path / "app", android_variant="tflite_dynamic",
     )
     assert again == v1 and (v1 / "tflite" / "model_dynamic.tflite").exists()
     assert json.loads((v1 / "contract.json").read_text())["model"]["version"] == 1
     assert calls == [(v1, tmp_path / "app", "tflite_dynamic")]
     assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["1", "2", "models.config"]
-    with pytest.raises(ExportError, match="unknown export format 'onnx'"):
-        export_run(run_dir, formats=["onnx"], root=tmp_path, quiet=True)
+    with pytest.raises(ExportError, match="export.formats = 'onx' is not a registered export format \\(did you mean 'onnx'\\?\\)"):
+        export_run(run_dir, formats=["onx"], root=tmp_path)
     with pytest.raises(ExportError, match="--android needs the tflite_int8 variant"):
-        export_run(run_dir, formats=fast, root=tmp_path, android=tmp_path / "app", quiet=True)
+        export_run(run_dir, formats=fast, root=tmp_path, android=tmp_path / "app")
 
 
 def test_benchmark(exported):
@@ -502,7 +512,7 @@ def test_rgb_model_exports_without_grayscale(tmp_path, npz_rgb_path):
     from tfcnn.export.tflite import VARIANTS, LiteRTRunner
 
     run = _make_run(tmp_path, npz_rgb_path, "rgb", epochs=3)
-    vd = export_run(run, formats=["savedmodel", "tflite_int8"], root=tmp_path / "repo", quiet=True)
+    vd = export_run(run, formats=["savedmodel", "tflite_int8"], root=tmp_path / "repo")
     c = json.loads((vd / "contract.json").read_text())
     assert c["input"]["model_channels"] == 3 and c["input"]["grayscale"] is None
     assert len(c["input"]["normalization"]["mean"]) == 3

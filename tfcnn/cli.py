@@ -9,6 +9,14 @@ import sys
 from pathlib import Path
 
 from tfcnn.errors import TfcnnError, VerificationError
+from tfcnn.util import setup_logging
+
+
+def _format_help() -> str:
+    """The --formats help, from the format registry (no format is named here)."""
+    from tfcnn.export.formats import ordered
+
+    return "subset of: " + "; ".join(f"{f.name} ({f.summary})" for f in ordered())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,9 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-k", type=int, default=3)
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    sp = sub.add_parser("export", help="export a run to SavedModel, TFLite and CoreML under export/<name>/<version>")
+    sp = sub.add_parser("export", help="export a run to every registered format (SavedModel, TFLite, ONNX, CoreML) under export/<name>/<version>")
     sp.add_argument("run_dir", type=Path)
-    sp.add_argument("--formats", nargs="+", help="subset of: savedmodel tflite_float32 tflite_float16 tflite_dynamic tflite_int8 coreml")
+    sp.add_argument("--formats", nargs="+", help=_format_help())
     sp.add_argument("--name", help="model name in the repository (default: the run's export.name or run name)")
     sp.add_argument("--root", type=Path, help="model repository root (default: export)")
     sp.add_argument("--version", type=int, help="version number (default: next free)")
@@ -113,7 +121,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         print(version_dir)
         if args.verify:
-            verify_version(version_dir)
+            verify_version(version_dir, run=args.run_dir)
         return 0
     if cmd == "verify":
         from tfcnn.export import verify_version
@@ -151,6 +159,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
+    setup_logging()
     try:
         return _dispatch(args)
     except VerificationError as exc:

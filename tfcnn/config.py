@@ -3,18 +3,30 @@
 Every stage reads one section of a :class:`PipelineConfig`. Validation is strict on purpose:
 a typo in a pipeline file (``[train] epoch = 3``) must fail loudly with the key's name and the
 allowed values rather than silently train with a default.
+
+Two levels of checking, neither touching a file or a data set:
+
+* :func:`from_dict` (and :func:`load`) checks keys, types, ranges and the cross-field rules that
+  need no registry;
+* :func:`validate` adds the checks only a registry can make (is ``data.source`` a registered
+  kind, does the chosen model take these ``model.options``, ...). The registries live in
+  packages above this one, so each registers its check here when it is imported
+  (:func:`register_check`); :func:`validate` refuses to pass while one of
+  :data:`EXPECTED_CHECKS` is missing, naming the package to import.
+  ``tfcnn.pipeline.validate`` imports every stage and calls it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 from tfcnn.errors import ConfigError
 
@@ -39,9 +51,10 @@ class AugmentConfig:
 class DataConfig:
     """Where images come from and how they are split and batched."""
 
-    # "fashion_mnist", "idx:<dir>", "tfds:<name>", "folder:<dir>" or "numpy:<file.npz>"
+    # a kind registered in tfcnn.data.sources: "fashion_mnist", "mnist", "idx:<dir>", "tfds:<name>",
+    # "folder:<dir>" or "numpy:<file.npz>" (checked by validate(), which has the registry)
     source: str = "fashion_mnist"
-    path: Optional[str] = None  # explicit directory for fashion_mnist (before $TFCNN_DATA_DIR)
+    path: Optional[str] = None  # fashion_mnist/mnist: explicit IDX directory (before $TFCNN_DATA_DIR); tfds: data_dir
     image_size: Optional[list[int]] = None  # [height, width]; None keeps the source's size
     channels: Optional[int] = field(default=None, metadata={"choices": (1, 3)})
     val_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
@@ -135,29 +148,14 @@ class EvaluateConfig:
 
 
 @dataclass
-class ThresholdsConfig:
-    """Pass/fail limits for `tfcnn verify`, per format."""
-
-    savedmodel_max_abs_diff: float = 1e-5
-    savedmodel_agreement: float = 1.0
-    float32_max_abs_diff: float = 1e-4
-    float32_agreement: float = 0.9995
-    float16_agreement: float = 0.995
-    dynamic_agreement: float = 0.99
-    int8_agreement: float = 0.985
-    int8_max_accuracy_drop: float = 0.01
-
-
-@dataclass
 class ExportConfig:
     """Which artifacts the export stage writes, and how they are checked."""
 
     enabled: bool = True
     name: Optional[str] = None  # model name in export/<name>/<version>; default: the run name
     root: str = "export"
-    formats: list[str] = field(
-        default_factory=lambda: ["savedmodel", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8", "coreml"]
-    )
+    # Registered export formats (tfcnn.export.formats) to write; None = every format the task exports by default.
+    formats: Optional[list[str]] = None
     representative_samples: int = field(default=300, metadata=_range(1))
     coreml_precision: Literal["float16", "float32"] = "float16"
     verify: bool = True
@@ -167,7 +165,9 @@ class ExportConfig:
     author: str = "tfcnn"
     license: str = "Apache-2.0"
     description: str = ""
-    thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
+    # Per-format overrides of the verify limits, e.g. {tflite_int8 = {agreement = 0.98}}; each
+    # format's defaults live in its module (tfcnn/export/formats/), which also checks the keys.
+    thresholds: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -242,6 +242,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):  # TOML spells them nan / inf; no setting means either
+            raise ConfigError(f"{key} = {value!r} is not a finite number; give a real value")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -290,16 +292,10 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _cross_checks(cfg: PipelineConfig) -> None:
+    """The rules between fields that need no registry (from_dict and validate both run them)."""
     size = cfg.data.image_size
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise ConfigError(f"data.image_size = {size!r} is impossible; give [height, width] with both >= 1")
-    src = cfg.data.source
-    kinds = ("fashion_mnist", "mnist", "idx:", "tfds:", "folder:", "numpy:")
-    if not any(src == k or (k.endswith(":") and src.startswith(k) and len(src) > len(k)) for k in kinds):
-        raise ConfigError(
-            f"data.source = {src!r} is not understood; use 'fashion_mnist', 'mnist', 'idx:<dir>', "
-            "'tfds:<name>', 'folder:<dir>' or 'numpy:<file.npz>'"
-        )
     if cfg.train.strategy == "mirrored" and cfg.train.devices is not None and len(cfg.train.devices) < 1:
         raise ConfigError("train.devices must list at least one device for the mirrored strategy")
     if cfg.data.batch_size > 1 and cfg.train.strategy == "mirrored" and cfg.train.devices:
@@ -308,6 +304,76 @@ def _cross_checks(cfg: PipelineConfig) -> None:
                 f"data.batch_size = {cfg.data.batch_size} must divide evenly over "
                 f"{len(cfg.train.devices)} train.devices"
             )
+
+
+# --------------------------------------------------------------------------- registry checks
+
+Check = Callable[[PipelineConfig], None]
+
+# The checks validate() insists on, and who registers each: (what it checks, package to import).
+EXPECTED_CHECKS = ("data", "model", "task", "train", "export")
+_CHECK_OWNERS = {
+    "data": ("the data source registry", "tfcnn.data"),
+    "model": ("the model registry", "tfcnn.models"),
+    "task": ("the task registry", "tfcnn.tasks"),
+    "train": ("the training checks (early-stopping monitor)", "tfcnn.train"),
+    "export": ("the export format registry", "tfcnn.export"),
+}
+_CHECKS: dict[str, Check] = {}
+
+
+def register_check(name: str, fn: Check) -> Check:
+    """Add a registry's no-I/O check of a whole config, run by :func:`validate`.
+
+    Called at import time by the package that owns the registry. ``fn(cfg)`` raises ConfigError
+    (one line naming the key) or returns None. A second, different function under a taken name
+    is refused, so two packages cannot silently replace each other; re-registering the same
+    function (a module reload) is allowed.
+    """
+    if not callable(fn):
+        raise TypeError(f"register_check({name!r}, ...) needs a function of a PipelineConfig")
+    old = _CHECKS.get(name)
+    if old is not None and old is not fn and _qualname(old) != _qualname(fn):
+        raise ValueError(f"config check {name!r} is registered twice ({_qualname(old)} and {_qualname(fn)})")
+    _CHECKS[name] = fn
+    return fn
+
+
+def registered_checks() -> dict[str, Check]:
+    """The registered checks by name, in the order validate runs them."""
+    order = [n for n in EXPECTED_CHECKS if n in _CHECKS] + [n for n in _CHECKS if n not in EXPECTED_CHECKS]
+    return {n: _CHECKS[n] for n in order}
+
+
+def _qualname(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _missing_checks_message(missing: list[str]) -> str:
+    whats = [_CHECK_OWNERS.get(n, (f"the {n!r} check", "the package that registers it"))[0] for n in missing]
+    packages = [_CHECK_OWNERS.get(n, ("", f"the package registering {n!r}"))[1] for n in missing]
+    if len(missing) == 1:
+        return f"{whats[0]} is not loaded; import {packages[0]} or call tfcnn.pipeline.validate"
+    return (
+        f"{', '.join(whats[:-1])} and {whats[-1]} are not loaded; "
+        f"import {', '.join(packages)} or call tfcnn.pipeline.validate"
+    )
+
+
+def validate(cfg: PipelineConfig) -> PipelineConfig:
+    """Every check a config can pass without reading a file: the generic rules, then each
+    registered registry check (data, model, task, train, export, then any others).
+
+    Raises ConfigError with one line: the first problem found, or which registries are not
+    loaded (a check that is not registered must not pass silently). Returns ``cfg``.
+    """
+    missing = [n for n in EXPECTED_CHECKS if n not in _CHECKS]
+    if missing:
+        raise ConfigError(_missing_checks_message(missing))
+    _cross_checks(cfg)
+    for fn in registered_checks().values():
+        fn(cfg)
+    return cfg
 
 
 def from_dict(data: dict) -> PipelineConfig:

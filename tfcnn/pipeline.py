@@ -1,7 +1,8 @@
 """The whole job in one direction: config -> data -> model -> train -> evaluate -> export -> verify -> report.
 
-Each stage only reads what earlier stages left in the run directory, so this module is just
-the order of calls plus the final results table.
+This module and the CLI are the only ones that know every stage. One :class:`~tfcnn.run.Run`
+travels through all of them, so the data set is decoded once per process (train, int8
+calibration, verify and the report share it) and every file goes through the Run's records.
 """
 
 from __future__ import annotations
@@ -12,110 +13,111 @@ from typing import Any
 
 from tfcnn import config as config_mod
 from tfcnn.config import PipelineConfig
-from tfcnn.errors import TfcnnError
-from tfcnn.rundir import RunDir, read_json, write_json
+from tfcnn.run import Metrics, Run, RunSummary
+from tfcnn.util import format_bytes, log
+
+
+def validate(cfg: PipelineConfig) -> PipelineConfig:
+    """Every registry's no-I/O checks (data source, model and options, task, monitor, export formats).
+
+    Runs in the first second of `tfcnn run`, before any data is loaded, so a typo in
+    ``export.formats`` or ``model.options`` costs nothing.
+    """
+    import tfcnn.data  # noqa: F401  (each import registers its package's config check)
+    import tfcnn.export  # noqa: F401
+    import tfcnn.models  # noqa: F401
+    import tfcnn.tasks  # noqa: F401
+    import tfcnn.train  # noqa: F401
+
+    return config_mod.validate(cfg)
 
 
 def default_run_dir(cfg: PipelineConfig) -> Path:
     return Path(cfg.out_dir) if cfg.out_dir else Path("runs") / cfg.name
 
 
-def _say(quiet: bool, msg: str) -> None:
-    if not quiet:
-        print(f"[tfcnn] {msg}", flush=True)
-
-
-def train_stage(cfg: PipelineConfig, run_dir: Path, *, quiet: bool = False) -> dict[str, Any]:
+def train_stage(cfg: PipelineConfig, run: Run | Path) -> dict[str, Any]:
     """Data, model, training and evaluation; writes everything `tfcnn export` needs."""
     import keras
 
-    from tfcnn.data import load_data
+    from tfcnn.data import bundle_for
     from tfcnn.evaluate import evaluate, evaluate_options
     from tfcnn.models import build_model
     from tfcnn.train import train
 
-    from tfcnn.models import available
-
-    if cfg.model.name not in available():  # fail before minutes of data loading
-        raise TfcnnError(f"model.name = {cfg.model.name!r} is not a registered model; choose one of {', '.join(available())}")
-    rd = RunDir(Path(run_dir))
-    rd.root.mkdir(parents=True, exist_ok=True)
-    config_mod.save(cfg, rd.config)
+    validate(cfg)
+    run = run if isinstance(run, Run) else Run.create(Path(run))
+    run.save_config(cfg)
     keras.utils.set_random_seed(cfg.train.seed)
 
-    _say(quiet, f"data: loading {cfg.data.source}")
-    bundle = load_data(cfg.data)
+    log.info("data: loading %s", cfg.data.source)
+    bundle = bundle_for(run)
     info = bundle.info
-    info.save(rd.data)
-    _say(
-        quiet,
-        f"data: {info.num_train} train / {info.num_val} val / {info.num_test} test, "
-        f"{info.num_classes} classes, input {'x'.join(map(str, info.input_shape))}"
-        + (f", {len(info.skipped)} unreadable files skipped" if info.skipped else ""),
+    run.write(info)
+    log.info(
+        "data: %d train / %d val / %d test, %d classes, input %s%s",
+        info.num_train, info.num_val, info.num_test, info.num_classes, "x".join(map(str, info.input_shape)),
+        f", {len(info.skipped)} unreadable files skipped" if info.skipped else "",
     )
 
     def build() -> keras.Model:
         return build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std)
 
-    _say(quiet, f"train: {cfg.model.name} with the {cfg.train.engine} engine, up to {cfg.train.epochs} epochs")
-    result = train(cfg, bundle, rd.root, build, quiet=quiet)
-    _say(quiet, f"evaluate: {info.num_test} test images")
-    metrics = evaluate(result.model, bundle, rd.root, quiet=quiet, **evaluate_options(cfg.evaluate))
-    summary = {
-        **metrics,
-        "params": int(result.model.count_params()),
-        "train_seconds": round(result.train_seconds, 2),
-        "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "stop_reason": result.stop_reason,
-        "images_per_second": round(result.images_per_second, 1),
-        "engine": result.engine,
-        "strategy": result.strategy,
-        "replicas": result.replicas,
-        "model": cfg.model.name,
-        "skipped_files": len(info.skipped),
-    }
-    write_json(rd.metrics, summary)
-    return summary
+    log.info("train: %s with the %s engine, up to %d epochs", cfg.model.name, cfg.train.engine, cfg.train.epochs)
+    result = train(cfg, bundle, run, build)
+    log.info("evaluate: %d test images", info.num_test)
+    scores = evaluate(result.model, bundle, run, **evaluate_options(cfg.evaluate))
+    metrics = Metrics(
+        task=cfg.task,
+        model=cfg.model.name,
+        params=int(result.model.count_params()),
+        engine=result.engine,
+        strategy=result.strategy,
+        replicas=result.replicas,
+        train_seconds=round(result.train_seconds, 2),
+        epochs_run=result.epochs_run,
+        best_epoch=result.best_epoch,
+        stop_reason=result.stop_reason,
+        images_per_second=round(result.images_per_second, 1),
+        skipped_files=len(info.skipped),
+        scores=dict(scores),
+    )
+    run.write(metrics)
+    return metrics.to_dict()
 
 
-def export_stage(cfg: PipelineConfig, run_dir: Path, *, quiet: bool = False) -> tuple[Path, dict | None]:
+def export_stage(cfg: PipelineConfig, run: Run | Path) -> tuple[Path, dict | None]:
     """Export the run's model into the model repository and verify every artifact."""
     from tfcnn.export import export_run, verify_version
 
-    version_dir = export_run(
-        Path(run_dir),
-        formats=cfg.export.formats,
-        name=cfg.export.name or cfg.name,
-        root=Path(cfg.export.root),
-        quiet=quiet,
-    )
+    version_dir = export_run(run, formats=cfg.export.formats, name=cfg.export.name or cfg.name, root=Path(cfg.export.root))
     verification = None
     if cfg.export.verify:
-        verification = verify_version(version_dir, samples=cfg.export.verify_samples, quiet=quiet)
+        verification = verify_version(version_dir, samples=cfg.export.verify_samples, run=run)
     return version_dir, verification
 
 
-def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None, *, export: bool | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Run every enabled stage and return a summary (also printed as a table unless quiet)."""
+def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None, *, export: bool | None = None) -> dict[str, Any]:
+    """Run every enabled stage and return a summary (also logged as a table)."""
     started = time.perf_counter()
-    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-    summary: dict[str, Any] = {"run_dir": str(run_dir)}
-    summary["metrics"] = train_stage(cfg, run_dir, quiet=quiet)
+    validate(cfg)  # before anything is written or loaded
+    run = Run.create(Path(run_dir) if run_dir else default_run_dir(cfg))
+    summary = RunSummary(run_dir=str(run.root))
+    summary.metrics = train_stage(cfg, run)
     do_export = cfg.export.enabled if export is None else export
     if do_export:
-        version_dir, verification = export_stage(cfg, run_dir, quiet=quiet)
-        summary["export"] = str(version_dir)
-        summary["verification"] = verification
+        version_dir, verification = export_stage(cfg, run)
+        summary.export = str(version_dir)
+        summary.verification = verification
     if cfg.report:
         from tfcnn.vis.report import build_report
 
-        summary["report"] = str(build_report(run_dir))
-    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-    write_json(RunDir(run_dir).root / "summary.json", summary)
-    if not quiet:
-        print(format_summary(summary))
-    return summary
+        summary.report = str(build_report(run))
+    summary.wall_seconds = round(time.perf_counter() - started, 1)
+    run.write(summary)
+    out = summary.to_dict()
+    log.info("%s", format_summary(out))
+    return out
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -147,33 +149,15 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _format_row(fmt: str, row: dict[str, Any]) -> str:
-    def num(key: str, scale: float = 1.0, spec: str = ".2f") -> str:
+    def num(key: str, spec: str = ".2f") -> str:
         v = row.get(key)
-        return "-" if v is None else format(v * scale, spec)
-
-    size = row.get("bytes")
-    size_s = "-" if size is None else (f"{size / 1024:.0f} KB" if size < 2**20 else f"{size / 2**20:.1f} MB")
-    ok = {True: "yes", False: "NO"}.get(row.get("passed"), "-")
+        return "-" if v is None else format(v, spec)
 
     def pct(key: str) -> str:
         return "-" if row.get(key) is None else f"{100 * row[key]:.2f}%"
 
+    ok = {True: "yes", False: "NO"}.get(row.get("passed"), "-")
     return (
-        f"  {fmt:<16}{size_s:>10}{pct('accuracy'):>10}{pct('agreement'):>9}"
-        f"{num('max_abs_diff', 1, '.1e'):>10}{num('latency_ms_median'):>8}{num('latency_ms_p95'):>8}  {ok}"
+        f"  {fmt:<16}{format_bytes(row.get('bytes')):>10}{pct('accuracy'):>10}{pct('agreement'):>9}"
+        f"{num('max_abs_diff', '.1e'):>10}{num('latency_ms_median'):>8}{num('latency_ms_p95'):>8}  {ok}"
     )
-
-
-def load_run(run_dir: Path) -> tuple[PipelineConfig, Any]:
-    """Reload a run's config and data description, with one clear error if it is not a run."""
-    rd = RunDir(Path(run_dir))
-    if not rd.root.is_dir():
-        raise TfcnnError(f"run directory {str(rd.root)!r} does not exist")
-    rd.require(rd.config, rd.data)
-    from tfcnn.data.info import DataInfo
-
-    return config_mod.load_json(rd.config), DataInfo.load(rd.data)
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    return read_json(RunDir(Path(run_dir)).metrics)

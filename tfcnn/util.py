@@ -170,6 +170,7 @@ def setup_logging(level: int = logging.INFO, stream: Any = None) -> None:
     handler_flag = "_tfcnn_handler"
     for h in log.handlers:
         if getattr(h, handler_flag, False):
+            h.setStream(stream or sys.stdout)  # sys.stdout may have been replaced since (tests, notebooks)
             h.setLevel(level)
             log.setLevel(level)
             return

@@ -16,6 +16,7 @@ import numpy as np
 
 from tfcnn.data.images import RESIZE_METHOD, conform_image, to_channels
 from tfcnn.errors import DataError
+from tfcnn.util import log
 
 
 def as_nhwc(x: np.ndarray, where: str) -> np.ndarray:
@@ -107,7 +108,7 @@ class Progress:
         self.every = max(1, total // 10)
         self.bar = None
         if total >= threshold:
-            print(f"[tfcnn] data: {title}", flush=True)
+            log.info("data: %s", title)
             self.bar = keras.utils.Progbar(total, unit_name=unit)
 
     def step(self, done: int) -> None:

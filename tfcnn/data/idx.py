@@ -15,7 +15,7 @@ import numpy as np
 
 from tfcnn.errors import DataError
 
-# IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/ "THE IDX FILE FORMAT")
+# IDX type byte -> big-endian numpy dtype (the IDX header: two zero bytes, a type byte, the rank)
 _DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 # (split, kind) -> the file-name stem used by MNIST and Fashion-MNIST
 _STEMS = {

@@ -1,17 +1,26 @@
-"""What the rest of the pipeline needs to know about a data set, saved as data.json in the run."""
+"""What the rest of the pipeline needs to know about a data set: the ``data`` record of a run.
+
+Written and read through the run (``run.write(info)``, ``run.read(DataInfo)``, see
+:mod:`tfcnn.run`), which owns the file name; :meth:`DataInfo.save` / :meth:`DataInfo.load`
+remain for callers that hold a path rather than a :class:`~tfcnn.run.Run`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-from tfcnn.rundir import read_json, write_json
+from tfcnn.run import Record
+from tfcnn.util import read_json, write_json
 
 
 @dataclass
-class DataInfo:
+class DataInfo(Record):
     """Describes the splits; mean/std are per channel in 0-255 pixel units, from the training split."""
+
+    KIND: ClassVar[str] = "data"
+    SCHEMA: ClassVar[str] = "tfcnn.data/1"
 
     class_names: list[str]
     input_shape: tuple[int, int, int]  # (height, width, channels) the model sees
@@ -25,24 +34,18 @@ class DataInfo:
     # Decisions the loader took on the user's behalf (default size/channels, alpha, resizes).
     notes: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.input_shape = tuple(int(d) for d in self.input_shape)  # type: ignore[assignment]  # JSON gives a list
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["input_shape"] = list(self.input_shape)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DataInfo":
-        d = dict(d)
-        d["input_shape"] = tuple(d["input_shape"])
-        return cls(**d)
-
     def save(self, path: Path) -> None:
+        """Write to an explicit path (a Run writes it with ``run.write(info)``)."""
         write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: Path) -> "DataInfo":
-        return cls.from_dict(read_json(path))
+        """Read from an explicit path (a Run reads it with ``run.read(DataInfo)``)."""
+        return cls.from_dict(read_json(path, what="the data record"), where=Path(path))

@@ -1,53 +1,46 @@
-"""`load_data`: turn ``data.source`` into a DataBundle, whatever the source.
+"""`load_data`: turn ``data.source`` into a DataBundle, whatever the source; `bundle_for`: once per run.
 
-Every source ends in :func:`from_arrays`, so validation, size/channel conversion, splitting,
+The kinds of ``data.source`` and their loaders are registered in :mod:`tfcnn.data.sources`;
+every loader ends in :func:`from_arrays`, so validation, size/channel conversion, splitting,
 statistics and the tf.data pipelines are the same for all of them.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from tfcnn.config import DataConfig
-from tfcnn.data import builtin, idx, npz, tfds_source
+from tfcnn.data import tfds_source
 from tfcnn.data.arrays import as_labels, as_nhwc, check_classes, check_labels, conform
 from tfcnn.data.bundle import DataBundle, make_bundle, stratified_split, stratified_subset
-from tfcnn.data.folder import read_folder
 from tfcnn.data.images import RESIZE_METHOD
+from tfcnn.data.sources import parse_source
 from tfcnn.errors import DataError
+
+if TYPE_CHECKING:
+    from tfcnn.run import Run
 
 Split = tuple[np.ndarray, np.ndarray]
 
 
 def load_data(cfg: DataConfig) -> DataBundle:
-    """Load, validate, convert and split ``cfg.source``; see the sources' modules for the layouts."""
-    src = cfg.source
-    if src in builtin.CLASS_NAMES:
-        return _builtin(cfg, src)
-    kind, sep, arg = src.partition(":")
-    if not sep or not arg:
-        raise DataError(
-            f"data.source = {src!r} is not understood; use 'fashion_mnist', 'mnist', 'idx:<dir>', "
-            "'tfds:<name>', 'folder:<dir>' or 'numpy:<file.npz>'"
-        )
-    if kind == "idx":
-        train, test = idx.load_idx_dir(arg)
-        names = idx.read_class_names(Path(arg))
-        return from_arrays(cfg, train, test, names, source=f"idx:{Path(arg).resolve()}")
-    if kind == "tfds":
-        return _from_tfds(cfg, tfds_source.load_tfds(arg, data_dir=cfg.path))
-    if kind == "folder":
-        return _folder(cfg, Path(arg))
-    if kind == "numpy":
-        d = npz.read_npz(arg)
-        return from_arrays(cfg, d["train"], d["test"], d["class_names"], source=f"numpy:{Path(arg).resolve()}")
-    raise DataError(
-        f"data.source kind {kind!r} is not known; use 'fashion_mnist', 'mnist', 'idx:<dir>', "
-        "'tfds:<name>', 'folder:<dir>' or 'numpy:<file.npz>'"
-    )
+    """Load, validate, convert and split ``cfg.source`` through its registered kind.
+
+    The kind's no-I/O check runs first (the same one :func:`tfcnn.config.validate` runs), so a
+    direct caller gets the same one-line ConfigError as a pipeline file would.
+    """
+    source, arg = parse_source(cfg.source)
+    if source.check is not None:
+        source.check(cfg, arg)
+    return source.load(cfg, arg)
+
+
+def bundle_for(run: "Run") -> DataBundle:
+    """The run's data bundle, decoded once per process and shared through ``run.memo``
+    (training, int8 calibration, verification and the report all get this one copy)."""
+    return run.memo("data_bundle", lambda: load_data(run.config().data))
 
 
 def from_arrays(
@@ -113,17 +106,9 @@ def from_arrays(
     return make_bundle(cfg, (x_train, y_train), (x_test, y_test), class_names, source, skipped=skipped, notes=notes)
 
 
-def _builtin(cfg: DataConfig, name: str) -> DataBundle:
-    kind, found = builtin.locate(name, cfg.path, lambda n: tfds_source.load_tfds(n))
-    if kind == "idx":
-        train, test = idx.load_idx_dir(found)  # type: ignore[arg-type]
-        return from_arrays(cfg, train, test, builtin.CLASS_NAMES[name], source=f"{name} (idx:{found})")
-    loaded = dict(found)  # type: ignore[call-overload]
-    loaded["class_names"] = builtin.CLASS_NAMES[name]
-    return _from_tfds(cfg, loaded)
-
-
-def _from_tfds(cfg: DataConfig, d: dict) -> DataBundle:
+def from_tfds_dict(cfg: DataConfig, d: dict) -> DataBundle:
+    """Bundle what :func:`tfcnn.data.tfds_source.load_tfds` returned, bringing variable-size
+    images to one size first (``data.image_size``, else the most common size)."""
     notes: list[str] = []
     size = tuple(cfg.image_size) if cfg.image_size else None
     splits = {}
@@ -136,11 +121,3 @@ def _from_tfds(cfg: DataConfig, d: dict) -> DataBundle:
             part = (stack, part[1])
         splits[key] = part
     return from_arrays(cfg, splits["train"], splits["test"], d["class_names"], source=d["source"], notes=notes)
-
-
-def _folder(cfg: DataConfig, root: Path) -> DataBundle:
-    size = tuple(cfg.image_size) if cfg.image_size else None
-    f = read_folder(root, size, cfg.channels)
-    return from_arrays(
-        cfg, f.train, f.test, f.class_names, source=f"folder:{root.resolve()}", skipped=f.skipped, notes=f.notes
-    )

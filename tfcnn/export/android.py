@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfcnn.errors import ExportError, TfcnnError, VerificationError
-from tfcnn.rundir import read_json, write_json, write_text
+from tfcnn.run import Run
+from tfcnn.util import atomic_path, read_json, sha256_file, write_json, write_text
 
 ASSETS = Path("app/src/main/assets")
 GOLDEN = Path("classifier/src/test/resources/golden")
@@ -34,24 +35,9 @@ DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
 # --------------------------------------------------------------------------- small helpers
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _interpreter(model_path: Path):
@@ -210,16 +196,18 @@ def _card_run_dir(version_dir: Path) -> Path | None:
     if not card_path.is_file():
         return None
     run = ((read_json(card_path).get("source") or {}).get("run_dir")) or None
-    return Path(run) if run and (Path(run) / "config.json").is_file() else None
+    if not run:
+        return None
+    try:
+        return Run.open(run).root
+    except TfcnnError:
+        return None
 
 
 def _samples_from_run(run_dir: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
-    from tfcnn import config as config_mod
-    from tfcnn.data import load_data
-    from tfcnn.rundir import RunDir
+    from tfcnn.data import bundle_for
 
-    cfg = config_mod.load_json(RunDir(Path(run_dir)).config)
-    x, y = load_data(cfg.data).arrays["test"]
+    x, y = bundle_for(Run.open(run_dir)).arrays["test"]
     return x[:n], y[:n]
 
 

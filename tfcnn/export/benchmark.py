@@ -1,25 +1,25 @@
 """`tfcnn benchmark`: batch-1 latency of every runnable artifact of a version, nothing else.
 
 Needs only the version directory (the input shape comes from contract.json), so it can run on a
-serving host that has no copy of the training run.
+serving host that has no copy of the training run. Formats come from the registry: each runs
+with its own runner, and one that cannot run here says why.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tfcnn.errors import TfcnnError
-from tfcnn.rundir import read_json
+from tfcnn.export.formats import FORMATS
+from tfcnn.util import read_json
 
 
 def benchmark_version(version_dir: Path, *, runs: int = 50, threads: int = 1) -> dict[str, Any]:
     """Median / p95 / mean batch-1 latency (ms) and size per artifact, on one fixed random image."""
-    from tfcnn.export.runtime import latency_ms, runner_for, set_tf_threads
-    from tfcnn.export.tflite import VARIANTS
+    from tfcnn.export.runtime import latency_ms, set_tf_threads
 
     vd = Path(version_dir).resolve()
     contract_path = vd / "contract.json"
@@ -30,33 +30,21 @@ def benchmark_version(version_dir: Path, *, runs: int = 50, threads: int = 1) ->
     contract = read_json(contract_path)
     h, w = contract["input"]["height"], contract["input"]["width"]
     image = np.random.default_rng(0).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-    tf_threads = set_tf_threads(threads)
+    set_tf_threads(threads)
+    files = [p for p in vd.rglob("*") if p.is_file()]
     out: dict[str, Any] = {}
-    for fmt, entry in contract["artifacts"].items():
-        row: dict[str, Any] = {"bytes": _bytes(vd, fmt, entry["file"])}
-        if fmt == "coreml":
-            if sys.platform != "darwin":
-                row["skipped"] = "coremltools cannot run predictions off macOS"
-                out[fmt] = row
-                continue
-            from tfcnn.export.coreml import _ct
-            from PIL import Image
-
-            model = _ct().models.MLModel(str(vd / entry["file"]))
-            pil = Image.fromarray(image, mode="RGB")
-            row.update(latency_ms(lambda: model.predict({"image": pil}), runs))
-        elif fmt == "savedmodel" or fmt in VARIANTS:
-            runner = runner_for(vd, fmt, threads)
+    for name, entry in contract["artifacts"].items():
+        fmt = FORMATS.get(name)
+        if fmt is None:
+            out[name] = {"skipped": f"{name!r} is not a format this tfcnn knows"}
+            continue
+        row: dict[str, Any] = {"bytes": sum(p.stat().st_size for p in files if fmt.owns(p.relative_to(vd).as_posix()))}
+        reason = fmt.cannot_run() or (None if fmt.runner else "this format has no runner")
+        if reason:
+            row["skipped"] = reason
+        else:
+            runner = fmt.runner(vd, entry, threads)
             row.update(latency_ms(runner.one(image), runs))
-            row["threads"] = tf_threads if fmt == "savedmodel" else threads
-        out[fmt] = row
+            row["threads"] = runner.threads
+        out[name] = row
     return {"version_dir": str(vd), "runs": runs, "threads": threads, "artifacts": out}
-
-
-def _bytes(vd: Path, fmt: str, rel: str) -> int:
-    if fmt == "savedmodel":
-        paths = [vd / "saved_model.pb", *(vd / "variables").rglob("*")]
-    else:
-        p = vd / rel
-        paths = [p] if p.is_file() else list(p.rglob("*"))
-    return sum(p.stat().st_size for p in paths if p.is_file())

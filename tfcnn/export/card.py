@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from tfcnn.export.source import SourceRun, sha256_file
+from tfcnn.export.formats.base import owner_of
+from tfcnn.export.source import SourceRun
 from tfcnn.export.tflite import DESCRIPTIONS, VARIANTS
 from tfcnn.export.wrapper import GRAY_WEIGHTS, Geometry
+from tfcnn.util import format_bytes, sha256_file
 
 CONTRACT_SCHEMA = "tfcnn.contract/1"
 CARD_SCHEMA = "tfcnn.model_card/1"
@@ -118,28 +120,16 @@ def coreml_entry(rel_path: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_contract(
-    name: str, version: int, g: Geometry, mean: list[float], std: list[float], labels: list[str], artifacts: dict[str, Any]
+    name: str, version: int, g: Geometry, mean: list[float], std: list[float], labels: list[str], artifacts: dict[str, Any], task
 ) -> dict[str, Any]:
     return {
         "schema": CONTRACT_SCHEMA,
         "model": {"name": name, "version": version},
         "input": input_contract(g, mean, std),
-        "output": {"kind": "probabilities", "activation": "softmax", "num_classes": len(labels)},
+        "output": task.output_contract(labels),
         "labels": {"file": "labels.txt", "names": list(labels)},
         "artifacts": artifacts,
     }
-
-
-def _format_of(rel: str) -> str:
-    top = rel.split("/", 1)[0]
-    if top == "tflite":
-        stem = Path(rel).stem.removeprefix("model_")
-        return f"tflite_{stem}"
-    if top == "coreml":
-        return "coreml"
-    if rel in ("saved_model.pb", "fingerprint.pb") or top in ("variables", "assets"):
-        return "savedmodel"
-    return {"labels.txt": "labels", "contract.json": "contract"}.get(rel, "other")
 
 
 def manifest(version_dir: Path) -> list[dict[str, Any]]:
@@ -149,7 +139,7 @@ def manifest(version_dir: Path) -> list[dict[str, Any]]:
         rel = path.relative_to(version_dir).as_posix()
         if rel in NOT_ARTIFACTS:
             continue
-        rows.append({"path": rel, "format": _format_of(rel), "sha256": sha256_file(path), "bytes": path.stat().st_size})
+        rows.append({"path": rel, "format": owner_of(rel), "sha256": sha256_file(path), "bytes": path.stat().st_size})
     return rows
 
 
@@ -249,12 +239,6 @@ def build_card(
     }
 
 
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    return f"{n / 1024:.1f} KB" if n < 2**20 else f"{n / 2**20:.2f} MB"
-
-
 def card_markdown(card: dict[str, Any]) -> str:
     c = card["contract"]["input"]
     ds = card["dataset"]
@@ -306,6 +290,6 @@ def card_markdown(card: dict[str, Any]) -> str:
         lines.append("Per-format metrics: run `tfcnn verify` on this version.")
     lines += ["", "## Artifacts", "", "| file | format | bytes | sha256 |", "|---|---|---|---|"]
     for row in card["artifacts"]:
-        lines.append(f"| `{row['path']}` | {row['format']} | {_size(row['bytes'])} | `{row['sha256'][:16]}…` |")
+        lines.append(f"| `{row['path']}` | {row['format']} | {format_bytes(row['bytes'])} | `{row['sha256'][:16]}…` |")
     lines += ["", "## Limitations", ""] + [f"- {l}" for l in card["limitations"]]
     return "\n".join(lines) + "\n"

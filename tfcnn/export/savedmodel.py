@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tfcnn.errors import ExportError, TfcnnError
-from tfcnn.rundir import write_text
+from tfcnn.util import write_text
 
 
 def write_savedmodel(model, labels_file: Path, out_dir: Path) -> None:

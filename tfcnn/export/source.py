@@ -1,58 +1,53 @@
-"""What export and verify read from a run directory (and nothing else)."""
+"""What export and verify read from a run (and nothing else): config, data description, model, metrics.
+
+Export and verify take either the pipeline's :class:`~tfcnn.run.Run` (sharing its decoded data
+bundle, so int8 calibration and verification do not decode the data set again) or a path.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tfcnn import config as config_mod
-from tfcnn.config import DataConfig, PipelineConfig
+from tfcnn.config import PipelineConfig
 from tfcnn.data.info import DataInfo
-from tfcnn.errors import TfcnnError
-from tfcnn.rundir import RunDir, read_json
+from tfcnn.run import Metrics, Run
 
 
 @dataclass
 class SourceRun:
     """A trained run: its resolved config, data description, model file and (optional) metrics."""
 
-    root: Path
+    run: Run
     cfg: PipelineConfig
     info: DataInfo
-    model_path: Path
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # metrics.json's keys (empty when the run has none yet)
+
+    @property
+    def root(self) -> Path:
+        return self.run.root.resolve()
+
+    @property
+    def model_path(self) -> Path:
+        return self.run.path("model").resolve()
 
     def load_model(self):
         """The trained Keras model (logits output); compile state is not needed to export."""
-        import keras
+        from tfcnn.models.saved import load_trained_model
 
-        try:
-            return keras.models.load_model(self.model_path, compile=False)
-        except Exception as exc:  # corrupt or foreign file
-            raise TfcnnError(f"{self.model_path} could not be loaded ({type(exc).__name__}: {exc}); re-run training") from None
+        return load_trained_model(self.run)
 
 
-def load_source(run_dir: Path) -> SourceRun:
-    rd = RunDir(Path(run_dir))
-    if not rd.root.is_dir():
-        raise TfcnnError(f"run directory {str(rd.root)!r} does not exist")
-    rd.require(rd.config, rd.data, rd.model)
-    metrics = read_json(rd.metrics) if rd.metrics.is_file() else {}
-    return SourceRun(rd.root.resolve(), config_mod.load_json(rd.config), DataInfo.load(rd.data), rd.model.resolve(), metrics)
+def load_source(run: Run | Path) -> SourceRun:
+    """Open a run for export/verify, with one clear line when something it needs is missing."""
+    r = Run.open(run, need=("config", "data", "model"))
+    metrics = r.read(Metrics).to_dict() if r.has("metrics") else {}
+    return SourceRun(r, r.config(), r.read(DataInfo), metrics)
 
 
-def load_bundle(cfg: DataConfig):
-    """Re-load the run's data (same config, same seed -> same splits) for calibration and verification."""
-    from tfcnn.data import load_data
+def bundle_of(run: Run):
+    """The run's data bundle, decoded once per Run and shared by every stage of one process."""
+    from tfcnn.data import bundle_for
 
-    return load_data(cfg)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+    return bundle_for(run)

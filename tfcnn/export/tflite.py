@@ -50,13 +50,16 @@ def representative_images(images: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.concatenate([rgb, pin])
 
 
-def convert(variant: str, uint8_saved_model: Path, float_saved_model: Path, representative: np.ndarray | None) -> bytes:
-    """Convert one variant from the batch-1 archives written by wrapper.mobile_archive."""
+def convert(variant: str, source: Path, representative: np.ndarray | None) -> bytes:
+    """Convert one variant from a batch-1 archive written by wrapper.mobile_archive.
+
+    ``source`` is the uint8-input archive for the float variants and the float32-input one for
+    full-integer int8 (whose converter turns the input into uint8 itself).
+    """
     import tensorflow as tf
 
     if variant not in VARIANTS:
         raise ExportError(f"unknown TFLite variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    source = float_saved_model if variant == "tflite_int8" else uint8_saved_model
     converter = tf.lite.TFLiteConverter.from_saved_model(str(source))
     if variant == "tflite_float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

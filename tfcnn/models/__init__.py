@@ -1,6 +1,31 @@
-"""Keras functional CNN builders, registered by name (see :mod:`tfcnn.models.registry`)."""
+"""Keras functional CNN builders, registered by name (see :mod:`tfcnn.models.registry`).
+
+Importing this package registers every builder and the "model" check of
+:func:`tfcnn.config.validate` without importing TensorFlow: the builder modules reach Keras
+through :mod:`tfcnn.models.lazy`, which loads it when the first layer is built.
+"""
 
 from tfcnn.models import compact, mobilenet, resnet, seed, tiny, vgg  # noqa: F401  (register the builders)
-from tfcnn.models.registry import available, build_model, option_defaults, register, resolve
+from tfcnn.models.registry import (
+    MODELS,
+    Builder,
+    available,
+    build_model,
+    get_builder,
+    option_defaults,
+    register,
+    resolve,
+    resolve_options,
+)
 
-__all__ = ["available", "build_model", "option_defaults", "register", "resolve"]
+__all__ = [
+    "MODELS",
+    "Builder",
+    "available",
+    "build_model",
+    "get_builder",
+    "option_defaults",
+    "register",
+    "resolve",
+    "resolve_options",
+]

@@ -7,10 +7,9 @@ TFLite/CoreML without custom-object registration.
 
 from __future__ import annotations
 
-import keras
-
 from tfcnn.config import ModelConfig
 from tfcnn.errors import ConfigError
+from tfcnn.models.lazy import keras
 from tfcnn.models.registry import regularizer
 
 

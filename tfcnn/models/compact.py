@@ -23,11 +23,10 @@ over 100K parameters at the default filters.
 
 from __future__ import annotations
 
-import keras
-
 from tfcnn.config import ModelConfig
 from tfcnn.errors import ConfigError
 from tfcnn.models.blocks import check_pool, conv_bn_act, global_depthwise_head, head, int_list, scaled, squeeze_excite
+from tfcnn.models.lazy import keras
 from tfcnn.models.registry import register
 
 OPTIONS = {"filters": [16, 40, 72], "convs": [1, 2, 2], "se_ratio": 0.25, "head": "gap"}

@@ -1,9 +1,12 @@
-"""Convolution arithmetic from the course, in the corrected form (see COURSE_NOTES errata).
+"""Convolution arithmetic: output sizes, parameter counts and receptive fields.
 
-Output size: floor((n + 2p - k) / s) + 1 (notes 000 omit the +1). Keras "valid" is p = 0;
+Output size: floor((n + 2p - k) / s) + 1 (Dumoulin & Visin 2016, "A guide to convolution
+arithmetic for deep learning"; the +1 is easy to drop). Keras "valid" is p = 0;
 Keras/TF "same" gives ceil(n / s) by padding (k - 1)-ish pixels, the odd one at the end.
 Receptive field of layer l: r_l = r_{l-1} + (k_l - 1) * prod(s_1 .. s_{l-1}), r_0 = 1
-(so 3x3 stride-1 stacks see 3, 5, 7, and stride 2 in layer 2 gives 3, 5, 9, not 3, 7, 11).
+(so 3x3 stride-1 stacks see 3, 5, 7, and stride 2 in layer 2 gives 3, 5, 9, not 3, 7, 11;
+Araujo, Norris & Sim 2019, "Computing receptive fields of convolutional neural networks").
+``tests/test_models.py`` checks every formula against the shapes Keras builds.
 """
 
 from __future__ import annotations

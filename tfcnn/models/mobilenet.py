@@ -14,8 +14,6 @@ resolution to spare.
 
 from __future__ import annotations
 
-import keras
-
 from tfcnn.config import ModelConfig
 from tfcnn.errors import ConfigError
 from tfcnn.models.blocks import (
@@ -29,6 +27,7 @@ from tfcnn.models.blocks import (
     scaled,
     squeeze_excite,
 )
+from tfcnn.models.lazy import keras
 from tfcnn.models.registry import register
 
 BLOCK_TYPES = ("inverted_residual", "separable")

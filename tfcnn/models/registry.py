@@ -12,46 +12,61 @@ typo in a pipeline file fails before any layer is built instead of being silentl
 from __future__ import annotations
 
 import dataclasses
+import math
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
-import keras
-import numpy as np
-
-from tfcnn.config import ModelConfig
+from tfcnn import config as config_mod
+from tfcnn.config import ModelConfig, PipelineConfig
 from tfcnn.errors import ConfigError
+from tfcnn.models.lazy import keras
+from tfcnn.util import Registry
 
 
 class Body(Protocol):
     def __call__(self, x: keras.KerasTensor, cfg: ModelConfig) -> keras.KerasTensor: ...
 
 
-_REGISTRY: dict[str, Body] = {}
-_OPTIONS: dict[str, dict[str, Any]] = {}
+@dataclass(frozen=True)
+class Builder:
+    """One registered architecture: its body and the ``model.options`` it accepts (name -> default)."""
+
+    name: str
+    body: Body
+    options: dict[str, Any]
+
+
+MODELS: Registry = Registry("model", "model.name")
 
 
 def register(name: str, options: Mapping[str, Any] | None = None) -> Callable[[Body], Body]:
-    """Decorator adding an architecture body under `name`.
+    """Decorator adding an architecture body under `name` (a taken name is refused).
 
     `options` maps every accepted ``model.options`` key to its default; the body then sees
-    ``cfg.options`` with all of them filled in and type-checked.
+    ``cfg.options`` with all of them filled in and type-checked. The defaults are the type
+    declaration too: a value must be of the default's kind (bool, int, number, string, list
+    with elements like the default's), so the check needs no layer built.
     """
 
     def deco(fn: Body) -> Body:
-        _REGISTRY[name] = fn
-        _OPTIONS[name] = dict(options or {})
+        MODELS.register(name, Builder(name, fn, dict(options or {})))
         return fn
 
     return deco
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(MODELS)
+
+
+def get_builder(name: str) -> Builder:
+    """The registered builder; an unknown name is one ConfigError line with a did-you-mean."""
+    return MODELS.get_or_raise(name)
 
 
 def option_defaults(name: str) -> dict[str, Any]:
     """The ``model.options`` a registered model accepts, with their defaults."""
-    _check_name(name)
-    return dict(_OPTIONS[name])
+    return dict(get_builder(name).options)
 
 
 def regularizer(cfg: ModelConfig) -> keras.regularizers.Regularizer | None:
@@ -59,48 +74,75 @@ def regularizer(cfg: ModelConfig) -> keras.regularizers.Regularizer | None:
     return keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
 
 
-def _check_name(name: str) -> None:
-    if name not in _REGISTRY:
-        raise ConfigError(f"model.name = {name!r} is not a registered model; choose one of {', '.join(available())}")
+def _kind_error(value: Any, default: Any) -> str | None:
+    """What is wrong with `value` for an option whose default is `default` (None: nothing).
 
-
-def _same_kind(value: Any, default: Any) -> bool:
+    The default's kind is the declaration: bool, integer, number (finite), string, or a list
+    whose entries are each like the default's first entry.
+    """
     if default is None:
-        return True
+        return None
     if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, (int, float)):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if isinstance(value, bool) else f"{value!r} is not true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else f"{value!r} is not an integer"
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{value!r} is not a number"
+        return None if math.isfinite(value) else f"{value!r} is not a finite number"
     if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, type(default))
+        if not isinstance(value, (list, tuple)):
+            return f"{value!r} is not a list"
+        if default:
+            for item in value:
+                why = _kind_error(item, default[0])
+                if why is not None:
+                    return f"entry {why}"
+        return None
+    return None if isinstance(value, type(default)) else f"{value!r} is not a {type(default).__name__}"
+
+
+def resolve_options(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with its builder's option defaults filled in, after checking the name and every
+    ``model.options`` key and kind. Needs no TensorFlow (the "model" check of validate)."""
+    defaults = get_builder(cfg.name).options
+    merged = dict(defaults)
+    for key, value in (cfg.options or {}).items():
+        if key not in defaults:
+            allowed = ", ".join(sorted(defaults)) or "none"
+            raise ConfigError(f"model.options.{key} is not an option of {cfg.name}; allowed options: {allowed}")
+        why = _kind_error(value, defaults[key])
+        if why is not None:
+            raise ConfigError(
+                f"model.options.{key} = {value!r} has the wrong type for {cfg.name}: {why}; "
+                f"expected something like {defaults[key]!r}"
+            )
+        merged[key] = value
+    return dataclasses.replace(cfg, options=merged)
 
 
 def resolve(cfg: ModelConfig) -> ModelConfig:
-    """Validate `cfg` against its builder (name, activation, options) and fill option defaults.
+    """Validate `cfg` against its builder (name, options, activation) and fill option defaults.
 
-    Cheap (builds nothing), so callers can run it before loading data.
+    Builds nothing, so callers can run it before loading data; the activation is looked up in
+    Keras (this imports TensorFlow).
     """
-    _check_name(cfg.name)
+    cfg = resolve_options(cfg)
     try:
         keras.activations.get(cfg.activation)
     except (ValueError, TypeError):
         raise ConfigError(
             f"model.activation = {cfg.activation!r} is not a Keras activation; use e.g. 'relu', 'relu6', 'silu', 'gelu', 'hard_silu'"
         ) from None
-    defaults = _OPTIONS[cfg.name]
-    merged = dict(defaults)
-    for key, value in (cfg.options or {}).items():
-        if key not in defaults:
-            allowed = ", ".join(sorted(defaults)) or "none"
-            raise ConfigError(f"model.options.{key} is not an option of {cfg.name}; allowed options: {allowed}")
-        if not _same_kind(value, defaults[key]):
-            raise ConfigError(
-                f"model.options.{key} = {value!r} has the wrong type for {cfg.name}; "
-                f"expected something like {defaults[key]!r}"
-            )
-        merged[key] = value
-    return dataclasses.replace(cfg, options=merged)
+    return cfg
+
+
+def check_config(cfg: PipelineConfig) -> None:
+    """The "model" check of :func:`tfcnn.config.validate`: model.name, model.options, model.activation."""
+    resolve(cfg.model)
+
+
+config_mod.register_check("model", check_config)
 
 
 def build_model(
@@ -111,6 +153,8 @@ def build_model(
     std: list[float] | None = None,
 ) -> keras.Model:
     """Build `cfg.name` inside the common frame (image -> normalize -> body -> logits)."""
+    import numpy as np
+
     cfg = resolve(cfg)
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
@@ -123,7 +167,7 @@ def build_model(
         raise ConfigError(f"mean/std must have one value per channel ({channels}), got {mean_a.shape} and {std_a.shape}")
     inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="image")
     x = keras.layers.Normalization(mean=mean_a, variance=np.maximum(std_a, 1e-6) ** 2, name="normalize")(inputs)
-    x = _REGISTRY[cfg.name](x, cfg)
+    x = get_builder(cfg.name).body(x, cfg)
     logits = keras.layers.Dense(
         num_classes, kernel_regularizer=regularizer(cfg), dtype="float32", name="logits"
     )(x)

@@ -9,11 +9,10 @@ strided 1x1 projection (+BN) matches it ("option B" of the paper).
 
 from __future__ import annotations
 
-import keras
-
 from tfcnn.config import ModelConfig
 from tfcnn.errors import ConfigError
 from tfcnn.models.blocks import act, bn, check_pool, conv, conv_bn_act, head, positive_int, scaled, squeeze_excite
+from tfcnn.models.lazy import keras
 from tfcnn.models.registry import register
 
 OPTIONS = {"base_filters": 16, "stages": 3, "expansion": 4, "se_ratio": 0.25}

@@ -1,10 +1,11 @@
-"""The course's baseline CNN (seed notes 000, the Keras MNIST model), in the tfcnn frame.
+"""seed_cnn: the baseline two-conv CNN the project started from, in the tfcnn frame.
 
 Conv32(3x3, same) -> MaxPool2 -> Conv64(3x3, same) -> MaxPool2 -> Flatten -> Dense128 -> logits:
-421,642 parameters at 28x28x1 with 10 classes (320 + 18,496 + 401,536 + 1,290).
+421,642 parameters at 28x28x1 with 10 classes (320 + 18,496 + 401,536 + 1,290), pinned by
+``tests/test_models.py::test_seed_cnn_has_the_course_parameter_count``.
 
-The course model has no BatchNorm, so ``model.batch_norm`` is ignored here: the parameter count
-must be the course's whatever the (BatchNorm-on) ModelConfig default says. A BatchNorm variant
+The baseline has no BatchNorm, so ``model.batch_norm`` is ignored here: the parameter count
+must stay 421,642 whatever the (BatchNorm-on) ModelConfig default says. A BatchNorm variant
 is still one switch away: ``model.options = {batch_norm = true}``. ``width`` scales the three
 hidden layers, ``dropout`` sits before the logits, ``activation`` and ``l2`` apply as usual.
 """
@@ -13,10 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import keras
-
 from tfcnn.config import ModelConfig
 from tfcnn.models.blocks import act, bn, positive_int, scaled
+from tfcnn.models.lazy import keras
 from tfcnn.models.registry import register, regularizer
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import keras
-
 from tfcnn.config import ModelConfig
+from tfcnn.models.lazy import keras
 from tfcnn.models.registry import register, regularizer
 
 

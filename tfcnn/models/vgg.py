@@ -9,11 +9,10 @@ layers, which is where VGG16 keeps most of its 138M weights).
 
 from __future__ import annotations
 
-import keras
-
 from tfcnn.config import ModelConfig
 from tfcnn.errors import ConfigError
 from tfcnn.models.blocks import act, check_pool, conv_bn_act, head, positive_int, scaled
+from tfcnn.models.lazy import keras
 from tfcnn.models.registry import register, regularizer
 
 OPTIONS = {"blocks": 3, "convs_per_block": 2, "base_filters": 32, "max_filters": 512, "head": "gap", "dense_units": 256}

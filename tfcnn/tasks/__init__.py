@@ -8,3 +8,13 @@ from tfcnn.tasks.base import TASKS, Task, get_task
 from tfcnn.tasks import classification as _classification  # noqa: F401  (registers "classification")
 
 __all__ = ["TASKS", "Task", "get_task"]
+
+
+def _check(cfg) -> None:
+    """`task` names a registered task (no I/O)."""
+    get_task(cfg.task)
+
+
+from tfcnn import config as _config  # noqa: E402
+
+_config.register_check("task", _check)

@@ -1,6 +1,14 @@
-"""Training stage: ``train(cfg, bundle, run_dir, build_fn)`` with the ``fit`` or ``tape`` engine."""
+"""Training stage: ``train(cfg, bundle, run, build)`` with the ``fit`` or ``tape`` engine.
 
+Importing it registers the "train" check of :func:`tfcnn.config.validate`
+(:func:`tfcnn.train.checks.check_train_config`).
+"""
+
+from tfcnn import config as _config
+from tfcnn.train.checks import check_train_config
 from tfcnn.train.core import TrainResult, train
 from tfcnn.train.stopping import PatienceRule, PlateauRule, StopRules, TargetLossRule
 
-__all__ = ["PatienceRule", "PlateauRule", "StopRules", "TargetLossRule", "TrainResult", "train"]
+_config.register_check("train", check_train_config)
+
+__all__ = ["PatienceRule", "PlateauRule", "StopRules", "TargetLossRule", "TrainResult", "check_train_config", "train"]

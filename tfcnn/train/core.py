@@ -1,30 +1,37 @@
 """The training stage's entry point: one config, two engines (``fit`` and ``tape``).
 
-Everything the engines share lives here: validation of the config against the data, seeding,
-the distribution strategy and dtype policy, building the model inside the strategy scope,
-and writing the final ``model.keras`` and diagnostics into the run directory.
+Everything the engines share is done here: validation of the config against the data, seeding,
+the distribution strategy and dtype policy, building the model inside the strategy scope, and
+writing the final ``model.keras`` and the Diagnostics record into the run. What the model
+learns (its loss and metrics) comes from the run's task (:mod:`tfcnn.tasks`).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
-import tensorflow as tf
 
 from tfcnn.config import PipelineConfig
 from tfcnn.data.bundle import DataBundle
 from tfcnn.errors import ConfigError
-from tfcnn.rundir import RunDir
+from tfcnn.run import Run
+from tfcnn.tasks import get_task
+from tfcnn.train import fit as fit_engine
+from tfcnn.train import tape as tape_engine
+from tfcnn.train.checks import check_train_config
 from tfcnn.train.distribute import global_policy, is_chief, make_strategy, precision_policy, seed_everything
-from tfcnn.train.records import RunRecord, fingerprint
-from tfcnn.train.stopping import MONITORS, StopRules
+from tfcnn.train.records import RunRecord
+from tfcnn.train.session import Session
+from tfcnn.train.stopping import StopRules, monitors
+from tfcnn.util import atomic_path, log
+
+ENGINES: dict[str, Callable[[Session], RunRecord]] = {"fit": fit_engine.run, "tape": tape_engine.run}
 
 
 @dataclass
@@ -43,100 +50,53 @@ class TrainResult:
     replicas: int
 
 
-@dataclass
-class Session:
-    """One call of :func:`train`: what an engine needs to run (built by :func:`train`)."""
-
-    cfg: PipelineConfig
-    bundle: DataBundle
-    rd: RunDir
-    strategy: tf.distribute.Strategy
-    model: keras.Model
-    policy: str
-    quiet: bool
-    steps_per_epoch: int
-    callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
-    chief: bool = True
-    # Where to resume from: the run directory's checkpoints, also for non-chief workers, which
-    # write their own checkpoints to a scratch `rd` but must restore the chief's state.
-    resume_dir: Path | None = None
-
-    @property
-    def replicas(self) -> int:
-        return int(self.strategy.num_replicas_in_sync)
-
-    @property
-    def has_validation(self) -> bool:
-        return self.bundle.info.num_val > 0
-
-    def new_record(self) -> RunRecord:
-        return RunRecord(
-            engine=self.cfg.train.engine,
-            strategy=self.cfg.train.strategy,
-            replicas=self.replicas,
-            policy=self.policy,
-            fingerprint=fingerprint(self.cfg),
-        )
-
-    def new_rules(self) -> StopRules:
-        return StopRules.from_config(self.cfg.train.early_stopping, has_validation=self.has_validation)
-
-    def say(self, msg: str) -> None:
-        if not self.quiet:
-            print(msg, flush=True)
-
-
 def train(
     cfg: PipelineConfig,
     bundle: DataBundle,
-    run_dir: Path,
-    build_fn: Callable[[], keras.Model],
+    run: "Run | Path",
+    build: Callable[[], keras.Model],
     *,
-    quiet: bool = False,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
 ) -> TrainResult:
-    """Train ``build_fn()``'s model on ``bundle`` with ``cfg.train``, writing into ``run_dir``.
+    """Train ``build()``'s model on ``bundle`` with ``cfg.train``, writing into ``run``.
 
-    Re-running on the same ``run_dir`` resumes from its last checkpoint (tape engine) or from
+    Re-running on the same run directory resumes from its last checkpoint (tape engine) or from
     the BackupAndRestore backup of an interrupted fit. ``callbacks`` are extra Keras callbacks;
     both engines call their epoch hooks (the tape engine after it has checkpointed the epoch).
     """
-    from tfcnn.train import fit as fit_engine
-    from tfcnn.train import tape as tape_engine
-
     tc = cfg.train
-    rd = RunDir(Path(run_dir))
-    rd.root.mkdir(parents=True, exist_ok=True)
+    run = run if isinstance(run, Run) else Run.create(Path(run))
+    task = get_task(cfg.task)
     _validate(cfg, bundle)
     seed_everything(tc)
     strategy = make_strategy(tc)
     policy = precision_policy(tc, strategy)
     chief = is_chief(strategy)
-    out = rd if chief else RunDir(Path(tempfile.mkdtemp(prefix="tfcnn-worker-")))
+    out = run if chief else Run.create(Path(tempfile.mkdtemp(prefix="tfcnn-worker-")))
     with global_policy(policy):
         with strategy.scope():
-            model = build_fn()
+            model = build()
     _check_model(model, bundle)
     session = Session(
         cfg=cfg,
         bundle=bundle,
-        rd=out,
+        run=out,
         strategy=strategy,
         model=model,
         policy=policy,
-        quiet=quiet,
+        task=task,
         steps_per_epoch=steps_per_epoch(bundle),
         callbacks=list(callbacks or []),
         chief=chief,
-        resume_dir=rd.checkpoints,
+        resume_dir=run.path("checkpoints"),
     )
     started = time.perf_counter()
-    engine = tape_engine.run if tc.engine == "tape" else fit_engine.run
-    record = engine(session)
+    record = ENGINES[tc.engine](session)
     wall = time.perf_counter() - started
     record.stop_reason = record.stop_reason or "completed"
     save_model(session)
     record.write(out, extra=_diagnostics_extra(cfg))
+    log.info(f"train: {record.epochs_done} epochs in {wall:.1f} s ({record.stop_reason})")
     return TrainResult(
         model=model,
         history=record.history(),
@@ -167,23 +127,17 @@ def _batch_size(bundle: DataBundle) -> int:
 
 
 def _validate(cfg: PipelineConfig, bundle: DataBundle) -> None:
+    """The config-only checks (also run by config.validate), then those that need the data."""
     tc, es = cfg.train, cfg.train.early_stopping
     if bundle.info.num_train < 1:
         raise ConfigError("the training split is empty; check data.source and data.train_subset")
-    if es.monitor not in MONITORS:
-        raise ConfigError(f"train.early_stopping.monitor = {es.monitor!r} is not recorded; choose one of {', '.join(MONITORS)}")
-    if tc.reduce_lr_on_plateau:
-        if tc.schedule != "constant" or tc.warmup_epochs > 0:
-            raise ConfigError(
-                f"train.reduce_lr_on_plateau needs schedule = 'constant' without warm-up (got schedule = {tc.schedule!r}, "
-                f"warmup_epochs = {tc.warmup_epochs}); a schedule already sets the learning rate every step"
-            )
-        if es.monitor.startswith("val_") and bundle.info.num_val == 0:
-            raise ConfigError(
-                f"train.reduce_lr_on_plateau watches {es.monitor!r} but the validation split is empty; "
-                "set data.val_fraction > 0 or train.early_stopping.monitor = 'loss'"
-            )
-    StopRules.from_config(es, has_validation=bundle.info.num_val > 0)
+    check_train_config(cfg)
+    if tc.reduce_lr_on_plateau and es.monitor.startswith("val_") and bundle.info.num_val == 0:
+        raise ConfigError(
+            f"train.reduce_lr_on_plateau watches {es.monitor!r} but the validation split is empty; "
+            "set data.val_fraction > 0 or train.early_stopping.monitor = 'loss'"
+        )
+    StopRules.from_config(es, has_validation=bundle.info.num_val > 0, monitors=monitors(get_task(cfg.task).metric_names))
 
 
 def _check_model(model: keras.Model, bundle: DataBundle) -> None:
@@ -201,29 +155,22 @@ def _check_model(model: keras.Model, bundle: DataBundle) -> None:
 
 
 def save_model(s: Session) -> None:
-    """model.keras: the final (or best) weights, compiled with the loss and accuracy metric.
+    """model.keras: the final (or best) weights, compiled with the task's loss and metrics.
 
     The file is a deployment artifact, not a training state (that is checkpoints/): it is
     compiled with a stateless SGD so it carries no optimizer slots (a third of the size for
-    Adam) and no tfcnn-specific schedule, and `keras.models.load_model` works in any process
-    with or without `compile=False`.
+    Adam) and no tfcnn-specific schedule, and with the loss on plain labels (no smoothing), so
+    `keras.models.load_model` works in any process with or without `compile=False`.
     """
     with s.strategy.scope():
         s.model.compile(
             optimizer=keras.optimizers.SGD(learning_rate=s.cfg.train.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            loss=s.task.keras_loss(0.0),
+            metrics=s.task.keras_metrics(0.0),
         )
         s.model.optimizer.build(s.model.trainable_variables)
-    path = s.rd.model
-    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".keras", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(s.run.path("model"), suffix=".keras") as tmp:
         s.model.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _diagnostics_extra(cfg: PipelineConfig) -> dict:

@@ -1,24 +1,30 @@
-"""What a training run leaves in the run directory: history.csv and diagnostics.json.
+"""What a training run leaves in the run directory: the history and the Diagnostics record.
 
 Both engines feed the same :class:`RunRecord` one epoch at a time; its whole state is a JSON
 mapping, which the engines store in their checkpoints so a resumed run rewrites the files with
-the epochs before the interruption intact (and nothing from a half-finished epoch).
+the epochs before the interruption intact (and nothing from a half-finished epoch). Where the
+files go and how they are laid out is :class:`tfcnn.run.Run`'s business.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from tfcnn.config import PipelineConfig, to_dict
 from tfcnn.errors import TfcnnError
-from tfcnn.rundir import RunDir, write_json, write_text
+from tfcnn.run import Diagnostics, Run
 
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+def history_columns(metric_names: Sequence[str]) -> tuple[str, ...]:
+    """history.csv's columns for a task logging ``metric_names`` (besides the loss) per epoch."""
+    return ("epoch", "loss", *metric_names, "val_loss", *(f"val_{m}" for m in metric_names), "lr", "seconds")
+
+
+HISTORY_COLUMNS = history_columns(("accuracy",))  # the classification task's columns
 
 # Settings that may change between an interrupted run and its resumption without changing
 # what the checkpoint means (more epochs, different logging, looser stopping).
@@ -52,13 +58,14 @@ class RunRecord:
     resumed_at: list[int] = field(default_factory=list)  # epochs completed before each resume
     train_images: int = 0  # images trained on, all sessions (for throughput)
     train_seconds: float = 0.0  # time inside training steps (validation excluded), all sessions
+    columns: list[str] = field(default_factory=lambda: list(HISTORY_COLUMNS))  # history.csv, from the task
 
     @property
     def epochs_done(self) -> int:
         return int(self.rows[-1]["epoch"]) if self.rows else 0
 
     def add_epoch(self, row: dict[str, float], norms: dict[str, float] | None = None) -> None:
-        clean = {k: _num(row.get(k)) for k in HISTORY_COLUMNS}
+        clean = {k: _num(row.get(k)) for k in self.columns}
         clean["epoch"] = int(row["epoch"])
         self.rows.append(clean)
         if norms is not None:
@@ -70,7 +77,7 @@ class RunRecord:
                 series.append(float(value))
 
     def history(self) -> dict[str, list[float]]:
-        return {k: [r[k] for r in self.rows] for k in HISTORY_COLUMNS}
+        return {k: [r[k] for r in self.rows] for k in self.columns}
 
     def state(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,30 +89,27 @@ class RunRecord:
     def images_per_second(self) -> float:
         return self.train_images / self.train_seconds if self.train_seconds > 0 else 0.0
 
-    def write(self, rd: RunDir, extra: dict[str, Any] | None = None) -> None:
-        """(Re)write history.csv and diagnostics.json atomically from the record."""
-        buf = io.StringIO()
-        buf.write(",".join(HISTORY_COLUMNS) + "\n")
-        for r in self.rows:
-            buf.write(",".join(_fmt(r[k]) for k in HISTORY_COLUMNS) + "\n")
-        write_text(rd.history, buf.getvalue())
-        diag = {
-            "engine": self.engine,
-            "strategy": self.strategy,
-            "replicas": self.replicas,
-            "precision_policy": self.policy,
-            "epochs_run": self.epochs_done,
-            "best_epoch": self.best_epoch,
-            "stopped_epoch": self.stopped_epoch,
-            "stop_reason": self.stop_reason,
-            "lr": [r["lr"] for r in self.rows],
-            "epoch_seconds": [r["seconds"] for r in self.rows],
-            "gradient_norms": self.gradient_norms,
-            "resumed_at": self.resumed_at,
-            "images_per_second": round(self.images_per_second(), 2),
-        }
-        diag.update(extra or {})
-        write_json(rd.diagnostics, _finite(diag))
+    def write(self, run: Run, extra: dict[str, Any] | None = None) -> None:
+        """(Re)write the history and the Diagnostics record from the record (each atomically)."""
+        run.write_history(tuple(self.columns), self.rows)
+        run.write(
+            Diagnostics(
+                engine=self.engine,
+                strategy=self.strategy,
+                replicas=self.replicas,
+                precision_policy=self.policy,
+                epochs_run=self.epochs_done,
+                best_epoch=self.best_epoch,
+                stopped_epoch=self.stopped_epoch,
+                stop_reason=self.stop_reason,
+                lr=[r["lr"] for r in self.rows],
+                epoch_seconds=[r["seconds"] for r in self.rows],
+                gradient_norms=self.gradient_norms,
+                resumed_at=list(self.resumed_at),
+                images_per_second=round(self.images_per_second(), 2),
+                extra=dict(extra or {}),
+            )
+        )
 
 
 def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
@@ -141,20 +145,3 @@ def _num(v: Any) -> float:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _fmt(v: float) -> str:
-    if isinstance(v, int):
-        return str(v)
-    return "" if math.isnan(v) else repr(float(v))
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN: missing values (no validation split, ...) become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj

@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 from tfcnn.config import EarlyStoppingConfig
 from tfcnn.errors import ConfigError
 
-MONITORS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+def monitors(metric_names: Sequence[str]) -> tuple[str, ...]:
+    """What the engines log per epoch, so what a rule can watch: the loss and the task's metrics,
+    each on the training and the validation split."""
+    return ("loss", *metric_names, "val_loss", *(f"val_{m}" for m in metric_names))
+
+
+MONITORS = monitors(("accuracy",))  # the classification task's
+
+
+def monitor_error(monitor: str, allowed: Sequence[str]) -> ConfigError:
+    return ConfigError(
+        f"train.early_stopping.monitor = {monitor!r} is not recorded; choose one of {', '.join(allowed)}"
+    )
 
 
 def resolve_mode(monitor: str, mode: str) -> Literal["min", "max"]:
@@ -123,11 +136,12 @@ class StopRules:
     improved: bool = field(default=False, repr=False)
 
     @classmethod
-    def from_config(cls, es: EarlyStoppingConfig, *, has_validation: bool) -> "StopRules":
-        if es.monitor not in MONITORS:
-            raise ConfigError(
-                f"train.early_stopping.monitor = {es.monitor!r} is not recorded; choose one of {', '.join(MONITORS)}"
-            )
+    def from_config(
+        cls, es: EarlyStoppingConfig, *, has_validation: bool, monitors: Sequence[str] = MONITORS
+    ) -> "StopRules":
+        """The rules ``es`` asks for; ``monitors`` are the values the engines log (see :func:`monitors`)."""
+        if es.monitor not in monitors:
+            raise monitor_error(es.monitor, monitors)
         if es.enabled and es.monitor.startswith("val_") and not has_validation:
             raise ConfigError(
                 f"train.early_stopping.monitor = {es.monitor!r} needs a validation split, but it is empty; "

@@ -1,0 +1,224 @@
+"""The data source registry: each ``data.source`` kind is registered here once.
+
+A :class:`Source` says how ``data.source`` names it (a bare name such as ``fashion_mnist``, or
+``kind:<arg>`` such as ``folder:<dir>``), what can be checked without reading anything (the
+"data" check of :func:`tfcnn.config.validate`, run again by :func:`tfcnn.data.load_data`) and
+how it loads. Loaders import their readers (numpy, Pillow, TensorFlow) when called, so
+``import tfcnn.data`` registers every kind without loading TensorFlow.
+
+Every loader ends in :func:`tfcnn.data.load.from_arrays`; the layouts each reader accepts are
+described in its module: :mod:`tfcnn.data.builtin` (``fashion_mnist``, ``mnist``),
+:mod:`tfcnn.data.idx`, :mod:`tfcnn.data.tfds_source`, :mod:`tfcnn.data.folder` and
+:mod:`tfcnn.data.npz`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional
+
+from tfcnn import config as config_mod
+from tfcnn.config import DataConfig, PipelineConfig
+from tfcnn.errors import ConfigError
+from tfcnn.util import Registry
+
+if TYPE_CHECKING:
+    from tfcnn.data.bundle import DataBundle
+
+Loader = Callable[[DataConfig, Optional[str]], "DataBundle"]  # (data config, argument or None) -> bundle
+SourceCheck = Callable[[DataConfig, Optional[str]], None]  # raises ConfigError; must not read files
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of ``data.source``."""
+
+    name: str
+    load: Loader
+    arg: str | None = None  # what follows "name:" (shown as name:<arg>); None: a bare name
+    check: SourceCheck | None = None
+    summary: str = ""
+
+    @property
+    def form(self) -> str:
+        """How a pipeline file spells it: ``fashion_mnist`` or ``folder:<dir>``."""
+        return self.name if self.arg is None else f"{self.name}:<{self.arg}>"
+
+
+SOURCES: Registry = Registry("data source kind", "data.source")
+
+
+def register_source(
+    name: str, *, arg: str | None = None, check: SourceCheck | None = None, summary: str = ""
+) -> Callable[[Loader], Loader]:
+    """Decorator registering a loader as the ``data.source`` kind `name` (a taken name is refused).
+
+    `arg` None makes it a bare name; otherwise the source is written ``name:<arg>`` and the
+    loader receives the text after the first colon. `check(cfg, arg)` may refuse a config
+    without I/O; `load(cfg, arg)` returns a DataBundle (usually through ``from_arrays``).
+    """
+    if not name or ":" in name:
+        raise ValueError(f"a data source kind needs a name without ':', got {name!r}")
+
+    def deco(load: Loader) -> Loader:
+        SOURCES.register(name, Source(name, load, arg, check, summary))
+        return load
+
+    return deco
+
+
+def forms() -> str:
+    """Every registered spelling, for error lines: 'fashion_mnist', ..., or 'numpy:<file.npz>'."""
+    quoted = [f"'{s.form}'" for s in SOURCES.values()]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def parse_source(text: str) -> tuple[Source, str | None]:
+    """(registered kind, argument or None) of a ``data.source`` value, or one ConfigError line."""
+    bare = SOURCES.get(text)
+    if bare is not None and bare.arg is None:
+        return bare, None
+    kind, sep, arg = text.partition(":")
+    source = SOURCES.get(kind)
+    if source is None:
+        close = difflib.get_close_matches(kind, list(SOURCES), n=1)
+        hint = f" (did you mean '{SOURCES[close[0]].form}'?)" if close else ""
+        raise ConfigError(f"data.source = {text!r} is not understood{hint}; use {forms()}")
+    if source.arg is None:
+        raise ConfigError(f"data.source = {text!r}: {kind} takes no argument; use '{kind}' (a directory goes in data.path)")
+    if not arg.strip():
+        raise ConfigError(f"data.source = {text!r} needs an argument after '{kind}:'; use '{source.form}'")
+    return source, arg
+
+
+def check_source(cfg: DataConfig) -> Source:
+    """Parse ``cfg.source`` and run its kind's no-I/O check; returns the kind."""
+    source, arg = parse_source(cfg.source)
+    if source.check is not None:
+        source.check(cfg, arg)
+    return source
+
+
+def check_data(cfg: PipelineConfig) -> None:
+    """The "data" check of :func:`tfcnn.config.validate`."""
+    check_source(cfg.data)
+
+
+config_mod.register_check("data", check_data)
+
+
+# --------------------------------------------------------------------------- per-kind checks
+
+
+def _path_is_a_directory_name(cfg: DataConfig, arg: str | None) -> None:
+    if cfg.path is not None and not cfg.path.strip():
+        raise ConfigError("data.path is empty; remove it or give a directory")
+
+
+def _no_data_path(what: str) -> SourceCheck:
+    def check(cfg: DataConfig, arg: str | None) -> None:
+        if cfg.path is not None:
+            kind = cfg.source.partition(":")[0]
+            raise ConfigError(
+                f"data.path = {cfg.path!r} is not read by {kind}: sources (the {what} is the part after "
+                f"'{kind}:' in data.source); remove data.path"
+            )
+
+    return check
+
+
+# A TFDS builder name: optional "namespace:", snake_case name, optional "/config", optional ":x.y.z".
+_TFDS_NAME = re.compile(r"^([a-z][a-z0-9_]*:)?[a-z][a-z0-9_]*(/[A-Za-z0-9_.+-]+)?(:[0-9]+(\.([0-9]+|\*)){2})?$")
+
+
+def _check_tfds(cfg: DataConfig, arg: str | None) -> None:
+    _path_is_a_directory_name(cfg, arg)
+    if not _TFDS_NAME.match(arg or ""):
+        raise ConfigError(
+            f"data.source = {cfg.source!r}: {arg!r} is not a TensorFlow Datasets name; use a lowercase "
+            "snake_case name such as 'tfds:cifar10' (optionally '/config' and ':version', e.g. 'tfds:mnist:3.*.*')"
+        )
+
+
+def _check_numpy(cfg: DataConfig, arg: str | None) -> None:
+    _no_data_path("file")(cfg, arg)
+    if Path(arg or "").suffix.lower() == ".npy":
+        raise ConfigError(
+            f"data.source = {cfg.source!r} names a single-array .npy file; save x_train, y_train "
+            "(and x_test, y_test, class_names) into one .npz with np.savez and use 'numpy:<file.npz>'"
+        )
+
+
+# --------------------------------------------------------------------------- the kinds
+
+
+def _named(name: str) -> Loader:
+    """fashion_mnist / mnist: local IDX files (data.path, $TFCNN_DATA_DIR, Debian), else TFDS."""
+
+    def load(cfg: DataConfig, arg: str | None) -> "DataBundle":
+        from tfcnn.data import builtin, idx, tfds_source
+        from tfcnn.data.load import from_arrays, from_tfds_dict
+
+        kind, found = builtin.locate(name, cfg.path, lambda n: tfds_source.load_tfds(n))
+        if kind == "idx":
+            train, test = idx.load_idx_dir(found)  # type: ignore[arg-type]
+            return from_arrays(cfg, train, test, builtin.CLASS_NAMES[name], source=f"{name} (idx:{found})")
+        loaded = dict(found)  # type: ignore[call-overload]
+        loaded["class_names"] = builtin.CLASS_NAMES[name]
+        return from_tfds_dict(cfg, loaded)
+
+    return load
+
+
+register_source(
+    "fashion_mnist",
+    check=_path_is_a_directory_name,
+    summary="Fashion-MNIST from data.path, $TFCNN_DATA_DIR, the Debian package or TFDS",
+)(_named("fashion_mnist"))
+register_source(
+    "mnist", check=_path_is_a_directory_name, summary="MNIST from data.path, $TFCNN_DATA_DIR, the Debian package or TFDS"
+)(_named("mnist"))
+
+
+@register_source("idx", arg="dir", check=_no_data_path("directory"), summary="a directory of MNIST-layout IDX files")
+def _load_idx(cfg: DataConfig, arg: str | None) -> "DataBundle":
+    from tfcnn.data import idx
+    from tfcnn.data.load import from_arrays
+
+    directory = Path(arg or "")
+    train, test = idx.load_idx_dir(directory)
+    names = idx.read_class_names(directory)
+    return from_arrays(cfg, train, test, names, source=f"idx:{directory.resolve()}")
+
+
+@register_source("tfds", arg="name", check=_check_tfds, summary="a TensorFlow Datasets image classification set")
+def _load_tfds(cfg: DataConfig, arg: str | None) -> "DataBundle":
+    from tfcnn.data import tfds_source
+    from tfcnn.data.load import from_tfds_dict
+
+    return from_tfds_dict(cfg, tfds_source.load_tfds(arg or "", data_dir=cfg.path))
+
+
+@register_source("folder", arg="dir", check=_no_data_path("directory"), summary="one sub-folder of images per class")
+def _load_folder(cfg: DataConfig, arg: str | None) -> "DataBundle":
+    from tfcnn.data import folder
+    from tfcnn.data.load import from_arrays
+
+    root = Path(arg or "")
+    size = tuple(cfg.image_size) if cfg.image_size else None
+    f = folder.read_folder(root, size, cfg.channels)  # type: ignore[arg-type]
+    return from_arrays(
+        cfg, f.train, f.test, f.class_names, source=f"folder:{root.resolve()}", skipped=f.skipped, notes=f.notes
+    )
+
+
+@register_source("numpy", arg="file.npz", check=_check_numpy, summary="an .npz of x_train, y_train[, x_test, y_test]")
+def _load_numpy(cfg: DataConfig, arg: str | None) -> "DataBundle":
+    from tfcnn.data import npz
+    from tfcnn.data.load import from_arrays
+
+    d = npz.read_npz(arg or "")
+    return from_arrays(cfg, d["train"], d["test"], d["class_names"], source=f"numpy:{Path(arg or '').resolve()}")

@@ -1,0 +1,30 @@
+"""The training stage's checks of a config, made before any data is loaded.
+
+Registered as the "train" check of :func:`tfcnn.config.validate` (see ``tfcnn/train/__init__.py``),
+so ``tfcnn run`` refuses a monitor the engines never log before minutes of data loading; the
+training entry point runs the same checks again for callers that skipped ``validate``. What
+can be monitored depends on the task: the loss and the task's metrics (``Task.metric_names``),
+on the training and the validation split.
+"""
+
+from __future__ import annotations
+
+from tfcnn.config import PipelineConfig
+from tfcnn.errors import ConfigError
+from tfcnn.tasks import get_task
+from tfcnn.train.stopping import monitor_error, monitors
+
+
+def check_train_config(cfg: PipelineConfig) -> None:
+    """Raise ConfigError (one line naming the key and the allowed values) for a training setting
+    that cannot work whatever the data: an unknown early-stopping monitor, or ReduceLROnPlateau
+    combined with a learning-rate schedule."""
+    tc, es = cfg.train, cfg.train.early_stopping
+    allowed = monitors(get_task(cfg.task).metric_names)
+    if es.monitor not in allowed:
+        raise monitor_error(es.monitor, allowed)
+    if tc.reduce_lr_on_plateau and (tc.schedule != "constant" or tc.warmup_epochs > 0):
+        raise ConfigError(
+            f"train.reduce_lr_on_plateau needs schedule = 'constant' without warm-up (got schedule = {tc.schedule!r}, "
+            f"warmup_epochs = {tc.warmup_epochs}); a schedule already sets the learning rate every step"
+        )

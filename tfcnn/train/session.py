@@ -1,0 +1,73 @@
+"""What one call of :func:`tfcnn.train.train` hands an engine: the :class:`Session`.
+
+It lives apart from :mod:`tfcnn.train.core` so that the engines (``fit``, ``tape``) and the entry
+point that picks one import it without importing each other (tests/test_layering.py refuses
+import cycles).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from tfcnn.config import PipelineConfig
+from tfcnn.data.bundle import DataBundle
+from tfcnn.run import Run
+from tfcnn.tasks import Task
+from tfcnn.train.records import RunRecord, fingerprint, history_columns
+from tfcnn.train.stopping import StopRules, monitors
+
+
+@dataclass
+class Session:
+    """One call of ``train``: what an engine needs to run (built by :func:`tfcnn.train.core.train`)."""
+
+    cfg: PipelineConfig
+    bundle: DataBundle
+    run: Run  # where this process writes (a scratch Run on non-chief workers)
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    policy: str
+    task: Task
+    steps_per_epoch: int
+    callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
+    chief: bool = True
+    # Where to resume from: the run directory's checkpoints, also for non-chief workers, which
+    # write their own checkpoints to a scratch run but must restore the chief's state.
+    resume_dir: Path | None = None
+
+    @property
+    def replicas(self) -> int:
+        return int(self.strategy.num_replicas_in_sync)
+
+    @property
+    def has_validation(self) -> bool:
+        return self.bundle.info.num_val > 0
+
+    @property
+    def num_outputs(self) -> int:
+        return self.bundle.info.num_classes
+
+    @property
+    def label_smoothing(self) -> float:
+        return float(self.cfg.train.label_smoothing)
+
+    def new_record(self) -> RunRecord:
+        return RunRecord(
+            engine=self.cfg.train.engine,
+            strategy=self.cfg.train.strategy,
+            replicas=self.replicas,
+            policy=self.policy,
+            fingerprint=fingerprint(self.cfg),
+            columns=list(history_columns(self.task.metric_names)),
+        )
+
+    def new_rules(self) -> StopRules:
+        return StopRules.from_config(
+            self.cfg.train.early_stopping,
+            has_validation=self.has_validation,
+            monitors=monitors(self.task.metric_names),
+        )
