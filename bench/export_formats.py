@@ -63,7 +63,7 @@ def train_quick_run(out: Path, args: argparse.Namespace) -> Path:
     )
     run_dir = out / "run"
     started = time.perf_counter()
-    metrics = train_stage(cfg, run_dir, quiet=True)
+    metrics = train_stage(cfg, run_dir)
     print(
         f"trained {model} on {args.train_subset} images for {args.epochs} epochs in "
         f"{time.perf_counter() - started:.1f} s: test accuracy {100 * metrics['test_accuracy']:.2f}%",
@@ -111,6 +111,9 @@ def main() -> int:
 
     from tfcnn.errors import VerificationError
     from tfcnn.export import export_run, verify_version
+    from tfcnn.util import setup_logging
+
+    setup_logging()  # one progress line per export/verify step
 
     with tempfile.TemporaryDirectory(prefix="tfcnn-bench-export-") as tmp:
         work = args.keep or Path(tmp)
@@ -118,7 +121,7 @@ def main() -> int:
         run_dir = args.run_dir or train_quick_run(work, args)
         root = work / "export"
         started = time.perf_counter()
-        vd = export_run(run_dir, root=root, quiet=False)
+        vd = export_run(run_dir, root=root)
         export_s = time.perf_counter() - started
         try:
             report = verify_version(vd, threads=args.threads)

@@ -16,6 +16,7 @@ import numpy as np
 from tfcnn.config import PipelineConfig
 from tfcnn.data import DataBundle, load_data, make_bundle
 from tfcnn.models import build_model
+from tfcnn.run import Run
 from tfcnn.train import train
 
 
@@ -55,9 +56,8 @@ def train_timed(cfg: PipelineConfig, bundle: DataBundle) -> EpochTimer:
         train(
             cfg,
             bundle,
-            Path(run_dir),
+            Run.create(Path(run_dir)),
             lambda: build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std),
-            quiet=True,
             callbacks=[timer],
         )
     return timer

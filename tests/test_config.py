@@ -35,7 +35,6 @@ def test_shipped_pipelines_validate(path):
         ({"data": {"val_fraction": 1.5}}, "data.val_fraction = 1.5 is impossible; it must be <= 0.9"),
         ({"data": {"channels": 2}}, "data.channels = 2 is not allowed"),
         ({"data": {"image_size": [28]}}, "data.image_size"),
-        ({"data": {"source": "s3://bucket"}}, "data.source = 's3://bucket' is not understood"),
         ({"data": {"augment": {"flip": "yes"}}}, "data.augment.flip must be true or false"),
         ({"train": {"early_stopping": {"patience": -1}}}, "train.early_stopping.patience = -1 is impossible"),
         ({"train": {"learning_rate": 0}}, "train.learning_rate = 0.0 is impossible; it must be > 0.0"),
@@ -49,6 +48,34 @@ def test_bad_values_name_the_key(data, fragment):
     msg = str(err.value)
     assert fragment in msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"train": {"learning_rate": float("nan")}}, "train.learning_rate"),
+        ({"train": {"clipnorm": float("inf")}}, "train.clipnorm"),  # Optional[float]
+        ({"train": {"early_stopping": {"target_loss": float("nan")}}}, "train.early_stopping.target_loss"),
+        ({"data": {"augment": {"zoom": float("-inf")}}}, "data.augment.zoom"),
+        ({"evaluate": {"confident_threshold": float("nan")}}, "evaluate.confident_threshold"),
+        ({"model": {"width": float("inf")}}, "model.width"),
+    ],
+)
+def test_non_finite_floats_are_refused_naming_the_key(data, key):
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(data)
+    msg = str(err.value)
+    assert msg.startswith(f"{key} = ") and "is not a finite number" in msg and "\n" not in msg
+
+
+def test_non_finite_floats_from_toml_and_overrides(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("[train]\nlearning_rate = nan\n")
+    with pytest.raises(ConfigError, match=r"p.toml: train.learning_rate = nan is not a finite number"):
+        config.load(path)
+    path.write_text("")
+    with pytest.raises(ConfigError, match=r"train.weight_decay = inf is not a finite number"):
+        config.load(path, ["train.weight_decay=inf"])
 
 
 def test_overrides_are_typed_and_validated(tmp_path):

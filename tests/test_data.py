@@ -14,9 +14,21 @@ from PIL import Image
 from conftest import FASHION_DIR, fashion_available
 from fakedata import synthetic_arrays
 from tfcnn.config import DataConfig, from_dict
-from tfcnn.data import FASHION_MNIST_CLASSES, builtin, from_arrays, idx, load_data, load_image, tfds_source
+from tfcnn.data import (
+    FASHION_MNIST_CLASSES,
+    DataInfo,
+    builtin,
+    bundle_for,
+    folder,
+    from_arrays,
+    idx,
+    load_data,
+    load_image,
+    tfds_source,
+)
 from tfcnn.data.images import to_channels
-from tfcnn.errors import DataError
+from tfcnn.errors import DataError, TfcnnError
+from tfcnn.run import Run
 
 
 def data_cfg(**kw) -> DataConfig:
@@ -340,6 +352,48 @@ def test_folder_errors_empty_class_single_class_missing(tmp_path):
         load_data(data_cfg(source=f"folder:{root}"))
     with pytest.raises(DataError, match="no such directory"):
         load_data(data_cfg(source=f"folder:{tmp_path / 'missing'}"))
+
+
+def test_bundle_for_decodes_a_run_once(tmp_path, monkeypatch):
+    """Training, int8 calibration, verification and the report share one decode per Run."""
+    root = tmp_path / "imgs"
+    for c, cls in enumerate(("ant", "bee")):
+        for i in range(5):
+            save(rgb_image(12, 12, 10 * c + i), root / cls / f"{i}.png")
+    decoded = []
+    real = folder.decode_image
+
+    def counting(path):
+        decoded.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(folder, "decode_image", counting)
+    run = Run.create(tmp_path / "run")
+    run.save_config(from_dict({"data": {"source": f"folder:{root}", "val_fraction": 0.0, "test_fraction": 0.2}}))
+    first = bundle_for(run)
+    assert len(decoded) == 10 and first.info.num_train + first.info.num_test == 10
+    assert bundle_for(run) is first and len(decoded) == 10  # the second call decodes nothing
+    assert bundle_for(Run(run.root)) is not first and len(decoded) == 20  # the memo is per Run (per process)
+
+
+def test_data_info_is_a_run_record(tmp_path):
+    info = DataInfo(["a", "b"], (8, 6, 3), [1.0, 2.0, 3.0], [4.0, 5.0, 6.0], 10, 2, 4, "numpy:/x.npz", notes=["n"])
+    run = Run.create(tmp_path / "run")
+    path = run.write(info)
+    assert path == run.path("data") and json_of(path)["schema"] == "tfcnn.data/1"
+    back = run.read(DataInfo)
+    assert back == info and back.input_shape == (8, 6, 3) and back.num_classes == 2
+    info.save(tmp_path / "elsewhere.json")  # for callers holding a path
+    assert DataInfo.load(tmp_path / "elsewhere.json") == info
+    (tmp_path / "old.json").write_text('{"class_names": ["a", "b"]}')
+    with pytest.raises(TfcnnError, match="schema None, this tfcnn reads 'tfcnn.data/1'"):
+        DataInfo.load(tmp_path / "old.json")
+
+
+def json_of(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
 
 
 # --------------------------------------------------------------------------- numpy

@@ -150,7 +150,7 @@ def test_contract_matches_artifacts(exported, run_dir):
 
 
 def test_model_card_hashes_every_artifact(exported):
-    from tfcnn.export.source import sha256_file
+    from tfcnn.util import sha256_file
 
     vd, _ = exported
     card = json.loads((vd / "model_card.json").read_text())
@@ -520,3 +520,45 @@ def test_rgb_model_exports_without_grayscale(tmp_path, npz_rgb_path):
     sm = predict_savedmodel(vd, img)["probabilities"]
     q = LiteRTRunner(vd / VARIANTS["tflite_int8"]).predict(img)
     assert sm.shape == q.shape == (2, 3) and np.abs(sm - q).max() < 0.1
+
+
+# --------------------------------------------------------------------------- ONNX (the registry's proof)
+
+
+def test_onnx_runs_the_serving_signature_in_onnxruntime(exported, reference):
+    import onnxruntime as ort
+
+    from tfcnn.export.formats.onnx import OPSET
+
+    vd, report = exported
+    entry = json.loads((vd / "contract.json").read_text())["artifacts"]["onnx"]
+    assert entry["file"] == "onnx/model.onnx" and entry["opset"] == OPSET and entry["source_signature"] == "serving_default"
+    assert [i["name"] for i in entry["inputs"]] == ["image"] and entry["inputs"][0]["dtype"] == "uint8"
+    assert sorted(o["name"] for o in entry["outputs"]) == ["class_id", "label", "probabilities"]
+    row = report["formats"]["onnx"]
+    assert row["passed"] and row["agreement"] == 1.0 and row["max_abs_diff"] <= 1e-5 and row["latency_ms_median"] > 0
+    card = json.loads((vd / "model_card.json").read_text())
+    assert {r["format"] for r in card["artifacts"] if r["path"].startswith("onnx/")} == {"onnx"}
+    assert card["export"]["onnx"]["opset"] == OPSET
+    # The served graph, labels included: class_id is the argmax and label comes from labels.txt.
+    rgb, _, probs = reference
+    sess = ort.InferenceSession(str(vd / entry["file"]), providers=["CPUExecutionProvider"])
+    p, cid, label = sess.run(["probabilities", "class_id", "label"], {"image": rgb[:16]})
+    assert np.abs(p - probs[:16]).max() <= 1e-5
+    assert list(cid) == list(p.argmax(1)) and [str(x) for x in label] == [f"class_{i}" for i in cid]
+
+
+def test_onnx_interface_check_fails_on_a_foreign_model(exported, tmp_path):
+    from tfcnn.export.formats import FORMATS
+
+    vd, _ = exported
+    card = json.loads((vd / "model_card.json").read_text())
+    entry = card["contract"]["artifacts"]["onnx"]
+    assert FORMATS["onnx"].static_check(vd, entry, card) == []
+    copy = tmp_path / "v"
+    shutil.copytree(vd, copy)
+    (copy / entry["file"]).write_bytes(b"not an onnx model")
+    fails = FORMATS["onnx"].static_check(copy, entry, card)
+    assert fails and "cannot read the ONNX model" in fails[0]
+    wrong_opset = {**entry, "opset": entry["opset"] + 1}
+    assert any("contract.json says" in f for f in FORMATS["onnx"].static_check(vd, wrong_opset, card))

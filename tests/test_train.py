@@ -20,7 +20,8 @@ from tfcnn.config import EarlyStoppingConfig, TrainConfig, from_dict
 from tfcnn.data.bundle import make_bundle
 from tfcnn.errors import ConfigError, TfcnnError
 from tfcnn.models import build_model
-from tfcnn.train import PatienceRule, PlateauRule, StopRules, TargetLossRule, train
+from tfcnn.run import Run
+from tfcnn.train import PatienceRule, PlateauRule, StopRules, TargetLossRule, check_train_config, train
 from tfcnn.train.optim import LinearWarmup, build_schedule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def run(cfg, run_dir: Path, callbacks=None):
     def build():
         return build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std)
 
-    return train(cfg, bundle, run_dir, build, quiet=True, callbacks=callbacks), bundle
+    return train(cfg, bundle, Run.create(Path(run_dir)), build, callbacks=callbacks), bundle
 
 
 class Interrupted(Exception):
@@ -396,11 +397,27 @@ def test_float16_loss_scaling_path_tracks_float32(tmp_path, monkeypatch):
     assert norms[0] == pytest.approx(norms[1], rel=0.1)  # unscaled: not 2**15 times larger
 
 
+def test_train_check_is_registered_and_names_the_allowed_monitors():
+    from tfcnn import config as config_mod
+
+    assert config_mod.registered_checks()["train"] is check_train_config
+    check_train_config(make_cfg({"early_stopping": {"monitor": "val_accuracy"}}))
+    with pytest.raises(ConfigError) as err:
+        check_train_config(make_cfg({"early_stopping": {"monitor": "val_acc"}}))
+    msg = str(err.value)
+    assert "train.early_stopping.monitor = 'val_acc'" in msg and "\n" not in msg
+    assert "loss, accuracy, val_loss, val_accuracy" in msg  # the classification task's metric names decide
+    with pytest.raises(ConfigError, match="reduce_lr_on_plateau"):
+        check_train_config(make_cfg({"reduce_lr_on_plateau": True, "schedule": "cosine"}))
+
+
 def test_config_errors_are_one_clear_line(tmp_path):
     with pytest.raises(ConfigError, match="reduce_lr_on_plateau"):
         run(make_cfg({"reduce_lr_on_plateau": True, "schedule": "cosine"}), tmp_path / "a")
     with pytest.raises(ConfigError, match="data.val_fraction"):
         run(make_cfg(data_opts={"val_fraction": 0.0}), tmp_path / "b")
+    with pytest.raises(ConfigError, match="early_stopping.monitor = 'val_top5'"):
+        run(make_cfg({"early_stopping": {"monitor": "val_top5"}}), tmp_path / "e")
     with pytest.raises(ConfigError, match="TPU"):
         run(make_cfg({"strategy": "tpu"}), tmp_path / "c")
     with pytest.raises(ConfigError, match="/gpu:7"):

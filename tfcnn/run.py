@@ -43,9 +43,11 @@ FILES: dict[str, str] = {
     "report": "report.html",
     "fit_state": "checkpoints/fit_state.json",  # fit engine's resume state
     "best_weights": "checkpoints/best_weights.npz",  # fit engine's best epoch so far
+    "last_weights": "checkpoints/last.weights.h5",  # fit engine's ModelCheckpoint of the last epoch
 }
 DIRS: dict[str, str] = {
     "checkpoints": "checkpoints",
+    "fit_backup": "checkpoints/backup",  # fit engine's BackupAndRestore state (removed when a fit finishes)
     "tensorboard": "tensorboard",
     "plots": "plots",  # PNG figures rendered by vis
     "explain": "explain",  # `tfcnn explain` output
@@ -345,13 +347,28 @@ class Evaluation(Record):
     files: dict[str, str] = field(default_factory=dict)  # kind -> path relative to the run
     unavailable: dict[str, str] = field(default_factory=dict)  # figure key -> why it cannot be drawn
 
+    def to_dict(self) -> dict[str, Any]:
+        """The file keeps its flat layout (per_class, confusion_matrix, test_accuracy, ... at the top,
+        as the report reads them); ``headline`` is also kept whole, so reading it back is exact."""
+        d = super().to_dict()
+        details = d.pop("details")
+        return {**details, **d["headline"], **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, where: Any = None) -> "Evaluation":
+        rec = super().from_dict(d, where=where)
+        rec.details = {k: v for k, v in rec.extra.items() if k not in rec.headline}  # flat keys land in extra
+        rec.extra = {}
+        return rec
+
 
 @dataclass
 class Diagnostics(Record):
     """diagnostics.json: how training went, one layout for both engines.
 
-    ``gradient_norms`` is ``{"epochs": [...], "layers": {layer: [norm per epoch]}}`` (null for
-    epochs without a value) or None when the engine recorded none (the fit engine).
+    ``gradient_norms`` is ``{layer: [norm per epoch]}`` plus ``"global"`` (the whole model), one
+    value per history row (null for epochs without a value), or None when the engine recorded
+    none (the fit engine).
     """
 
     KIND: ClassVar[str] = "diagnostics"

@@ -26,7 +26,7 @@ _LAZY = {
     "FASHION_MNIST_CLASSES": "tfcnn.data.builtin",
     "RESIZE_METHOD": "tfcnn.data.images",
     "load_image": "tfcnn.data.images",
-    "from_arrays": "tfcnn.data.load",
+    "from_arrays": "tfcnn.data.inmemory",
     "load_data": "tfcnn.data.load",
     "bundle_for": "tfcnn.data.load",
 }
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from tfcnn.data.builtin import FASHION_MNIST_CLASSES
     from tfcnn.data.bundle import DataBundle, make_bundle
     from tfcnn.data.images import RESIZE_METHOD, load_image
-    from tfcnn.data.load import bundle_for, from_arrays, load_data
+    from tfcnn.data.inmemory import from_arrays
+    from tfcnn.data.load import bundle_for, load_data
 
 
 def __getattr__(name: str) -> Any:

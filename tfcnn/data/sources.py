@@ -6,7 +6,7 @@ A :class:`Source` says how ``data.source`` names it (a bare name such as ``fashi
 how it loads. Loaders import their readers (numpy, Pillow, TensorFlow) when called, so
 ``import tfcnn.data`` registers every kind without loading TensorFlow.
 
-Every loader ends in :func:`tfcnn.data.load.from_arrays`; the layouts each reader accepts are
+Every loader ends in :func:`tfcnn.data.inmemory.from_arrays`; the layouts each reader accepts are
 described in its module: :mod:`tfcnn.data.builtin` (``fashion_mnist``, ``mnist``),
 :mod:`tfcnn.data.idx`, :mod:`tfcnn.data.tfds_source`, :mod:`tfcnn.data.folder` and
 :mod:`tfcnn.data.npz`.
@@ -160,7 +160,7 @@ def _named(name: str) -> Loader:
 
     def load(cfg: DataConfig, arg: str | None) -> "DataBundle":
         from tfcnn.data import builtin, idx, tfds_source
-        from tfcnn.data.load import from_arrays, from_tfds_dict
+        from tfcnn.data.inmemory import from_arrays, from_tfds_dict
 
         kind, found = builtin.locate(name, cfg.path, lambda n: tfds_source.load_tfds(n))
         if kind == "idx":
@@ -186,7 +186,7 @@ register_source(
 @register_source("idx", arg="dir", check=_no_data_path("directory"), summary="a directory of MNIST-layout IDX files")
 def _load_idx(cfg: DataConfig, arg: str | None) -> "DataBundle":
     from tfcnn.data import idx
-    from tfcnn.data.load import from_arrays
+    from tfcnn.data.inmemory import from_arrays
 
     directory = Path(arg or "")
     train, test = idx.load_idx_dir(directory)
@@ -197,7 +197,7 @@ def _load_idx(cfg: DataConfig, arg: str | None) -> "DataBundle":
 @register_source("tfds", arg="name", check=_check_tfds, summary="a TensorFlow Datasets image classification set")
 def _load_tfds(cfg: DataConfig, arg: str | None) -> "DataBundle":
     from tfcnn.data import tfds_source
-    from tfcnn.data.load import from_tfds_dict
+    from tfcnn.data.inmemory import from_tfds_dict
 
     return from_tfds_dict(cfg, tfds_source.load_tfds(arg or "", data_dir=cfg.path))
 
@@ -205,7 +205,7 @@ def _load_tfds(cfg: DataConfig, arg: str | None) -> "DataBundle":
 @register_source("folder", arg="dir", check=_no_data_path("directory"), summary="one sub-folder of images per class")
 def _load_folder(cfg: DataConfig, arg: str | None) -> "DataBundle":
     from tfcnn.data import folder
-    from tfcnn.data.load import from_arrays
+    from tfcnn.data.inmemory import from_arrays
 
     root = Path(arg or "")
     size = tuple(cfg.image_size) if cfg.image_size else None
@@ -218,7 +218,7 @@ def _load_folder(cfg: DataConfig, arg: str | None) -> "DataBundle":
 @register_source("numpy", arg="file.npz", check=_check_numpy, summary="an .npz of x_train, y_train[, x_test, y_test]")
 def _load_numpy(cfg: DataConfig, arg: str | None) -> "DataBundle":
     from tfcnn.data import npz
-    from tfcnn.data.load import from_arrays
+    from tfcnn.data.inmemory import from_arrays
 
     d = npz.read_npz(arg or "")
     return from_arrays(cfg, d["train"], d["test"], d["class_names"], source=f"numpy:{Path(arg or '').resolve()}")

@@ -13,6 +13,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcnn.tasks.classification import softmax
+from tfcnn.util import keras_verbose
+
 
 @dataclass
 class Predictions:
@@ -34,15 +37,8 @@ class Predictions:
         return self.logits.argmax(axis=1).astype(np.int32)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def predict_split(
-    model: keras.Model, batches: Iterable, num_classes: int, top_k: int = 5, total: int | None = None, quiet: bool = False
+    model: keras.Model, batches: Iterable, num_classes: int, top_k: int = 5, total: int | None = None
 ) -> Predictions:
     """One pass over (uint8 images, int labels) batches, updating Keras metrics as it goes."""
     k = max(1, min(top_k, num_classes))
@@ -50,7 +46,7 @@ def predict_split(
     acc_m = keras.metrics.SparseCategoricalAccuracy()
     topk_m = keras.metrics.SparseTopKCategoricalAccuracy(k=k, from_sorted_ids=False)
     infer = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
-    bar = keras.utils.Progbar(total, unit_name="image", verbose=0 if quiet else 1)
+    bar = keras.utils.Progbar(total, unit_name="image", verbose=keras_verbose())
     all_logits, all_labels = [], []
     for x, y in batches:
         logits = tf.cast(infer(x), tf.float32)

@@ -1,91 +1,64 @@
-"""Training diagnostics the engines leave behind (history.csv, diagnostics.json), turned into figures.
+"""What the engines leave about training (the history, the Diagnostics record, TensorBoard logs),
+read back as numbers for the figures (:mod:`tfcnn.vis.figures`) and the report.
 
-The engines own these files; this module only reads them, tolerating the optional parts:
-the fit engine records no per-layer gradient norms, and early stopping may never fire.
+The engines own these files; this module only reads them, tolerating the optional parts: the
+fit engine records no per-layer gradient norms, and early stopping may never fire.
+``gradient_norms`` has one layout, the one :class:`tfcnn.train.records.RunRecord` writes::
 
-diagnostics.json, as read here::
+    {"conv1": [0.8, 0.5, ...], ..., "global": [1.1, 0.7, ...]}
 
-    {"engine": "tape", "best_epoch": 7, "stopped_epoch": 9, "stop_reason": "early_stopping",
-     "gradient_norms": {"epochs": [1, 2, ...], "layers": {"conv1": [0.8, 0.5, ...], ...}}}
-
-Epoch numbers use the same numbering as history.csv's ``epoch`` column. Also accepted for
-``gradient_norms``: ``{layer: [per-epoch norms]}`` or ``[{"epoch": e, "norms": {layer: norm}}, ...]``.
+one value per row of the history (null where an epoch has none, e.g. norms switched on at a
+resume), so list index i is the history's epoch i + 1.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tfcnn.rundir import read_json
+from tfcnn.errors import TfcnnError
+from tfcnn.run import Diagnostics, Metrics, Record, Run
+from tfcnn.util import log
 
 
-def read_history(path: Path) -> dict[str, np.ndarray]:
-    """history.csv as column -> float array (blank cells become NaN); epoch column guaranteed."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
+def read_history(run: Run) -> dict[str, np.ndarray]:
+    """The history as column -> float array (blank cells NaN), epoch column guaranteed; {} if none."""
+    cols = run.read_history()
+    if not cols:
         return {}
-    cols: dict[str, list[float]] = {}
-    for row in rows:
-        for key, value in row.items():
-            if key is None:
-                continue
-            try:
-                v = float(value) if value not in (None, "") else math.nan
-            except ValueError:
-                continue
-            cols.setdefault(key.strip(), []).append(v)
-    out = {k: np.asarray(v) for k, v in cols.items() if len(v) == len(rows)}
+    out = {k: np.asarray(v, dtype=float) for k, v in cols.items()}
     if "epoch" not in out:
-        out["epoch"] = np.arange(1, len(rows) + 1, dtype=float)
+        out["epoch"] = np.arange(1, len(next(iter(out.values()))) + 1, dtype=float)
     return out
 
 
-def read_diagnostics(path: Path) -> dict[str, Any]:
-    return read_json(path) if path.is_file() else {}
+def read_record(run: Run, cls: type[Record]) -> Any:
+    """A record of the run, or None when it is missing or unreadable (logged: figures are optional)."""
+    try:
+        return run.read_optional(cls)
+    except TfcnnError as exc:
+        log.warning(f"ignoring {run.path(cls.KIND)}: {exc}")
+        return None
 
 
 def gradient_norms(
-    diag: dict[str, Any], layer_order: list[str] | None = None
+    diag: Diagnostics | None, layer_order: list[str] | None = None
 ) -> tuple[list[int], dict[str, list[float]]] | None:
-    """(epochs, {layer: norms}) from diagnostics.json, or None when the run recorded none.
+    """(epochs, {layer: norms}) from the Diagnostics record, or None when the run recorded none.
 
-    Layers come back in `layer_order` (the model's, input side first; diagnostics.json is
-    written with sorted keys), the tape engine's whole-model "global" norm last. Missing
-    epochs (null in JSON, e.g. norms switched on at a resume) become NaN.
+    Layers come back in ``layer_order`` (the model's, input side first; the JSON file has sorted
+    keys), the tape engine's whole-model "global" norm last. Null values become NaN.
     """
-    raw = diag.get("gradient_norms")
-    if not raw:
+    raw = diag.gradient_norms if diag is not None else None
+    if not isinstance(raw, dict) or not raw:
         return None
-    layers: dict[str, list[float]] = {}
-    if isinstance(raw, dict) and isinstance(raw.get("layers"), dict):
-        layers = {str(k): [_float(x) for x in v] for k, v in raw["layers"].items() if isinstance(v, list)}
-        epochs = [int(e) for e in raw.get("epochs", [])]
-    elif isinstance(raw, dict):
-        layers = {str(k): [_float(x) for x in v] for k, v in raw.items() if isinstance(v, list)}
-        epochs = []
-    elif isinstance(raw, list):
-        epochs = []
-        for i, entry in enumerate(raw):
-            if not isinstance(entry, dict):
-                continue
-            norms = entry.get("norms", entry.get("layers", entry))
-            epochs.append(int(entry.get("epoch", i + 1)))
-            for k, v in norms.items():
-                if k != "epoch" and (v is None or isinstance(v, (int, float))):
-                    series = layers.setdefault(str(k), [])
-                    series.extend([math.nan] * (len(epochs) - 1 - len(series)))
-                    series.append(_float(v))
+    layers = {str(k): [_float(x) for x in v] for k, v in raw.items() if isinstance(v, list)}
     n = max((len(v) for v in layers.values()), default=0)
     if n == 0:
         return None
-    if len(epochs) != n:
-        epochs = list(range(1, n + 1))
     layers = {k: v + [math.nan] * (n - len(v)) for k, v in layers.items()}
     rank = {name: i for i, name in enumerate(layer_order or [])}
 
@@ -94,7 +67,7 @@ def gradient_norms(
             return (2, 0, ())
         return (0 if name.split("/")[0] in rank else 1, rank.get(name.split("/")[0], 0), _natural_key(name))
 
-    return epochs, {k: layers[k] for k in sorted(layers, key=key)}
+    return list(range(1, n + 1)), {k: layers[k] for k in sorted(layers, key=key)}
 
 
 def _float(v: Any) -> float:
@@ -104,21 +77,20 @@ def _float(v: Any) -> float:
         return math.nan
 
 
-def stop_epochs(diag: dict[str, Any], metrics: dict[str, Any] | None = None) -> tuple[int | None, int | None]:
-    """(best_epoch, stopped_epoch) from diagnostics.json, falling back to metrics.json.
+def stop_epochs(diag: Diagnostics | None, metrics: Metrics | None = None) -> tuple[int | None, int | None]:
+    """(best_epoch, stopped_epoch) from the Diagnostics record, falling back to the Metrics record.
 
     stopped_epoch is None when training ran all its epochs (no stopping rule fired).
     """
-    metrics = metrics or {}
 
-    def pick(*keys: str) -> int | None:
-        for src in (diag, metrics):
-            for k in keys:
-                if src.get(k) is not None:
-                    try:
-                        return int(src[k])
-                    except (TypeError, ValueError):
-                        pass
+    def pick(key: str) -> int | None:
+        for rec in (diag, metrics):
+            value = getattr(rec, key, None) if rec is not None else None
+            if value is not None:
+                try:
+                    return int(value)
+                except (TypeError, ValueError):
+                    pass
         return None
 
     return pick("best_epoch"), pick("stopped_epoch")

@@ -1,9 +1,10 @@
 """The one serving wrapper every artifact is converted from.
 
 uint8 RGB [N, H, W, 3] -> float32 -> (BT.601 luma in-graph when the model has 1 channel) ->
-the trained model (its Normalization layer holds mean/std) -> softmax. Keeping a single function
-means SavedModel, TFLite and CoreML cannot drift apart in preprocessing; only the input dtype
-and batch dimension differ per target.
+the trained model (its Normalization layer holds mean/std) -> the task's outputs (softmax
+probabilities, class id and label for classification; see ``tfcnn/tasks/``). Keeping a single
+preprocessing function means SavedModel, ONNX, TFLite and CoreML cannot drift apart; only the
+input dtype and batch dimension differ per target.
 
 Endpoints are written with keras.export.ExportArchive rather than a bare tf.Module: the archive
 tracks Keras 3 variables as plain tf.Variables, which the TFLite converter can freeze into
@@ -18,6 +19,8 @@ from typing import Callable
 
 import numpy as np
 import tensorflow as tf
+
+from tfcnn.tasks import get_task
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, the contract's grayscale rule
 
@@ -39,8 +42,8 @@ def geometry_of(model) -> Geometry:
     return Geometry(h, w, c)
 
 
-def probabilities_fn(model, geometry: Geometry) -> Callable[[tf.Tensor], tf.Tensor]:
-    """float32 RGB pixels in 0..255 -> softmax probabilities, the core shared by every endpoint."""
+def model_fn(model, geometry: Geometry) -> Callable[[tf.Tensor], tf.Tensor]:
+    """float32 RGB pixels in 0..255 -> the model's raw outputs, the core shared by every endpoint."""
     gray = tf.constant(np.asarray(GRAY_WEIGHTS, np.float32).reshape(1, 1, 3, 1))
 
     def fn(rgb: tf.Tensor) -> tf.Tensor:
@@ -49,8 +52,7 @@ def probabilities_fn(model, geometry: Geometry) -> Callable[[tf.Tensor], tf.Tens
             # A 1x1 convolution rather than a weighted reduce_sum: it maps onto one CONV_2D in
             # TFLite, which full-integer quantization handles per channel.
             x = tf.nn.conv2d(x, gray, strides=1, padding="VALID")
-        logits = model(x, training=False)
-        return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        return model(x, training=False)
 
     return fn
 
@@ -90,19 +92,18 @@ def decode_image_bytes(g: Geometry) -> Callable[[tf.Tensor], tf.Tensor]:
     return decode
 
 
-def serving_archive(model, labels_file: Path):
+def serving_archive(model, labels_file: Path, task=None):
     """Archive with `serving_default` (uint8 images) and `serving_bytes` (encoded images)."""
     import keras
 
+    task = task or get_task("classification")
     g = geometry_of(model)
-    probs = probabilities_fn(model, g)
+    raw = model_fn(model, g)
     table = label_table(labels_file)
 
     def outputs(image: tf.Tensor) -> dict[str, tf.Tensor]:
         image = _check_images(image, g)
-        p = probs(tf.cast(image, tf.float32))
-        class_id = tf.argmax(p, axis=-1)
-        return {"probabilities": p, "class_id": tf.cast(class_id, tf.int32), "label": table.lookup(class_id)}
+        return task.serving_outputs(raw(tf.cast(image, tf.float32)), table.lookup)
 
     decode = decode_image_bytes(g)
 
@@ -120,7 +121,7 @@ def serving_archive(model, labels_file: Path):
     return archive
 
 
-def mobile_archive(model, input_dtype: tf.DType):
+def mobile_archive(model, input_dtype: tf.DType, task=None):
     """Batch-1 archive for TFLite/CoreML conversion: only probabilities, no string ops.
 
     ``uint8`` input is the float TFLite variants' interface (cast in-graph); ``float32`` input
@@ -129,11 +130,12 @@ def mobile_archive(model, input_dtype: tf.DType):
     """
     import keras
 
+    task = task or get_task("classification")
     g = geometry_of(model)
-    probs = probabilities_fn(model, g)
+    raw = model_fn(model, g)
 
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"probabilities": probs(tf.cast(image, tf.float32))}
+        return task.mobile_outputs(raw(tf.cast(image, tf.float32)))
 
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -54,6 +54,14 @@ class Task:
         """The ``output`` block of contract.json: what every artifact returns."""
         raise NotImplementedError
 
+    def mobile_outputs(self, outputs) -> dict:
+        """In-graph (tf) outputs of the batch-1 mobile wrappers (TFLite, CoreML) from the model's raw outputs."""
+        raise NotImplementedError
+
+    def serving_outputs(self, outputs, label_lookup) -> dict:
+        """In-graph outputs of the serving signatures (SavedModel, ONNX); ``label_lookup(ids)`` maps class ids to names."""
+        raise NotImplementedError
+
     def compare(self, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """How an artifact's outputs compare with the Keras model's on the same images."""
         raise NotImplementedError

@@ -64,6 +64,18 @@ class Classification(Task):
     def output_contract(self, labels: Sequence[str]) -> dict[str, Any]:
         return {"kind": "probabilities", "activation": "softmax", "num_classes": len(labels)}
 
+    def mobile_outputs(self, outputs) -> dict:
+        import tensorflow as tf
+
+        return {"probabilities": tf.nn.softmax(tf.cast(outputs, tf.float32), axis=-1)}
+
+    def serving_outputs(self, outputs, label_lookup) -> dict:
+        import tensorflow as tf
+
+        p = tf.nn.softmax(tf.cast(outputs, tf.float32), axis=-1)
+        class_id = tf.argmax(p, axis=-1)
+        return {"probabilities": p, "class_id": tf.cast(class_id, tf.int32), "label": label_lookup(class_id)}
+
     def compare(self, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """Accuracy, top-1 agreement, max/mean |p - p_keras|; a non-finite output makes every number NaN."""
         probs = np.asarray(outputs, np.float64)

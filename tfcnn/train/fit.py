@@ -3,17 +3,15 @@
 Keras provides the loop, BackupAndRestore (resume after an interruption), ModelCheckpoint,
 TensorBoard, ReduceLROnPlateau and TerminateOnNaN. tfcnn adds two callbacks: one feeding the
 shared :class:`StopRules` (patience and the course's target-loss rule, with best weights), and
-one writing history.csv/diagnostics.json through the shared :class:`RunRecord`. Their state is
-stored next to the backup so a resumed fit keeps its history and stopping counters.
+one writing the history and Diagnostics record through the shared :class:`RunRecord`. Their
+state (the run's ``fit_state`` file) is stored next to the backup so a resumed fit keeps its
+history and stopping counters.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,11 +19,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcnn.rundir import read_json, write_json
-from tfcnn.train.core import Session
 from tfcnn.train.optim import build_optimizer, build_schedule, current_lr
-from tfcnn.train.records import RunRecord, check_fingerprint
+from tfcnn.train.records import RunRecord, check_fingerprint, finite
+from tfcnn.train.session import Session
 from tfcnn.train.stopping import StopRules
+from tfcnn.util import atomic_path, keras_verbose, log, read_json, write_json
 
 
 class RulesCallback(keras.callbacks.Callback):
@@ -60,7 +58,7 @@ class RulesCallback(keras.callbacks.Callback):
 
 
 class RecordCallback(keras.callbacks.Callback):
-    """history.csv / diagnostics.json per epoch, training-phase timing, and resumable state."""
+    """The history and Diagnostics record per epoch, training-phase timing, and resumable state."""
 
     def __init__(self, s: Session, record: RunRecord, rules: StopRules, state_path: Path):
         super().__init__()
@@ -78,7 +76,11 @@ class RecordCallback(keras.callbacks.Callback):
             self._first = False
             if epoch > 0:
                 self._resume(epoch)
-        self._lr = current_lr(self.model.optimizer)
+        lr = current_lr(self.model.optimizer)
+        if self.s.cfg.train.reduce_lr_on_plateau and self.record.rows and lr != self.record.rows[-1]["lr"]:
+            # Keras' ReduceLROnPlateau runs silent (it would print); say it the way the tape engine does.
+            log.info(f"train: reduce_lr_on_plateau: learning rate {self.record.rows[-1]['lr']:.3g} -> {lr:.3g}")
+        self._lr = lr
         self._t0 = time.perf_counter()
         self._train_end = 0.0
 
@@ -106,66 +108,53 @@ class RecordCallback(keras.callbacks.Callback):
         now = time.perf_counter()
         self.record.train_seconds += (self._train_end or now) - self._t0
         self.record.train_images += self.s.bundle.info.num_train
-        row = {
-            "epoch": epoch + 1,
-            "loss": logs.get("loss"),
-            "accuracy": logs.get("accuracy"),
-            "val_loss": logs.get("val_loss"),
-            "val_accuracy": logs.get("val_accuracy"),
-            "lr": self._lr,
-            "seconds": now - self._t0,
-        }
+        row = {k: logs.get(k) for k in self.record.columns}
+        row.update(epoch=epoch + 1, lr=self._lr, seconds=now - self._t0)
         self.record.add_epoch(row)
         self.record.best_epoch = self.rules.best_epoch
         self.record.stopped_epoch = self.rules.stopped_epoch
         self.record.stop_reason = self.rules.reason
         self.snapshots[str(epoch + 1)] = {"record": self.record.state(), "rules": self.rules.state()}
-        write_json(self.state_path, {"fingerprint": self.record.fingerprint, "snapshots": self.snapshots})
-        self.record.write(self.s.rd)
+        write_json(self.state_path, finite({"fingerprint": self.record.fingerprint, "snapshots": self.snapshots}))
+        self.record.write(self.s.run)
 
 
 def run(s: Session) -> RunRecord:
     """Train with model.fit (see the module docstring)."""
     tc = s.cfg.train
     es = tc.early_stopping
-    rd = s.rd
-    rd.checkpoints.mkdir(parents=True, exist_ok=True)
-    backup_dir = rd.checkpoints / "backup"
-    state_path = rd.checkpoints / "fit_state.json"
+    run = s.run
+    checkpoints = run.dir("checkpoints")
+    backup_dir = run.path("fit_backup")
+    state_path = run.path("fit_state")
     record = s.new_record()
     rules = s.new_rules()
     resume_epoch = _backup_epoch(backup_dir)
     if resume_epoch and state_path.is_file():
-        check_fingerprint(read_json(state_path).get("fingerprint", {}), record.fingerprint, rd.checkpoints)
+        check_fingerprint(read_json(state_path).get("fingerprint", {}), record.fingerprint, checkpoints)
 
-    smoothing = tc.label_smoothing > 0
     steps_per_execution = tc.steps_per_execution
     if s.replicas > 1:
         # Keras 3.15's multi-step loop fails under MirroredStrategy ("You must feed a value for
         # placeholder tensor"), and its clipnorm clips each replica's partial gradient.
         steps_per_execution = 1
         if tc.clipnorm:
-            s.say("note: with the fit engine on several replicas Keras clips each replica's gradient; the tape engine clips the sum")
-    k = s.bundle.info.num_classes
+            log.info("train: note: with the fit engine on several replicas Keras clips each replica's gradient; the tape engine clips the sum")
+    k, smoothing = s.num_outputs, s.label_smoothing
     with s.strategy.scope():
         optimizer = build_optimizer(tc, build_schedule(tc, s.steps_per_epoch), clipnorm=True)
-        if smoothing:
-            loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=tc.label_smoothing)
-            metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
-        else:
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         s.model.compile(
             optimizer=optimizer,
-            loss=loss,
-            metrics=metrics,
+            loss=s.task.keras_loss(smoothing),
+            metrics=s.task.keras_metrics(smoothing),
             steps_per_execution=steps_per_execution,
             jit_compile=tc.jit_compile,
         )
 
     def prepare(ds: tf.data.Dataset) -> tf.data.Dataset:
-        # Keras casts the uint8 images to the model's float32 input itself; only smoothing needs one-hot labels.
-        return ds.map(lambda x, y: (x, tf.one_hot(y, k)), num_parallel_calls=tf.data.AUTOTUNE) if smoothing else ds
+        # Keras casts the uint8 images to the model's float32 input itself; the task shapes the
+        # labels for its loss (classification: one-hot only with label smoothing).
+        return ds.map(lambda x, y: (x, s.task.prepare_labels(y, k, smoothing)), num_parallel_calls=tf.data.AUTOTUNE)
 
     # Replay the shuffle passes the interrupted run made (see tape.TapeTrainer.restore).
     for _ in range(resume_epoch):
@@ -179,7 +168,7 @@ def run(s: Session) -> RunRecord:
     train_ds = train_ds.repeat() if repeat else train_ds
     val_ds = prepare(s.bundle.val) if s.has_validation else None
 
-    rules_cb = RulesCallback(rules, rd.checkpoints / "best_weights.npz", es.enabled and es.restore_best)
+    rules_cb = RulesCallback(rules, run.path("best_weights"), es.enabled and es.restore_best)
     record_cb = RecordCallback(s, record, rules, state_path)
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), rules_cb, record_cb]
     if tc.reduce_lr_on_plateau:
@@ -191,18 +180,18 @@ def run(s: Session) -> RunRecord:
                 patience=tc.plateau_patience,
                 min_delta=es.min_delta,
                 min_lr=tc.learning_rate * tc.min_lr_fraction,
-                verbose=0 if s.quiet else 1,
+                verbose=0,  # RecordCallback logs the change
             )
         )
-    callbacks.append(keras.callbacks.ModelCheckpoint(str(rd.checkpoints / "last.weights.h5"), save_weights_only=True))
+    callbacks.append(keras.callbacks.ModelCheckpoint(str(run.path("last_weights")), save_weights_only=True))
     if tc.tensorboard and s.chief:
         callbacks.append(
-            keras.callbacks.TensorBoard(log_dir=str(rd.tensorboard), histogram_freq=tc.histogram_freq, write_graph=False)
+            keras.callbacks.TensorBoard(log_dir=str(run.path("tensorboard")), histogram_freq=tc.histogram_freq, write_graph=False)
         )
     callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
     callbacks.extend(s.callbacks)
     if resume_epoch:
-        s.say(f"resuming the interrupted fit after epoch {resume_epoch}")
+        log.info(f"train: resuming the interrupted fit after epoch {resume_epoch}")
     s.model.fit(
         train_ds,
         validation_data=val_ds,
@@ -210,7 +199,7 @@ def run(s: Session) -> RunRecord:
         steps_per_epoch=s.steps_per_epoch if repeat else None,
         shuffle=False,  # the bundle's pipeline shuffles (seeded, every epoch)
         callbacks=callbacks,
-        verbose=0 if s.quiet else (1 if sys.stdout.isatty() else 2),
+        verbose=keras_verbose(),
     )
     if rules.reason is None and record.rows and not math.isfinite(record.rows[-1]["loss"]):
         record.stop_reason = "non_finite_loss"  # TerminateOnNaN stopped inside the epoch
@@ -218,6 +207,7 @@ def run(s: Session) -> RunRecord:
 
 
 def _backup_epoch(backup_dir: Path) -> int:
+    """The epoch an interrupted fit's BackupAndRestore saved (Keras' own metadata file), or 0."""
     meta = backup_dir / "training_metadata.json"
     if not meta.is_file():
         return 0
@@ -228,11 +218,5 @@ def _backup_epoch(backup_dir: Path) -> int:
 
 
 def _save_npz(path: Path, arrays: list[np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".best.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **{f"w{i}": a for i, a in enumerate(arrays)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -84,6 +84,11 @@ class RunRecord:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "RunRecord":
+        """The record back from :meth:`state`; null numbers (JSON has no NaN, see :func:`finite`) become NaN."""
+        state = dict(state)
+        state["rows"] = [{k: int(v) if k == "epoch" else _num(v) for k, v in row.items()} for row in state.get("rows", [])]
+        if state.get("gradient_norms") is not None:
+            state["gradient_norms"] = {k: [_num(v) for v in series] for k, series in state["gradient_norms"].items()}
         return cls(**state)
 
     def images_per_second(self) -> float:
@@ -138,6 +143,17 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] 
                 return d
         return None
     return None if a == b else (prefix, a, b)
+
+
+def finite(obj: Any) -> Any:
+    """A state mapping with NaN and infinities as None, for a JSON file (which has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def _num(v: Any) -> float:

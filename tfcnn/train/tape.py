@@ -1,7 +1,7 @@
 """The ``tape`` engine: a custom tf.GradientTape loop, compiled, distributed and resumable.
 
-It does what the course's loop does (cross-entropy + the L2 terms of ``model.losses``, the
-target-loss stopping rule) but:
+It does what the course's loop does (the task's per-example loss, cross-entropy for
+classification, + the L2 terms of ``model.losses``, the target-loss stopping rule) but:
 
 * several train steps run inside ONE ``tf.function`` call (``train.steps_per_execution``), so
   Python runs once per chunk rather than once per batch, and metrics stay on the device;
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from typing import Any
 
@@ -28,10 +27,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfcnn.errors import TfcnnError
-from tfcnn.train.core import Session
 from tfcnn.train.optim import build_optimizer, build_schedule, current_lr
 from tfcnn.train.records import RunRecord, check_fingerprint
+from tfcnn.train.session import Session
 from tfcnn.train.stopping import PlateauRule, StopRules
+from tfcnn.util import keras_verbose, log
 
 STATE_KEY = "state/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -46,7 +46,9 @@ class TapeTrainer:
         self.model = s.model
         self.strategy = s.strategy
         self.replicas = s.replicas
-        self.num_classes = s.bundle.info.num_classes
+        # The loop feeds the dataset's labels as they are: the task's loss takes them raw (it
+        # one-hot encodes for label smoothing itself), so its metrics are the plain-label ones.
+        self.loss_fn = s.task.loss_fn(s.num_outputs, s.label_smoothing)
         self.restore_best = tc.early_stopping.enabled and tc.early_stopping.restore_best
         tvars = self.model.trainable_variables
         # Per-layer groups for gradient norms: the variable path without its last part.
@@ -60,9 +62,9 @@ class TapeTrainer:
             self.optimizer = keras.optimizers.LossScaleOptimizer(inner) if self.loss_scaled else inner
             self.optimizer.build(tvars)
             self.train_loss = keras.metrics.Mean(name="loss")
-            self.train_acc = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+            self.train_metrics = s.task.keras_metrics(0.0)
             self.val_loss = keras.metrics.Mean(name="val_loss")
-            self.val_acc = keras.metrics.SparseCategoricalAccuracy(name="val_accuracy")
+            self.val_metrics = s.task.keras_metrics(0.0)
             # [per-layer norm sums..., global norm sum, step count]; identical on every replica.
             self.norm_sums = tf.Variable(
                 tf.zeros([len(self.groups) + 2]),
@@ -86,7 +88,7 @@ class TapeTrainer:
             state=self.state,
         )
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, str(s.rd.checkpoints), max_to_keep=tc.max_checkpoints, checkpoint_name="epoch"
+            self.checkpoint, str(s.run.path("checkpoints")), max_to_keep=tc.max_checkpoints, checkpoint_name="epoch"
         )
         self.record: RunRecord = s.new_record()
         self.rules: StopRules = s.new_rules()
@@ -109,11 +111,7 @@ class TapeTrainer:
     # ------------------------------------------------------------------ compiled steps
 
     def _per_example_loss(self, y: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        ls = self.tc.label_smoothing
-        if ls > 0:
-            onehot = tf.one_hot(y, self.num_classes, dtype=logits.dtype)
-            return keras.losses.categorical_crossentropy(onehot, logits, from_logits=True, label_smoothing=ls)
-        return keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        return self.loss_fn(y, logits)
 
     def _regularization(self) -> tf.Tensor:
         losses = self.model.losses  # keras l2(lambda) terms: lambda * sum(w**2), recomputed on access
@@ -157,12 +155,14 @@ class TapeTrainer:
             grads = [g * tf.cast(factor, g.dtype) for g in true] if (multi or scale is not None) else true
         self.optimizer.apply(grads, tvars)
         self.train_loss.update_state(per_example + reg)
-        self.train_acc.update_state(y, logits)
+        for m in self.train_metrics:
+            m.update_state(y, logits)
 
     def _replica_val_step(self, x: tf.Tensor, y: tf.Tensor) -> None:
         logits = tf.cast(self.model(tf.cast(x, tf.float32), training=False), tf.float32)
         self.val_loss.update_state(self._per_example_loss(y, logits) + self._regularization())
-        self.val_acc.update_state(y, logits)
+        for m in self.val_metrics:
+            m.update_state(y, logits)
 
     def _make_train_chunk(self):
         step = self._replica_step
@@ -203,20 +203,21 @@ class TapeTrainer:
 
     def restore(self) -> None:
         """Continue from the run directory's last checkpoint, if it has one."""
-        path = tf.train.latest_checkpoint(str(self.s.resume_dir or self.s.rd.checkpoints))
+        checkpoints = self.s.run.path("checkpoints")
+        path = tf.train.latest_checkpoint(str(self.s.resume_dir or checkpoints))
         if not path:
             return
         try:
             saved = json.loads(tf.train.load_variable(path, STATE_KEY).decode())
         except (tf.errors.OpError, ValueError, KeyError) as exc:
-            raise TfcnnError(f"{path} is not a tfcnn tape-engine checkpoint ({exc}); delete {self.s.rd.checkpoints}") from None
-        check_fingerprint(saved["record"]["fingerprint"], self.record.fingerprint, self.s.rd.checkpoints)
+            raise TfcnnError(f"{path} is not a tfcnn tape-engine checkpoint ({exc}); delete {checkpoints}") from None
+        check_fingerprint(saved["record"]["fingerprint"], self.record.fingerprint, checkpoints)
         try:
             self.checkpoint.restore(path).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as exc:
             raise TfcnnError(
                 f"{path} does not match this model ({str(exc).splitlines()[0]}); use a new run directory "
-                f"or delete {self.s.rd.checkpoints}"
+                f"or delete {checkpoints}"
             ) from None
         record = RunRecord.from_state(saved["record"])
         record.resumed_at.append(record.epochs_done)
@@ -229,7 +230,7 @@ class TapeTrainer:
         # training set; replay the passes already made so epoch k+1 sees the order it would have.
         for _ in range(record.epochs_done):
             iter(self.s.bundle.train)
-        self.s.say(f"resuming from {path} after epoch {record.epochs_done}")
+        log.info(f"train: resuming from {path} after epoch {record.epochs_done}")
 
     def _copy_best(self) -> None:
         for b, w in zip(self.best_weights, self.model.weights):
@@ -258,12 +259,12 @@ class TapeTrainer:
         spe = s.steps_per_epoch
         start = self.record.epochs_done
         if self.rules.reason is not None:
-            s.say(f"training already stopped at epoch {self.rules.stopped_epoch} ({self.rules.reason})")
+            log.info(f"train: training already stopped at epoch {self.rules.stopped_epoch} ({self.rules.reason})")
             start = tc.epochs
         for epoch in range(start + 1, tc.epochs + 1):
             callbacks.on_epoch_begin(epoch - 1)
             lr = current_lr(self.optimizer)
-            for m in (self.train_loss, self.train_acc, self.val_loss, self.val_acc):
+            for m in (self.train_loss, *self.train_metrics, self.val_loss, *self.val_metrics):
                 m.reset_state()
             self.norm_sums.assign(tf.zeros_like(self.norm_sums))
             bar = self._progbar(epoch)
@@ -275,21 +276,12 @@ class TapeTrainer:
                     break
                 done += n
                 if bar is not None:
-                    bar.update(
-                        done,
-                        [("loss", float(self.train_loss.result())), ("accuracy", float(self.train_acc.result()))],
-                        finalize=False,
-                    )
+                    bar.update(done, list(self._train_logs().items()), finalize=False)
             train_time = time.perf_counter() - t0
             if dist_val is not None:
                 self._val_pass(dist_val)
             seconds = time.perf_counter() - t0
-            logs = {
-                "loss": float(self.train_loss.result()),
-                "accuracy": float(self.train_acc.result()),
-                "val_loss": float(self.val_loss.result()) if dist_val is not None else math.nan,
-                "val_accuracy": float(self.val_acc.result()) if dist_val is not None else math.nan,
-            }
+            logs = {**self._train_logs(), **self._val_logs(dist_val is not None)}
             self.record.train_seconds += train_time
             self.record.train_images += s.bundle.info.num_train if done == spe else int(done * s.bundle.info.num_train / spe)
             norms = self._epoch_norms()
@@ -304,23 +296,23 @@ class TapeTrainer:
                 new_lr = self.plateau.update(logs.get(self.plateau.monitor, math.nan), lr)
                 if new_lr != lr:
                     getattr(self.optimizer, "inner_optimizer", self.optimizer).learning_rate.assign(new_lr)
-                    s.say(f"reduce_lr_on_plateau: learning rate {lr:.3g} -> {new_lr:.3g}")
+                    log.info(f"train: reduce_lr_on_plateau: learning rate {lr:.3g} -> {new_lr:.3g}")
             if bar is not None:
                 bar.update(done, [(k, v) for k, v in logs.items() if not math.isnan(v)], finalize=True)
             self.epoch.assign(epoch)
             if reason is not None or epoch == tc.epochs or epoch % tc.checkpoint_every == 0:
                 self._save_state()
                 self.manager.save(checkpoint_number=epoch)
-            self.record.write(s.rd)
+            self.record.write(s.run)
             self._write_summaries(writers, epoch, logs, lr, norms)
             callbacks.on_epoch_end(epoch - 1, {**logs, "learning_rate": lr})
             if reason is not None:
-                s.say(f"stopping after epoch {epoch}: {reason}")
+                log.info(f"train: stopping after epoch {epoch}: {reason}")
                 break
         callbacks.on_train_end()
         if self.restore_best and self.rules.best_epoch is not None and self.rules.best_epoch != self.record.epochs_done:
             self._load_best()
-            s.say(f"restored the weights of epoch {self.rules.best_epoch} (best {self.rules.patience.monitor})")
+            log.info(f"train: restored the weights of epoch {self.rules.best_epoch} (best {self.rules.patience.monitor})")
         for w in writers.values():
             w.close()
         return self.record
@@ -334,22 +326,36 @@ class TapeTrainer:
         out["global"] = float(sums[-2] / steps)
         return out
 
+    def _train_logs(self) -> dict[str, float]:
+        return {"loss": float(self.train_loss.result()), **{m.name: float(m.result()) for m in self.train_metrics}}
+
+    def _val_logs(self, has_val: bool) -> dict[str, float]:
+        names = ["val_loss", *(f"val_{m.name}" for m in self.val_metrics)]
+        if not has_val:
+            return {n: math.nan for n in names}
+        return dict(zip(names, [float(self.val_loss.result()), *(float(m.result()) for m in self.val_metrics)]))
+
     def _progbar(self, epoch: int) -> keras.utils.Progbar | None:
-        if self.s.quiet:
+        verbose = keras_verbose()
+        if not verbose:
             return None
-        print(f"Epoch {epoch}/{self.tc.epochs}", flush=True)
+        log.info(f"train: epoch {epoch}/{self.tc.epochs}")
         return keras.utils.Progbar(
             self.s.steps_per_epoch,
-            verbose=1 if sys.stdout.isatty() else 2,
-            stateful_metrics=["loss", "accuracy", "val_loss", "val_accuracy"],
+            verbose=verbose,
+            stateful_metrics=[k for k in self.record.columns if k not in ("epoch", "lr", "seconds")],
         )
 
     # ------------------------------------------------------------------ tensorboard
 
+    def _metric_names(self) -> list[str]:
+        """What TensorBoard shows per epoch, as Keras' callback names it (epoch_loss, epoch_accuracy)."""
+        return ["loss", *(m.name for m in self.train_metrics)]
+
     def _tensorboard_writers(self) -> dict[str, Any]:
         if not self.tc.tensorboard or not self.s.chief:
             return {}
-        root = self.s.rd.tensorboard
+        root = self.s.run.path("tensorboard")
         writers = {"train": tf.summary.create_file_writer(str(root / "train"))}
         if self.s.has_validation:
             writers["validation"] = tf.summary.create_file_writer(str(root / "validation"))
@@ -359,8 +365,8 @@ class TapeTrainer:
         if not writers:
             return
         with writers["train"].as_default(step=epoch):
-            tf.summary.scalar("epoch_loss", logs["loss"])
-            tf.summary.scalar("epoch_accuracy", logs["accuracy"])
+            for name in self._metric_names():
+                tf.summary.scalar(f"epoch_{name}", logs[name])
             tf.summary.scalar("epoch_learning_rate", lr)
             for name, value in (norms or {}).items():
                 tf.summary.scalar(f"gradient_norm/{name}", value)
@@ -370,8 +376,8 @@ class TapeTrainer:
                     tf.summary.histogram(w.path, np.asarray(w.numpy()))
         if "validation" in writers:
             with writers["validation"].as_default(step=epoch):
-                tf.summary.scalar("epoch_loss", logs["val_loss"])
-                tf.summary.scalar("epoch_accuracy", logs["val_accuracy"])
+                for name in self._metric_names():
+                    tf.summary.scalar(f"epoch_{name}", logs[f"val_{name}"])
         for w in writers.values():
             w.flush()
 

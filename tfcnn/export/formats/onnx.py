@@ -38,7 +38,7 @@ def _serving_savedmodel(ctx: BuildContext) -> Path:
 
     path = ctx.scratch / "serving"
     path.mkdir(parents=True, exist_ok=True)
-    write_savedmodel(ctx.model, ctx.out / "labels.txt", path)
+    write_savedmodel(ctx.model, ctx.out / "labels.txt", path, ctx.task)
     return path
 
 

@@ -19,7 +19,7 @@ def _mobile(dtype_name: str):
         from tfcnn.export.wrapper import mobile_archive
 
         path = ctx.scratch / f"mobile_{dtype_name}"
-        mobile_archive(ctx.model, getattr(tf, dtype_name)).write_out(str(path), verbose=False)
+        mobile_archive(ctx.model, getattr(tf, dtype_name), ctx.task).write_out(str(path), verbose=False)
         return path
 
     return build

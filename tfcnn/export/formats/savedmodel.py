@@ -19,7 +19,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     from tfcnn.export.savedmodel import write_savedmodel
 
     # The label table reads labels.txt at save time and copies it to assets/.
-    write_savedmodel(ctx.model, ctx.out / "labels.txt", ctx.out)
+    write_savedmodel(ctx.model, ctx.out / "labels.txt", ctx.out, ctx.task)
     return savedmodel_entry(ctx.out)
 
 
