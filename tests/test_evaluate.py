@@ -1,4 +1,5 @@
-"""The evaluate stage: its numbers agree with sklearn computed independently, and it leaves every file the report needs."""
+"""The evaluate stage: its numbers agree with sklearn computed independently, and it leaves every
+file the figures and the report need; the figures (tfcnn.vis.figures) are drawn from those files."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from fakedata import synthetic_arrays
 from tfcnn.evaluate import expected_calibration_error, reliability_bins
+from tfcnn.run import Evaluation, Metrics, Run
 
 NOISY = 9  # test labels flipped on purpose so there are (confident) mistakes to find
 
@@ -82,15 +84,15 @@ def evaluated(tmp_path_factory):
         "train": {"engine": "tape", "epochs": 3, "learning_rate": 0.02, "histogram_freq": 1},
         "evaluate": {"top_k": 2, "confident_threshold": 0.6, "embedding_samples": 60, "gallery_size": 8},
     })
-    run_dir = root / "run"
-    run_dir.mkdir()
-    config_mod.save(cfg, run_dir / "config.json")
+    run = Run.create(root / "run")
+    run.save_config(cfg)
     bundle = load_data(cfg.data)
     info = bundle.info
-    info.save(run_dir / "data.json")
-    result = train(cfg, bundle, run_dir, lambda: build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std), quiet=True)
-    out = evaluate(result.model, bundle, run_dir, quiet=True, **evaluate_options(cfg.evaluate))
-    return {"run_dir": run_dir, "result": out, "model": result.model, "bundle": bundle}
+    run.write(info)
+    result = train(cfg, bundle, run, lambda: build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std))
+    out = evaluate(result.model, bundle, run, **evaluate_options(cfg.evaluate))
+    return {"run_dir": run.root, "run": run, "result": out, "model": result.model, "bundle": bundle,
+            "plots_after_evaluate": run.path("plots").exists()}
 
 
 def _independent(evaluated):
@@ -124,6 +126,10 @@ def test_metrics_match_sklearn(evaluated):
     assert res["ece"] == pytest.approx(_ece_by_loop(probs, y, 15), abs=1e-5)
 
 
+FIGURES = ("confusion_matrix", "reliability", "misclassified", "confident_mistakes", "embedding_pca",
+           "embedding_tsne", "learning_curves", "gradient_norms", "weight_histograms")
+
+
 def test_files_written(evaluated):
     rd: Path = evaluated["run_dir"]
     ev = json.loads((rd / "evaluation.json").read_text())
@@ -131,13 +137,14 @@ def test_files_written(evaluated):
     with np.load(rd / "predictions.npz") as z:
         assert z["probs"].shape == (90, 3) and np.allclose(z["probs"].sum(1), 1, atol=1e-5)
         assert np.allclose(z["probs"], probs, atol=1e-4) and (z["labels"] == y).all()
-    # Everything this run can make is made: tape engine -> gradient norms, histogram_freq -> weight plots.
-    for key in ("confusion_matrix", "reliability", "misclassified", "confident_mistakes", "embedding_pca",
-                "embedding_tsne", "learning_curves", "gradient_norms", "weight_histograms"):
-        path = rd / ev["files"][key]
-        with Image.open(path) as im:
-            assert im.format == "PNG" and im.width > 100 and im.height > 100, key
+    # Numbers only: the record lists its arrays files, and no figure was drawn.
+    assert ev["files"] == {"predictions": "predictions.npz", "embedding": "embedding.npz"}
+    assert not evaluated["plots_after_evaluate"]
     assert ev["unavailable"] == {}
+    assert ev["schema"] == "tfcnn.evaluation/1" and ev["headline"]["test_accuracy"] == ev["test_accuracy"]
+    record = Run(rd).read(Evaluation)  # the flat file reads back as the typed record
+    assert record.details["per_class"] == ev["per_class"] and record.num_test == evaluated["result"]["num_test"]
+    assert record.headline == pytest.approx({k: v for k, v in evaluated["result"].items() if k != "num_test"})
     mistakes = ev["confident_mistakes"]
     assert mistakes and all(m["prob"] > 0.6 and m["label"] != m["predicted"] for m in mistakes)
     assert [m["prob"] for m in mistakes] == sorted((m["prob"] for m in mistakes), reverse=True)
@@ -147,27 +154,48 @@ def test_files_written(evaluated):
     assert ev["training"]["engine"] == "tape" and ev["training"]["best_epoch"] is not None
 
 
+def test_vis_draws_every_figure_from_the_files(evaluated):
+    """Everything this run can show is drawn: tape engine -> gradient norms, histogram_freq -> weight plots."""
+    from tfcnn.vis.figures import PLOTS, render_figures
+
+    rd: Path = evaluated["run_dir"]
+    figures = render_figures(rd)
+    assert set(PLOTS) == set(FIGURES)
+    assert figures["unavailable"] == {}
+    for key in FIGURES:
+        path = rd / figures["files"][key]
+        assert path.parent == rd / "plots", key
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.width > 100 and im.height > 100, key
+            assert "Software" not in im.text  # matplotlib's chunk carries a URL; the report must not
+    with Image.open(rd / figures["files"]["misclassified"]) as im:
+        assert im.text["Title"].startswith("Misclassified test images (true / predicted)")
+
+
 def test_evaluate_run_reloads_and_explains_missing_inputs(evaluated, tmp_path):
     """`tfcnn evaluate RUN_DIR` reproduces the numbers; without training records the figures are
     skipped with a reason (not an error), and metrics.json is refreshed, not replaced."""
     import shutil
 
     from tfcnn.evaluate import evaluate_run
+    from tfcnn.vis.figures import render_figures
 
     rd = tmp_path / "copy"
     shutil.copytree(evaluated["run_dir"], rd, ignore=shutil.ignore_patterns("history.csv", "diagnostics.json", "tensorboard", "plots"))
     cfg = json.loads((rd / "config.json").read_text())
     cfg["evaluate"]["embedding_samples"] = 0
     (rd / "config.json").write_text(json.dumps(cfg))
-    (rd / "metrics.json").write_text(json.dumps({"engine": "tape", "test_accuracy": -1.0}))
-    again = evaluate_run(rd, quiet=True)
+    Run(rd).write(Metrics(engine="tape", scores={"test_accuracy": -1.0}))
+    again = evaluate_run(rd)
     for key in ("test_loss", "test_accuracy", "top_k_accuracy", "ece"):
         assert again[key] == pytest.approx(evaluated["result"][key], abs=1e-5), key
     merged = json.loads((rd / "metrics.json").read_text())
     assert merged["engine"] == "tape" and merged["test_accuracy"] == pytest.approx(again["test_accuracy"])
     ev = json.loads((rd / "evaluation.json").read_text())
+    assert "embedding" not in ev["files"] and not (rd / "embedding.npz").exists()  # the copied, older one is gone
+    figures = render_figures(rd)
     for key in ("learning_curves", "gradient_norms", "weight_histograms", "embedding_pca", "embedding_tsne"):
-        assert key in ev["unavailable"] and key not in ev["files"], key
-    assert "embedding_samples = 0" in ev["unavailable"]["embedding_pca"]
-    assert "diagnostics.json is missing" in ev["unavailable"]["gradient_norms"]
+        assert key in figures["unavailable"] and key not in figures["files"], key
+    assert "embedding_samples = 0" in figures["unavailable"]["embedding_pca"]
+    assert "diagnostics.json is missing" in figures["unavailable"]["gradient_norms"]
     assert (rd / "plots" / "confusion_matrix.png").is_file()

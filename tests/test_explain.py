@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfcnn.config import ModelConfig
+from tfcnn.config import ModelConfig, from_dict
 from tfcnn.data.info import DataInfo
 from tfcnn.errors import TfcnnError
 from tfcnn.models import build_model
+from tfcnn.run import Run
 from tfcnn.vis import explain
 from tfcnn.vis.explain import METHODS, explain_images, gradcam, gradcam_plus_plus, saliency, scorecam
 
@@ -62,7 +63,7 @@ def quadrant_data(n: int, channels: int, seed: int) -> tuple[np.ndarray, np.ndar
 
 
 def trained_run(root: Path, channels: int) -> tuple[Path, keras.Model, np.ndarray, np.ndarray]:
-    """A run directory (model.keras + data.json) holding tiny_cnn trained on quadrant_data."""
+    """A run directory (config.json, data.json, model.keras) holding tiny_cnn trained on quadrant_data."""
     keras.utils.set_random_seed(0)
     x, y = quadrant_data(300, channels, seed=channels)
     mean = x.reshape(-1, channels).mean(0).tolist()
@@ -74,9 +75,10 @@ def trained_run(root: Path, channels: int) -> tuple[Path, keras.Model, np.ndarra
         metrics=["accuracy"],
     )
     model.fit(x, y, epochs=12, batch_size=32, verbose=0)
-    root.mkdir(parents=True, exist_ok=True)
-    model.save(root / "model.keras")
-    DataInfo(["hbar", "vbar", "square"], (SIZE, SIZE, channels), mean, std, len(x), 0, 0, "quadrant").save(root / "data.json")
+    run = Run.create(root)
+    run.save_config(from_dict({"name": "quadrant", "model": {"name": "tiny_cnn"}}))
+    model.save(run.path("model"))
+    run.write(DataInfo(["hbar", "vbar", "square"], (SIZE, SIZE, channels), mean, std, len(x), 0, 0, "quadrant"))
     return root, model, x, y
 
 
@@ -150,13 +152,13 @@ def test_wrong_layer_and_bad_arguments_give_one_clear_line(rgb_run, tmp_path):
     image = tmp_path / "one.png"
     Image.fromarray(x[0]).save(image)
     with pytest.raises(TfcnnError) as err:
-        explain_images(run_dir, [image], layer="conv9", out_dir=tmp_path / "out", verbose=False)
+        explain_images(run_dir, [image], layer="conv9", out_dir=tmp_path / "out")
     assert "conv9" in str(err.value) and "conv2" in str(err.value)
     assert not (tmp_path / "out").exists()  # failed before writing anything
     with pytest.raises(TfcnnError, match="does not exist"):
-        explain_images(run_dir, [tmp_path / "missing.png"], methods=["gradcam"], verbose=False)
+        explain_images(run_dir, [tmp_path / "missing.png"], methods=["gradcam"])
     with pytest.raises(TfcnnError, match="unknown explain method"):
-        explain_images(run_dir, [image], methods=["lime"], verbose=False)
+        explain_images(run_dir, [image], methods=["lime"])
 
 
 def _check_pngs(paths: list[Path], expected: dict[str, int]) -> None:
@@ -185,7 +187,7 @@ def _expected(stems: list[str], targets: int, num_classes: int = 3) -> dict[str,
     return expected
 
 
-FAST = {"smooth_samples": 2, "scorecam_max_n": 4, "am_steps": 3, "verbose": False}
+FAST = {"smooth_samples": 2, "scorecam_max_n": 4, "am_steps": 3}
 
 
 def test_explain_images_writes_every_png_for_rgb(rgb_run, tmp_path):
@@ -213,7 +215,7 @@ def test_explain_images_writes_every_png_for_rgb(rgb_run, tmp_path):
 
 
 def test_explain_images_writes_every_png_for_a_grayscale_pipeline_run(tiny_run, tmp_path):
-    info = DataInfo.load(tiny_run / "data.json")
+    info = Run.open(tiny_run).read(DataInfo)
     img = tmp_path / "digit.png"
     Image.fromarray(np.full((20, 20), 200, np.uint8)).save(img)
     out = tmp_path / "explained"

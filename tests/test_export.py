@@ -440,6 +440,30 @@ def test_perturbed_model_fails_thresholds(run_dir, tmp_path):
     assert verify_version(vd)["passed"]  # against its own (perturbed) model it is faithful
 
 
+def test_non_finite_model_is_refused_by_export_and_fails_verify(run_dir, exported, tmp_path):
+    import keras
+
+    from tfcnn.export import export_run, verify_version
+
+    nan_run = tmp_path / "nan"
+    shutil.copytree(run_dir, nan_run)
+    model = keras.models.load_model(nan_run / "model.keras", compile=False)
+    kernel = model.get_layer("logits").kernel
+    kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+    model.save(nan_run / "model.keras")
+    with pytest.raises(ExportError, match=r"export step 'load model' failed: .*non-finite weights in .*logits"):
+        export_run(nan_run, formats=["tflite_float32"], root=tmp_path / "repo")
+    assert not (tmp_path / "repo" / "tiny").exists() or not list((tmp_path / "repo" / "tiny").iterdir())
+    # An artifact judged against a NaN reference model never passes (NaN is a failure, not a number).
+    vd, _ = exported
+    copy = tmp_path / "v" / "tiny" / "1"
+    shutil.copytree(vd, copy)
+    with pytest.raises(VerificationError, match="non-finite"):
+        verify_version(copy, run_dir=nan_run, samples=20)
+    report = json.loads((copy / "verification.json").read_text())
+    assert report["passed"] is False and report["formats"]["savedmodel"]["passed"] is False
+
+
 # --------------------------------------------------------------------------- robustness
 
 

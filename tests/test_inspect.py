@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import keras
 import pytest
 
 from tfcnn.cli import main
-from tfcnn.config import ModelConfig
+from tfcnn.config import ModelConfig, from_dict
+from tfcnn.errors import TfcnnError
 from tfcnn.models import build_model
-from tfcnn.vis.inspect import empirical_receptive_fields, format_table, inspect_model, inspect_run
+from tfcnn.run import Run
+from tfcnn.util import log
+from tfcnn.vis.inspect import empirical_receptive_fields, format_summary, format_table, inspect_model, inspect_run
+
+
+@contextmanager
+def tfcnn_log() -> Iterator[list[str]]:
+    """The messages of the ``tfcnn`` logger at INFO, however logging is configured (the CLI's handler included)."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def conv_stack(strides: tuple[int, ...], padding: str, size: int = 32) -> keras.Model:
@@ -143,12 +165,18 @@ def test_params_and_macs_match_hand_computation():
     assert sum(r["macs"] for r in rows.values()) == 7796
 
 
-def test_inspect_run_writes_json_and_prints_a_table(tmp_path: Path, capsys):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    small_model().save(run_dir / "model.keras")
-    summary = inspect_run(run_dir)
-    printed = capsys.readouterr().out
+def small_run(tmp_path: Path) -> Path:
+    run = Run.create(tmp_path / "run")
+    run.save_config(from_dict({"name": "small"}))
+    small_model().save(run.path("model"))
+    return run.root
+
+
+def test_inspect_run_writes_json_and_logs_a_table(tmp_path: Path):
+    run_dir = small_run(tmp_path)
+    with tfcnn_log() as lines:
+        summary = inspect_run(run_dir)
+    printed = "\n".join(lines)
     saved = json.loads((run_dir / "inspect.json").read_text())
     assert saved["total_macs"] == 7796 and saved["total_flops"] == 2 * 7796
     assert saved["total_params"] == sum(p for _, p in HAND.values())
@@ -156,6 +184,26 @@ def test_inspect_run_writes_json_and_prints_a_table(tmp_path: Path, capsys):
     assert saved == json.loads(json.dumps(summary))
     assert "macs" in saved["conventions"]
     assert "RF measured" in printed and "sep" in printed and "7,796 MACs" in printed
+    assert format_summary(summary) in printed
     assert format_table(saved["layers"]).splitlines()[0].startswith("layer")
-    assert main(["inspect", str(run_dir)]) == 0  # the CLI entry prints the same table
-    assert "RF formula" in capsys.readouterr().out
+    with tfcnn_log() as lines:
+        assert main(["inspect", str(run_dir)]) == 0  # the CLI entry shows the same table
+    assert "RF formula" in "\n".join(lines)
+
+
+def test_a_missing_or_corrupt_model_is_one_line_saying_retrain(tmp_path: Path):
+    from tfcnn.models.saved import load_trained_model
+
+    run_dir = small_run(tmp_path)
+    model_path = run_dir / "model.keras"
+    model_path.write_bytes(b"not a keras zip")
+    for fn in (load_trained_model, inspect_run):
+        with pytest.raises(TfcnnError) as err:
+            fn(run_dir)
+        msg = str(err.value)
+        assert str(model_path) in msg and "re-run training" in msg and "\n" not in msg
+    model_path.unlink()
+    with pytest.raises(TfcnnError, match="model.keras is missing; re-run training"):
+        load_trained_model(run_dir)
+    with pytest.raises(TfcnnError, match="does not exist"):
+        inspect_run(tmp_path / "nope")

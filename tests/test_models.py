@@ -8,7 +8,7 @@ import pytest
 
 from tfcnn.config import ModelConfig
 from tfcnn.errors import ConfigError
-from tfcnn.models import available, build_model, option_defaults, resolve
+from tfcnn.models import available, build_model, get_builder, option_defaults, register, resolve
 from tfcnn.models import conv_math as cm
 
 # Small variants keep the whole file fast; the default sizes are checked by parameter count only.
@@ -199,6 +199,17 @@ def test_registry_lists_every_architecture():
     assert {"seed_cnn", "compact_cnn", "resnet", "mobilenet", "vgg", "tiny_cnn"} <= set(available())
     with pytest.raises(ConfigError, match="'nope' is not a registered model; choose one of .*compact_cnn.*mobilenet.*resnet.*seed_cnn.*vgg"):
         build_model(ModelConfig(name="nope"), (28, 28, 1), 10)
+
+
+def test_register_refuses_a_taken_name_and_the_options_are_the_declaration():
+    with pytest.raises(ValueError, match="model 'tiny_cnn' is registered twice"):
+        register("tiny_cnn")(lambda x, cfg: x)
+    builder = get_builder("compact_cnn")
+    assert builder.name == "compact_cnn" and builder.options == option_defaults("compact_cnn")
+    option_defaults("compact_cnn")["head"] = "changed"  # a copy: the declaration stays as registered
+    assert builder.options["head"] == "gap"
+    with pytest.raises(ConfigError, match=r"'compact_cn' is not a registered model \(did you mean 'compact_cnn'\?\)"):
+        get_builder("compact_cn")
 
 
 @pytest.mark.parametrize("key", ["compact_cnn", "compact_gdconv", "resnet", "mobilenet", "vgg_dense", "seed_cnn"])

@@ -1,4 +1,9 @@
-"""`tfcnn predict`: classify image files with a trained run, using the same decoding as training."""
+"""`tfcnn predict`: classify image files with a trained run, using the same decoding as training.
+
+The run is the only input: its data description (class names, input shape) and its model.
+Images go through :func:`tfcnn.data.images.load_image`, the folder source's decoder, so a file
+is resized and converted exactly as the training images were.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +12,28 @@ from typing import Any
 
 import numpy as np
 
+from tfcnn.data.images import load_image
+from tfcnn.data.info import DataInfo
 from tfcnn.errors import TfcnnError
-from tfcnn.rundir import RunDir
+from tfcnn.models.saved import load_trained_model
+from tfcnn.run import Run
+from tfcnn.tasks import get_task
 
 
-def load_model(run_dir: Path):
-    """Reload model.keras, with one clear line when the run has no model yet."""
-    import keras
-
-    rd = RunDir(Path(run_dir))
-    rd.require(rd.model)
-    try:
-        return keras.models.load_model(rd.model, compile=False)
-    except Exception as exc:  # corrupt or foreign file
-        raise TfcnnError(f"{rd.model} could not be loaded ({type(exc).__name__}: {exc}); re-run training") from None
-
-
-def predict_images(run_dir: Path, images: list[Path], *, top_k: int = 3) -> list[dict[str, Any]]:
+def predict_images(run_dir: "Run | Path | str", images: list[Path], *, top_k: int = 3) -> list[dict[str, Any]]:
     """Top-k (label, probability) for each image file, decoded/resized exactly like the folder source."""
-    import keras
-
-    from tfcnn.data.images import load_image
-    from tfcnn.pipeline import load_run
-
-    _, info = load_run(run_dir)
-    model = load_model(run_dir)
+    run = Run.open(run_dir, need=("config", "data", "model"))
+    info = run.read(DataInfo)
+    task = get_task(run.config().task)
     height, width, channels = info.input_shape
     batch = []
     for path in images:
         if not Path(path).is_file():
             raise TfcnnError(f"image {str(path)!r} does not exist")
         batch.append(load_image(Path(path), size=(height, width), channels=channels))
+    model = load_trained_model(run)
     logits = model.predict(np.stack(batch).astype("float32"), verbose=0)
-    probs = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+    probs = task.outputs_to_scores(np.asarray(logits))
     k = min(top_k, info.num_classes)
     results = []
     for path, p in zip(images, probs):

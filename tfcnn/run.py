@@ -255,7 +255,7 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        d = {**self.extra, **_plain(d)}
+        d = _plain({**self.extra, **d})
         d["schema"] = self.SCHEMA
         return d
 
@@ -285,8 +285,8 @@ class Record:
 
 def _plain(obj: Any) -> Any:
     """JSON has no NaN or infinity: a missing value (no validation split, ...) is written as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+    if isinstance(obj, float) or type(obj).__name__ in ("float32", "float16"):  # numpy floats too
+        return float(obj) if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -161,22 +161,38 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:limit]
 
 
-def setup_logging(level: int = logging.INFO, stream: Any = None) -> None:
-    """Configure the ``tfcnn`` logger once: one ``[tfcnn] message`` line per event.
+class _CurrentStdout(logging.StreamHandler):
+    """A StreamHandler that writes to whatever ``sys.stdout`` is at the time of each record.
+
+    ``sys.stdout`` is replaced by pytest's capture, notebooks and ``contextlib.redirect_stdout``;
+    holding the object seen at set-up would write into a closed or stale stream.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Configure the ``tfcnn`` logger once: one ``[tfcnn] message`` line per event, on stdout.
 
     Called by the CLI (and by scripts that want tfcnn's progress lines); a library user who
     configures logging themselves gets tfcnn's records through their own handlers instead.
     """
-    handler_flag = "_tfcnn_handler"
     for h in log.handlers:
-        if getattr(h, handler_flag, False):
-            h.setStream(stream or sys.stdout)  # sys.stdout may have been replaced since (tests, notebooks)
+        if isinstance(h, _CurrentStdout):
             h.setLevel(level)
             log.setLevel(level)
             return
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler = _CurrentStdout()
     handler.setFormatter(logging.Formatter("[tfcnn] %(message)s"))
-    setattr(handler, handler_flag, True)
     log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False

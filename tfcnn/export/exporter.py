@@ -132,6 +132,7 @@ def _build(src: SourceRun, chosen: list[str], name: str, version: int, out: Path
             raise ExportError(f"model has {model.outputs[0].shape[-1]} outputs but data.json lists {len(labels)} classes")
         if any("\n" in l or not l.strip() for l in labels):
             raise ExportError("class names must be non-empty single lines to go into labels.txt")
+        _refuse_non_finite(model)
         mean, std = card_mod.normalization_of(model, src.info.mean, src.info.std)
         note["detail"] = f"{model.name}, input {g.height}x{g.width}x{g.model_channels}, {len(labels)} classes"
     write_text(out / "labels.txt", "\n".join(labels) + "\n")
@@ -172,6 +173,16 @@ def _build(src: SourceRun, chosen: list[str], name: str, version: int, out: Path
         write_json(out / "model_card.json", card)
         write_text(out / "model_card.md", card_mod.card_markdown(card))
         note["detail"] = f"{len(rows)} files hashed, {format_bytes(sum(r['bytes'] for r in rows))}"
+
+
+def _refuse_non_finite(model) -> None:
+    """A NaN/inf weight would convert into a model that returns garbage on every image."""
+    import numpy as np
+
+    bad = [w.path for w in model.weights if not np.all(np.isfinite(np.asarray(w.numpy(), np.float64)))]
+    if bad:
+        more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ExportError(f"model.keras has non-finite weights in {bad[0]}{more}; retrain (training diverged) before exporting")
 
 
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -263,7 +263,7 @@ def verification_markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['samples']} test images ({report['test_indices_source']}), batch-1 latency over "
         f"{report['latency_runs']} runs with {report['threads']} thread(s). Keras accuracy "
-        f"{100 * report['keras']['accuracy']:.2f}%. Overall: **{'PASSED' if report['passed'] else 'FAILED'}**.",
+        f"{_fmt(report['keras']['accuracy'], '.2f', 100)}%. Overall: **{'PASSED' if report['passed'] else 'FAILED'}**.",
         "",
         "| format | size | accuracy | agreement | max abs diff | mean abs diff | p50 ms | p95 ms | passed |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -290,7 +290,7 @@ def verification_markdown(report: dict[str, Any]) -> str:
     if report["int8_changed"]:
         lines += ["| test index | true | keras (p) | int8 (p) |", "|---:|---:|---|---|"]
         for c in report["int8_changed"][:50]:
-            lines.append(f"| {c['index']} | {c['label']} | {c['keras_class']} ({c['keras_prob']:.3f}) | {c['int8_class']} ({c['int8_prob']:.3f}) |")
+            lines.append(f"| {c['index']} | {c['label']} | {c['keras_class']} ({_fmt(c['keras_prob'], '.3f')}) | {c['int8_class']} ({_fmt(c['int8_prob'], '.3f')}) |")
     if report["failures"]:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in report["failures"]]
     return "\n".join(lines) + "\n"

@@ -32,8 +32,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcnn.data.images import load_image
+from tfcnn.data.info import DataInfo
 from tfcnn.errors import TfcnnError
-from tfcnn.vis.overlay import grid_figure, heatmap_figure, save_figure, unit_range
+from tfcnn.models.saved import load_trained_model
+from tfcnn.run import Run
+from tfcnn.util import keras_verbose, log
+from tfcnn.vis.plots import grid_figure, heatmap_figure, save_figure, unit_range
 
 # Method ids double as file-name parts: <image>_<method>.png
 MAP_METHODS = ("saliency", "smoothgrad", "gradcam", "gradcam_plus_plus", "scorecam")
@@ -371,8 +376,6 @@ def _stems(images: Sequence[Path]) -> list[str]:
 
 
 def _load_images(paths: Sequence[Path], shape: tuple[int, int, int]) -> np.ndarray:
-    from tfcnn.data.images import load_image
-
     h, w, c = shape
     batch = []
     for path in paths:
@@ -402,38 +405,30 @@ def explain_images(
     scorecam_max_n: int | None = 64,
     am_steps: int = 100,
     max_tiles: int = 64,
-    verbose: bool = True,
 ) -> list[Path]:
-    """Write explanation PNGs for image files into out_dir (default RUN_DIR/explain); return their paths.
+    """Write explanation PNGs for image files into out_dir (default the run's explain directory); return their paths.
 
     Per image: `<image>_<method>.png` for each attribution method (the predicted class, or each of
     `classes`, overlaid on the input) and `<image>_feature_maps_<layer>.png` per conv layer.
     Per model: `model_filters_<layer>.png` (first conv layer), `model_activation_maximization_classes.png`
     and `model_activation_maximization_<layer>.png` (`filters` of the explained layer's conv, default the first 8).
     """
-    from tfcnn.data.info import DataInfo
-    from tfcnn.predict import load_model
-    from tfcnn.rundir import RunDir
-
-    rd = RunDir(Path(run_dir))
-    if not rd.root.is_dir():
-        raise TfcnnError(f"run directory {str(rd.root)!r} does not exist")
-    rd.require(rd.data, rd.model)
+    run = Run.open(run_dir, need=("data", "model"))
     chosen = list(methods) if methods is not None else list(METHODS)
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         raise TfcnnError(f"unknown explain method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     if not images:
         raise TfcnnError("give at least one image file to explain")
-    info = DataInfo.load(rd.data)
-    model = load_model(rd.root)
+    info = run.read(DataInfo)
+    model = load_trained_model(run)
     name = resolve_layer(model, layer)  # fail on a wrong --layer before any work
     names = list(info.class_names)
     if classes is not None:
         bad = [k for k in classes if not 0 <= int(k) < len(names)]
         if bad:
             raise TfcnnError(f"class {bad[0]} is out of range; this run has {len(names)} classes (0..{len(names) - 1})")
-    out = Path(out_dir) if out_dir is not None else rd.root / "explain"
+    out = Path(out_dir) if out_dir is not None else run.path("explain")
     x = _load_images(images, tuple(info.input_shape))
     probs = keras.ops.convert_to_numpy(keras.ops.softmax(model(x.astype(np.float32), training=False), axis=-1))
     preds = probs.argmax(axis=-1)
@@ -444,7 +439,8 @@ def explain_images(
     steps = len(images) * (len(map_methods) + ("feature_maps" in chosen)) + sum(
         m in chosen for m in ("filters", "activation_maximization")
     )
-    bar = keras.utils.Progbar(steps, unit_name="figure", verbose=1 if verbose else 0)
+    log.info(f"explain: {steps} figures for {len(images)} image(s) into {out}")
+    bar = keras.utils.Progbar(steps, unit_name="figure", verbose=keras_verbose())
 
     for i, path in enumerate(images):
         targets = [int(k) for k in classes] if classes else [int(preds[i])]

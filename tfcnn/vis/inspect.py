@@ -33,7 +33,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcnn.errors import TfcnnError
+from tfcnn.models.conv_math import model_receptive_fields
+from tfcnn.models.saved import load_trained_model
+from tfcnn.run import Run
+from tfcnn.util import keras_verbose, log
 
 CONVENTIONS = {
     "macs": "multiply-accumulates of conv/depthwise/separable/transposed-conv/dense layers per image; "
@@ -108,8 +111,6 @@ def _trainable_params(layer: keras.layers.Layer) -> int:
 
 def theoretical_receptive_fields(model: keras.Model) -> dict[str, tuple[int, int]]:
     """Layer name -> (receptive field, cumulative stride) by the course formula, for 4-D feature maps."""
-    from tfcnn.models.conv_math import model_receptive_fields
-
     return model_receptive_fields(model)
 
 
@@ -164,7 +165,6 @@ def empirical_receptive_fields(
     size: int | tuple[int, int] | None = None,
     max_size: int = 256,
     dtype: str = "float32",
-    verbose: bool = False,
 ) -> tuple[dict[str, dict[str, Any] | None], tuple[int, int]]:
     """Measured receptive field per 4-D layer: {name: {"extent": [h, w], "clipped": bool}}, and the probe size.
 
@@ -212,9 +212,8 @@ def empirical_receptive_fields(
         outs = probe(x, training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         targets = [tf.reduce_sum(o[0, o.shape[1] // 2, o.shape[2] // 2, :]) for o in outs]
-    if verbose:
-        print(f"measuring the receptive fields of {len(names)} layers on a {probe_hw[0]}x{probe_hw[1]} probe", flush=True)
-    bar = keras.utils.Progbar(len(names), unit_name="layer", verbose=1 if verbose else 0)
+    log.info(f"inspect: measuring the receptive fields of {len(names)} layers on a {probe_hw[0]}x{probe_hw[1]} probe")
+    bar = keras.utils.Progbar(len(names), unit_name="layer", verbose=keras_verbose())
     result: dict[str, dict[str, Any] | None] = {}
     for name, target in zip(names, targets):
         g = np.asarray(tape.gradient(target, x, unconnected_gradients="zero"))[0]
@@ -256,7 +255,7 @@ def _check(theory: tuple[int, int] | None, measured: dict[str, Any] | None, prob
 # --------------------------------------------------------------------------- public API
 
 
-def _inspect(model: keras.Model, *, empirical: bool = True, verbose: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _inspect(model: keras.Model, *, empirical: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     try:
         theory = theoretical_receptive_fields(model)
         theory_note = None
@@ -265,7 +264,7 @@ def _inspect(model: keras.Model, *, empirical: bool = True, verbose: bool = Fals
     measured: dict[str, dict[str, Any]] = {}
     probe_hw = None
     if empirical:
-        measured, probe_hw = empirical_receptive_fields(model, verbose=verbose)
+        measured, probe_hw = empirical_receptive_fields(model)
     rows = []
     for layer in model.layers:
         t = theory.get(layer.name)
@@ -289,10 +288,10 @@ def _inspect(model: keras.Model, *, empirical: bool = True, verbose: bool = Fals
     return rows, meta
 
 
-def inspect_model(model: keras.Model, *, empirical: bool = True, verbose: bool = False) -> list[dict[str, Any]]:
+def inspect_model(model: keras.Model, *, empirical: bool = True) -> list[dict[str, Any]]:
     """One dict per top-level layer: name, type, output_shape, params, trainable_params, macs,
     rf / jump (course formula), rf_measured [h, w], rf_clipped, rf_check ('ok', 'MISMATCH', 'global', 'clipped', 'n/a')."""
-    return _inspect(model, empirical=empirical, verbose=verbose)[0]
+    return _inspect(model, empirical=empirical)[0]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -322,16 +321,32 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def inspect_run(run_dir: Path, *, empirical: bool = True, quiet: bool = False) -> dict[str, Any]:
-    """Inspect a run's model.keras; write RUN_DIR/inspect.json and print the table (unless quiet)."""
-    from tfcnn.predict import load_model
-    from tfcnn.rundir import write_json
+def format_summary(summary: dict[str, Any]) -> str:
+    """The table plus the totals line of an inspect_run summary (what `tfcnn inspect` shows)."""
+    total = summary["total_macs"]
+    lines = [
+        format_table(summary["layers"]),
+        f"total: {summary['total_params']:,} parameters ({summary['trainable_params']:,} trainable), "
+        f"{total:,} MACs ({2 * total:,} FLOPs) per image; receptive fields measured on a "
+        f"{'x'.join(map(str, summary['probe_size'] or []))} probe"
+        + (f"; MISMATCH at {', '.join(summary['rf_mismatches'])}" if summary["rf_mismatches"] else "")
+        + (
+            f"; {len(summary['rf_global'])} layers see the whole input through global pooling in the body "
+            "(the formula ignores it)"
+            if summary["rf_global"]
+            else ""
+        ),
+    ]
+    if summary.get("note"):
+        lines.append(summary["note"])
+    return "\n".join(lines)
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise TfcnnError(f"run directory {str(run_dir)!r} does not exist")
-    model = load_model(run_dir)
-    rows, meta = _inspect(model, empirical=empirical, verbose=not quiet)
+
+def inspect_run(run_dir: "Run | Path", *, empirical: bool = True) -> dict[str, Any]:
+    """Inspect a run's model; write the run's inspect file and log the table (:func:`format_summary`)."""
+    run = Run.open(run_dir, need=("model",))
+    model = load_trained_model(run)
+    rows, meta = _inspect(model, empirical=empirical)
     total_macs = sum(r["macs"] for r in rows)
     summary = {
         "model": model.name,
@@ -348,21 +363,6 @@ def inspect_run(run_dir: Path, *, empirical: bool = True, quiet: bool = False) -
     }
     if meta["note"]:
         summary["note"] = meta["note"]
-    write_json(run_dir / "inspect.json", summary)
-    if not quiet:
-        print(format_table(rows))
-        print(
-            f"total: {summary['total_params']:,} parameters ({summary['trainable_params']:,} trainable), "
-            f"{total_macs:,} MACs ({2 * total_macs:,} FLOPs) per image; receptive fields measured on a "
-            f"{'x'.join(map(str, meta['probe_size'] or []))} probe"
-            + (f"; MISMATCH at {', '.join(summary['rf_mismatches'])}" if summary["rf_mismatches"] else "")
-            + (
-                f"; {len(summary['rf_global'])} layers see the whole input through global pooling in the body "
-                "(the formula ignores it)"
-                if summary["rf_global"]
-                else ""
-            )
-        )
-        if meta["note"]:
-            print(meta["note"])
+    run.write_json("inspect", summary)
+    log.info(format_summary(summary))
     return summary

@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tfcnn.evaluate.training import histogram_quantiles
 from tfcnn.util import write_bytes
 
 
@@ -345,8 +346,6 @@ def gradient_norms_figure(epochs: Sequence[int], norms: dict[str, Sequence[float
 
 def weight_distribution_figure(series: dict[str, tuple[np.ndarray, list[np.ndarray]]]) -> Figure:
     """Per-layer weight quantiles over training (from TensorBoard histograms): median, 25-75 % and 5-95 % bands."""
-    from tfcnn.evaluate.training import histogram_quantiles
-
     n = len(series)
     cols = min(4, n)
     rows = int(np.ceil(n / cols))

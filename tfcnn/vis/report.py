@@ -3,7 +3,9 @@
 Images are embedded as base64 data URIs, the CSS is inline and there is no JavaScript, so the
 file can be mailed, attached to a ticket or opened offline and still show everything. Any input
 that is missing (no export yet, the fit engine recording no gradient norms) becomes a visible
-"not available: why" note instead of a broken image.
+"not available: why" note instead of a broken image. The figures come from
+:func:`tfcnn.vis.figures.render_figures`, re-rendered on every build; only Grad-CAM needs the
+model and the test images.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tfcnn.errors import TfcnnError
-from tfcnn.rundir import RunDir, read_json, write_text
+from tfcnn.evaluate.training import read_record
+from tfcnn.models.saved import load_trained_model
+from tfcnn.run import Diagnostics, Evaluation, Metrics, Record, Run
+from tfcnn.util import format_bytes, read_json, write_text
+from tfcnn.vis.figures import Unavailable, load_npz, render_figures, split_images
 
 _CAM_ROWS = 6  # Grad-CAM rows per gallery: each row costs a backward pass and page height
-
-
-class Unavailable(Exception):
-    """An optional report input is missing; the message is the reason shown in the page."""
+# Files of an export version directory (written by tfcnn.export), read here for the Exports section.
+_CARD_FILE = "model_card.json"
+_VERIFICATION_FILE = "verification.json"
 
 
 # --------------------------------------------------------------------------- html helpers
@@ -69,24 +74,25 @@ def kv_table(pairs: Sequence[tuple[str, Any]]) -> str:
 
 
 def size_text(n: Any) -> str:
-    if not isinstance(n, (int, float)):
-        return "–"
-    return f"{n / 1024:.1f} KB" if n < 2**20 else f"{n / 2**20:.2f} MB"
+    return format_bytes(n) if isinstance(n, (int, float)) else "–"
 
 
 # --------------------------------------------------------------------------- run context
 
 
 class RunContext:
-    """What the report reads from a run directory, loaded once and lazily (model and data only if needed)."""
+    """What the report reads from a run, loaded once and lazily (model and data only if needed)."""
 
-    def __init__(self, run_dir: Path):
-        self.rd = RunDir(Path(run_dir))
-        self._model = None
-        self._test: tuple[np.ndarray, np.ndarray] | None = None
-        self._test_error: str | None = None
+    def __init__(self, run: Run, figures: dict[str, dict[str, str]]):
+        self.run = run
+        self.figures = figures
+
+    @property
+    def root(self) -> Path:
+        return self.run.root
 
     def json(self, path: Path) -> dict[str, Any]:
+        """A JSON file as a dict for display ({} when missing, {"_error": why} when unreadable)."""
         if not path.is_file():
             return {}
         try:
@@ -95,23 +101,46 @@ class RunContext:
             return {"_error": str(exc)}
         return data if isinstance(data, (dict, list)) else {}
 
+    def record(self, cls: type[Record]) -> dict[str, Any]:
+        """A typed record in its file layout ({} when missing, {"_error": why} when unreadable)."""
+        memo_key = f"report_record_{cls.KIND}"
+
+        def load() -> dict[str, Any]:
+            try:
+                rec = self.run.read_optional(cls)
+            except TfcnnError as exc:
+                return {"_error": str(exc)}
+            return rec.to_dict() if rec is not None else {}
+
+        return self.run.memo(memo_key, load)
+
     @property
     def config(self) -> dict[str, Any]:
-        return self.json(self.rd.config)
+        return self.json(self.run.path("config"))
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.json(self.run.path("data"))
 
     @property
     def evaluation(self) -> dict[str, Any]:
-        return self.json(self.rd.evaluation)
+        return self.record(Evaluation)
 
     @property
     def metrics(self) -> dict[str, Any]:
-        return self.json(self.rd.metrics)
+        return self.record(Metrics)
+
+    @property
+    def diagnostics(self) -> dict[str, Any]:
+        return self.record(Diagnostics)
 
     @property
     def class_names(self) -> list[str]:
-        names = self.evaluation.get("class_names") or self.json(self.rd.data).get("class_names")
+        names = self.evaluation.get("class_names") or self.data.get("class_names")
         if not names:
-            raise Unavailable("class names unknown: neither evaluation.json nor data.json lists them")
+            raise Unavailable(
+                f"class names unknown: neither {self.run.path('evaluation').name} nor {self.run.path('data').name} lists them"
+            )
         return list(names)
 
     @property
@@ -119,43 +148,30 @@ class RunContext:
         return int(self.config.get("evaluate", {}).get("gallery_size", 25))
 
     def plot(self, key: str, alt: str) -> str:
-        """The evaluate stage's PNG for `key`, or why it is not there."""
-        ev = self.evaluation
-        if not ev:
-            return note(f"evaluation.json is missing; run `tfcnn evaluate {self.rd.root}`")
-        rel = ev.get("files", {}).get(key)
+        """The rendered PNG for figure `key`, or why there is none."""
+        rel = self.figures["files"].get(key)
         if rel is None:
-            return note(ev.get("unavailable", {}).get(key, f"the evaluate stage did not make the {key} figure"))
-        path = self.rd.root / rel
+            return note(self.figures["unavailable"].get(key, f"no {key} figure was drawn"))
+        path = self.root / rel
         if not path.is_file():
-            return note(f"{rel} was deleted; re-run `tfcnn evaluate {self.rd.root}`")
+            return note(f"{rel} was deleted while the report was built; run `tfcnn report {self.root}` again")
         return img_tag(path.read_bytes(), alt)
 
     def model(self):
-        if self._model is None:
-            if not self.rd.model.is_file():
-                raise Unavailable("model.keras is missing from the run directory")
-            from tfcnn.evaluate.stage import load_model
-
+        def load():
             try:
-                self._model = load_model(self.rd.model)
+                return load_trained_model(self.run)
             except TfcnnError as exc:
-                raise Unavailable(str(exc)) from None
-        return self._model
+                return Unavailable(str(exc))
 
-    def test_split(self) -> tuple[np.ndarray, np.ndarray]:
-        """The test images in bundle.arrays['test'] order, reloaded from the run's data config."""
-        if self._test is None and self._test_error is None:
-            try:
-                from tfcnn.config import load_json
-                from tfcnn.data import load_data
+        model = self.run.memo("model", load)
+        if isinstance(model, Unavailable):
+            raise model
+        return model
 
-                self._test = load_data(load_json(self.rd.config).data).arrays["test"]
-            except Exception as exc:  # any failure here only costs the image sections, not the report
-                self._test_error = f"could not reload the test split from config.json ({type(exc).__name__}: {exc})"
-        if self._test is None:
-            raise Unavailable(self._test_error or "test split unavailable")
-        return self._test
+    def test_split(self, labels: np.ndarray | None = None) -> np.ndarray:
+        """The test images in the order evaluate saw them (see :func:`tfcnn.vis.figures.split_images`)."""
+        return split_images(self.run, labels)
 
 
 # --------------------------------------------------------------------------- sections
@@ -183,10 +199,14 @@ def section_summary(ctx: RunContext) -> str:
     ]
     body = kv_table([(k, v) for k, v in pairs if v is not None])
     if not m:
-        body += note("metrics.json is missing (training did not finish through `tfcnn run`/`tfcnn train`)")
+        body += note(f"{ctx.run.path('metrics').name} is missing (training did not finish through `tfcnn run`/`tfcnn train`)")
+    elif "_error" in m:
+        body += note(m["_error"])
     if not ev:
-        body += note(f"evaluation.json is missing; run `tfcnn evaluate {ctx.rd.root}`")
-    extra = {k: v for k, v in m.items() if k not in {"model", "params"} and not isinstance(v, (dict, list))}
+        body += note(f"{ctx.run.path('evaluation').name} is missing; run `tfcnn evaluate {ctx.root}`")
+    elif "_error" in ev:
+        body += note(ev["_error"])
+    extra = {k: v for k, v in m.items() if k not in {"model", "params", "_error"} and not isinstance(v, (dict, list))}
     if extra:
         body += "<details><summary>all of metrics.json</summary>" + kv_table(sorted(extra.items())) + "</details>"
     return _section("summary", "Summary", body)
@@ -194,7 +214,7 @@ def section_summary(ctx: RunContext) -> str:
 
 def section_config(ctx: RunContext) -> str:
     cfg = ctx.config
-    data = ctx.json(ctx.rd.data)
+    data = ctx.data
     body = ""
     if data:
         shape = data.get("input_shape")
@@ -207,12 +227,12 @@ def section_config(ctx: RunContext) -> str:
             ("unreadable files skipped", len(data.get("skipped", []))),
         ])
     else:
-        body += note("data.json is missing")
+        body += note(f"{ctx.run.path('data').name} is missing")
     if cfg:
-        body += "<details><summary>resolved pipeline configuration (config.json)</summary><pre>" + esc(
+        body += f"<details><summary>resolved pipeline configuration ({esc(ctx.run.path('config').name)})</summary><pre>" + esc(
             json.dumps(cfg, indent=2, sort_keys=True)) + "</pre></details>"
     else:
-        body += note("config.json is missing")
+        body += note(f"{ctx.run.path('config').name} is missing")
     return _section("config", "Data and configuration", body)
 
 
@@ -220,7 +240,7 @@ def section_training(ctx: RunContext) -> str:
     ev = ctx.evaluation
     tr = ev.get("training", {})
     m = ctx.metrics
-    diag = ctx.json(ctx.rd.diagnostics)
+    diag = ctx.diagnostics
     pairs = [
         ("engine", tr.get("engine") or diag.get("engine") or m.get("engine")),
         ("best epoch", tr.get("best_epoch", diag.get("best_epoch"))),
@@ -231,14 +251,11 @@ def section_training(ctx: RunContext) -> str:
     body += "<h3>Learning curves</h3>" + ctx.plot("learning_curves", "train and validation loss and accuracy per epoch")
     body += "<h3>Gradient norms per layer</h3>" + ctx.plot("gradient_norms", "per-layer gradient norm per epoch")
     body += "<h3>Weight distributions</h3>" + ctx.plot("weight_histograms", "weight distributions per layer over epochs")
-    if ctx.rd.history.is_file():
-        from tfcnn.evaluate.training import read_history
-
-        hist = read_history(ctx.rd.history)
-        if hist:
-            cols = list(hist)
-            rows = [[hist[c][i] for c in cols] for i in range(len(hist["epoch"]))]
-            body += "<details><summary>history.csv</summary>" + table(cols, rows, "num") + "</details>"
+    hist = ctx.run.read_history()
+    if hist:
+        cols = list(hist)
+        rows = [[hist[c][i] for c in cols] for i in range(len(hist[cols[0]]))]
+        body += f"<details><summary>{esc(ctx.run.path('history').name)}</summary>" + table(cols, rows, "num") + "</details>"
     return _section("training", "Training", body)
 
 
@@ -297,14 +314,12 @@ def section_gradcam(ctx: RunContext) -> str:
         ok, why = campanels.gradcam_available()
         if not ok:
             raise Unavailable(why)
-        path = ctx.rd.root / _predictions_file()
-        if not path.is_file():
-            raise Unavailable(f"{path.name} is missing; run `tfcnn evaluate {ctx.rd.root}`")
-        with np.load(path) as z:
-            probs, labels, predicted = z["probs"], z["labels"], z["predicted"]
-        x, y = ctx.test_split()
-        if len(y) != len(labels) or not np.array_equal(np.asarray(y), labels):
-            raise Unavailable("the reloaded test split differs from the one evaluated; re-run `tfcnn evaluate`")
+        ev = read_record(ctx.run, Evaluation)
+        if ev is None:
+            raise Unavailable(f"{ctx.run.path('evaluation').name} is missing; run `tfcnn evaluate {ctx.root}`")
+        z = load_npz(ctx.run, ev, "predictions")
+        probs, labels, predicted = z["probs"], z["labels"], z["predicted"]
+        x = ctx.test_split(labels)
         model, names = ctx.model(), ctx.class_names
         conf = probs.max(axis=1)
         right = np.flatnonzero(predicted == labels)
@@ -330,12 +345,6 @@ def section_gradcam(ctx: RunContext) -> str:
     return _section("gradcam", "Grad-CAM", _guard(build))
 
 
-def _predictions_file() -> str:
-    from tfcnn.evaluate.stage import PREDICTIONS_FILE
-
-    return PREDICTIONS_FILE
-
-
 def _one_per_class(candidates: np.ndarray, labels: np.ndarray, n: int) -> list[int]:
     """Up to n indices cycling through classes, so the gallery is not all one easy class."""
     by_class: dict[int, list[int]] = {}
@@ -353,7 +362,7 @@ def _one_per_class(candidates: np.ndarray, labels: np.ndarray, n: int) -> list[i
 
 def export_dirs(ctx: RunContext) -> list[Path]:
     """Version directories listed in exports.json (strings or {"version_dir": ...} entries)."""
-    raw = ctx.json(ctx.rd.exports)
+    raw = ctx.json(ctx.run.path("exports"))
     if isinstance(raw, dict):
         raw = raw.get("exports", raw.get("versions", []))
     out = []
@@ -362,18 +371,18 @@ def export_dirs(ctx: RunContext) -> list[Path]:
         if not p:
             continue
         path = Path(p)
-        if not path.is_absolute() and not path.exists() and (ctx.rd.root / path).exists():
-            path = ctx.rd.root / path
+        if not path.is_absolute() and not path.exists() and (ctx.root / path).exists():
+            path = ctx.root / path
         out.append(path)
     return out
 
 
 def section_export(ctx: RunContext) -> str:
-    if not ctx.rd.exports.is_file():
-        return _section("export", "Exports", note(f"this run has not been exported yet (`tfcnn export {ctx.rd.root} --verify`)"))
+    if not ctx.run.has("exports"):
+        return _section("export", "Exports", note(f"this run has not been exported yet (`tfcnn export {ctx.root} --verify`)"))
     dirs = export_dirs(ctx)
     if not dirs:
-        return _section("export", "Exports", note("exports.json lists no version directories"))
+        return _section("export", "Exports", note(f"{ctx.run.path('exports').name} lists no version directories"))
     return _section("export", "Exports", "\n".join(_export_version(ctx, d) for d in dirs))
 
 
@@ -381,11 +390,11 @@ def _export_version(ctx: RunContext, vdir: Path) -> str:
     out = f"<h3>{esc(vdir)}</h3>"
     if not vdir.is_dir():
         return out + note(f"{vdir} no longer exists (moved or deleted)")
-    card = ctx.json(vdir / "model_card.json")
+    card = ctx.json(vdir / _CARD_FILE)
     if card.get("artifacts"):
         rows = [[a.get("path"), a.get("format"), size_text(a.get("bytes")), str(a.get("sha256", ""))[:12]] for a in card["artifacts"]]
-        out += "<details><summary>artifacts (model_card.json)</summary>" + table(["file", "format", "size", "sha256"], rows) + "</details>"
-    ver = ctx.json(vdir / "verification.json")
+        out += f"<details><summary>artifacts ({_CARD_FILE})</summary>" + table(["file", "format", "size", "sha256"], rows) + "</details>"
+    ver = ctx.json(vdir / _VERIFICATION_FILE)
     if not ver:
         return out + note(f"not verified yet: run `tfcnn verify {vdir}`")
     keras_acc = ver.get("keras", {}).get("accuracy")
@@ -436,7 +445,7 @@ def _int8_changed(ctx: RunContext, ver: dict[str, Any]) -> str:
     ok, why = campanels.gradcam_available()
     if not ok:
         raise Unavailable(why)
-    x, _ = ctx.test_split()
+    x = ctx.test_split()
     bad = [c["index"] for c in changed[:n] if not 0 <= int(c["index"]) < len(x)]
     if bad:
         raise Unavailable(f"int8_changed indices {bad} are outside the reloaded test split ({len(x)} images)")
@@ -475,7 +484,7 @@ pre{background:#f3f5f8;padding:10px;overflow:auto;font-size:.85em}details{margin
 
 
 def render(ctx: RunContext) -> str:
-    name = ctx.config.get("name") or ctx.rd.root.name
+    name = ctx.config.get("name") or ctx.root.name
     built = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in SECTIONS)
     body = "\n".join(fn(ctx) for _, _, fn in SECTIONS)
@@ -483,15 +492,15 @@ def render(ctx: RunContext) -> str:
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>tfcnn report: {esc(name)}</title><style>{_CSS}</style></head><body>"
-        f"<header><h1>tfcnn run report: {esc(name)}</h1><p>{esc(ctx.rd.root)} · built {esc(built)}</p></header>"
+        f"<header><h1>tfcnn run report: {esc(name)}</h1><p>{esc(ctx.root)} · built {esc(built)}</p></header>"
         f"<nav>{nav}</nav><main>\n{body}\n</main></body></html>\n"
     )
 
 
-def build_report(run_dir: Path) -> Path:
-    """Write RUN_DIR/report.html atomically and return its path."""
-    rd = RunDir(Path(run_dir))
-    if not rd.root.is_dir():
-        raise TfcnnError(f"run directory {str(rd.root)!r} does not exist")
-    write_text(rd.report, render(RunContext(rd.root)))
-    return rd.report
+def build_report(run: "Run | Path | str") -> Path:
+    """Render the run's figures, then write its report.html atomically and return the path."""
+    run = run if isinstance(run, Run) else Run.open(run, need=())
+    figures = render_figures(run)
+    path = run.path("report")
+    write_text(path, render(RunContext(run, figures)))
+    return path
