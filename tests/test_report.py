@@ -58,8 +58,10 @@ def report_run(tiny_run, tmp_path_factory) -> Path:
     run_dir = root / "tiny"
     shutil.copytree(tiny_run, run_dir)
     _fake_export(run_dir, root)
+    shutil.rmtree(run_dir / "plots", ignore_errors=True)  # evaluate writes numbers; the report draws the figures
     path = build_report(run_dir)
     assert path == run_dir / "report.html"
+    assert (run_dir / "plots" / "confusion_matrix.png").is_file() and (run_dir / "plots" / "learning_curves.png").is_file()
     return run_dir
 
 

@@ -207,7 +207,10 @@ def on_terminal() -> bool:
 
 
 def keras_verbose() -> int:
-    """Keras ``verbose``: a progress bar on a terminal, one line per epoch otherwise."""
+    """Keras ``verbose``: silent unless tfcnn's progress is shown (the CLI, or a script that called
+    :func:`setup_logging`); then a progress bar on a terminal, one line per epoch otherwise."""
+    if not log.isEnabledFor(logging.INFO):
+        return 0
     return 1 if on_terminal() else 2
 
 

@@ -65,8 +65,7 @@ def evaluate(
     run.memo("data_bundle", lambda: bundle)
     info = bundle.info
     names = list(info.class_names)
-    task_name = run.config().task if run.has("config") else "classification"
-    task = get_task(task_name)
+    task = get_task(run.config().task)
     x_test, y_test = bundle.arrays["test"]
 
     preds: Predictions = predict_split(model, bundle.test, info.num_classes, top_k, total=len(y_test))

@@ -86,6 +86,7 @@ class RunContext:
     def __init__(self, run: Run, figures: dict[str, dict[str, str]]):
         self.run = run
         self.figures = figures
+        self._records: dict[str, dict[str, Any]] = {}  # per build: a later build must see re-written files
 
     @property
     def root(self) -> Path:
@@ -103,16 +104,13 @@ class RunContext:
 
     def record(self, cls: type[Record]) -> dict[str, Any]:
         """A typed record in its file layout ({} when missing, {"_error": why} when unreadable)."""
-        memo_key = f"report_record_{cls.KIND}"
-
-        def load() -> dict[str, Any]:
+        if cls.KIND not in self._records:
             try:
                 rec = self.run.read_optional(cls)
+                self._records[cls.KIND] = rec.to_dict() if rec is not None else {}
             except TfcnnError as exc:
-                return {"_error": str(exc)}
-            return rec.to_dict() if rec is not None else {}
-
-        return self.run.memo(memo_key, load)
+                self._records[cls.KIND] = {"_error": str(exc)}
+        return self._records[cls.KIND]
 
     @property
     def config(self) -> dict[str, Any]:
