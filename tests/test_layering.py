@@ -29,7 +29,6 @@ LAYERS: dict[str, int] = {
     "config": 1,
     "util": 2,
     "run": 2,
-    "rundir": 2,  # the run-directory helpers run.py replaces; same layer while they last
     "data": 3,
     "models": 4,
     "tasks": 5,

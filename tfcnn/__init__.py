@@ -1,7 +1,8 @@
-"""tfcnn: Keras functional CNNs from tf.data to TF Serving, LiteRT and CoreML, with verified exports.
+"""tfcnn: Keras functional CNNs from tf.data to TF Serving, LiteRT, ONNX and CoreML, with verified exports.
 
-Stages live in subpackages and hand off through the run directory (:mod:`tfcnn.rundir`):
-config -> data -> models -> train -> evaluate -> export -> verify -> vis (report).
+Stages live in subpackages and hand off through the run directory (:class:`tfcnn.run.Run`), in
+one direction: config -> util/run -> data -> models -> tasks -> train -> evaluate -> export ->
+vis -> pipeline/cli (``tests/test_layering.py`` enforces it).
 """
 
 import os as _os

@@ -18,7 +18,9 @@ CONTRACT_SCHEMA = "tfcnn.contract/1"
 CARD_SCHEMA = "tfcnn.model_card/1"
 # Files a version holds that are not artifacts: the card lists hashes of everything else, and
 # verification output is written after the card.
-NOT_ARTIFACTS = {"model_card.json", "model_card.md", "verification.json", "verification.md"}
+CARD_FILE = "model_card.json"
+VERIFICATION_FILE = "verification.json"
+NOT_ARTIFACTS = {CARD_FILE, "model_card.md", VERIFICATION_FILE, "verification.md"}
 
 
 def normalization_of(model, fallback_mean: list[float], fallback_std: list[float]) -> tuple[list[float], list[float]]:

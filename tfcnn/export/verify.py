@@ -224,10 +224,10 @@ def verify_version(
         extra={"test_indices_source": "bundle.arrays['test'] order", "int8_changed": [], **changes},
     )
     report = record.to_dict()
-    write_json(vd / "verification.json", report)
+    write_json(vd / card_mod.VERIFICATION_FILE, report)
     write_text(vd / "verification.md", verification_markdown(report))
     _update_card(vd, card, report)
-    log.info("verify: %s: wrote %s", "PASSED" if report["passed"] else "FAILED", vd / "verification.json")
+    log.info("verify: %s: wrote %s", "PASSED" if report["passed"] else "FAILED", vd / card_mod.VERIFICATION_FILE)
     if failures:
         shown = "; ".join(failures[:3]) + (f" (+{len(failures) - 3} more)" if len(failures) > 3 else "")
         raise VerificationError(f"verification of {vd} failed: {shown}; details in verification.md")

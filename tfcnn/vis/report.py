@@ -21,15 +21,14 @@ import numpy as np
 
 from tfcnn.errors import TfcnnError
 from tfcnn.evaluate.training import read_record
+from tfcnn.export.card import CARD_FILE as _CARD_FILE  # an export version's files, for the Exports section
+from tfcnn.export.card import VERIFICATION_FILE as _VERIFICATION_FILE
 from tfcnn.models.saved import load_trained_model
 from tfcnn.run import Diagnostics, Evaluation, Metrics, Record, Run
 from tfcnn.util import format_bytes, read_json, write_text
 from tfcnn.vis.figures import Unavailable, load_npz, render_figures, split_images
 
 _CAM_ROWS = 6  # Grad-CAM rows per gallery: each row costs a backward pass and page height
-# Files of an export version directory (written by tfcnn.export), read here for the Exports section.
-_CARD_FILE = "model_card.json"
-_VERIFICATION_FILE = "verification.json"
 
 
 # --------------------------------------------------------------------------- html helpers
