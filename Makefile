@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
+	bash .ci/apt-deps.sh data
 	$(VENV)/bin/tfcnn run pipelines/fashion_mnist.toml
 
 test: $(STAMP)
+	bash .ci/apt-deps.sh test
 	$(PY) -m pytest tests
 
 bench: $(STAMP)

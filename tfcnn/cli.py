@@ -37,14 +37,34 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("evaluate", help="re-evaluate a run on its test split")
     sp.add_argument("run_dir", type=Path)
 
-    sp = sub.add_parser("predict", help="top-k labels for image files")
-    sp.add_argument("run_dir", type=Path)
-    sp.add_argument("images", type=Path, nargs="+")
+    sp = sub.add_parser(
+        "predict", help="top-k labels for image files or folders, with a run's Keras model or an export version",
+        epilog="Unreadable images become error rows; the exit status is then 1 (2 for a usage error).",
+    )
+    sp.add_argument("source", type=Path, metavar="RUN_OR_VERSION_DIR",
+                    help="a run directory (runs/<name>) or an export version directory (export/<name>/<version>)")
+    sp.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER", help="image files; folders are searched recursively")
+    sp.add_argument("--format", help="export version only: the artifact to run, e.g. savedmodel, tflite_float32, onnx "
+                    "(default: savedmodel if present, else the first that runs here)")
     sp.add_argument("--top-k", type=int, default=3)
-    sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    out_kind = sp.add_mutually_exclusive_group()
+    out_kind.add_argument("--json", action="store_true", help="JSON list instead of a table")
+    out_kind.add_argument("--csv", action="store_true", help="CSV, one row per image, instead of a table")
+    sp.add_argument("--out", type=Path, metavar="FILE", help="write the result here (atomically) instead of stdout")
+    sp.add_argument("--batch-size", type=int, default=256, help="images decoded and predicted at a time")
+    sp.add_argument("--threads", type=int, help="runtime threads for TFLite/ONNX (default: all cores)")
 
-    sp = sub.add_parser("export", help="export a run to every registered format (SavedModel, TFLite, ONNX, CoreML) under export/<name>/<version>")
-    sp.add_argument("run_dir", type=Path)
+    sp = sub.add_parser(
+        "export",
+        help="export a run (or a .keras file trained anywhere) to every registered format under export/<name>/<version>",
+    )
+    sp.add_argument("run_dir", type=Path, metavar="RUN_DIR|MODEL.keras")
+    sp.add_argument("--labels", type=Path, help="MODEL.keras only: class names, one per line, in the model's output order")
+    sp.add_argument("--data", help="MODEL.keras only: images to verify on and calibrate with, e.g. folder:DIR or numpy:FILE.npz")
+    sp.add_argument("--outputs", choices=["logits", "probabilities"], default="logits", help="MODEL.keras only: what the model returns")
+    sp.add_argument("--scale", type=float, help="MODEL.keras only: the model takes pixels * SCALE (e.g. 0.00392156862745098 for [0, 1]); default raw 0..255")
+    sp.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                    help="MODEL.keras only: import this module first (it registers the model's custom layers)")
     sp.add_argument("--formats", nargs="+", help=_format_help())
     sp.add_argument("--name", help="model name in the repository (default: the run's export.name or run name)")
     sp.add_argument("--root", type=Path, help="model repository root (default: export)")
@@ -94,7 +114,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tfcnn.pipeline import run_pipeline
 
         cfg = _load_pipeline(args)
-        run_pipeline(cfg, args.out, export=None if cmd == "run" else False)
+        from tfcnn.pipeline import format_summary
+
+        print(format_summary(run_pipeline(cfg, args.out, export=None if cmd == "run" else False)))
         return 0
     if cmd == "evaluate":
         from tfcnn.evaluate import evaluate_run
@@ -102,19 +124,48 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(evaluate_run(args.run_dir), indent=2, default=str))
         return 0
     if cmd == "predict":
-        from tfcnn.predict import predict_images
+        from tfcnn.export.predict import check_source, predict_version
+        from tfcnn.predict import find_images, predict_images, render_rows
+        from tfcnn.util import log, on_terminal, write_text
 
-        results = predict_images(args.run_dir, args.images, top_k=args.top_k)
-        if args.json:
-            print(json.dumps(results, indent=2))
+        if args.top_k < 1 or args.batch_size < 1:
+            raise TfcnnError(f"--top-k and --batch-size must be at least 1, got {args.top_k} and {args.batch_size}")
+        kind = "csv" if args.csv else "json" if args.json else None
+        if kind is None and args.out is not None:
+            kind = {".csv": "csv", ".json": "json"}.get(args.out.suffix.lower())
+        # Progress goes to stdout with the log: silent when the result itself is piped there.
+        progress = None if args.out is not None or on_terminal() else False
+        source, fmt = check_source(args.source, args.format)
+        images = find_images(args.images)
+        opts = dict(top_k=args.top_k, batch_size=args.batch_size, progress=progress)
+        if source == "version":
+            rows = predict_version(args.source, images, format=fmt, threads=args.threads, **opts)
         else:
-            for r in results:
-                best = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top_k"])
-                print(f"{r['image']}: {best}")
+            rows = predict_images(args.source, images, **opts)
+        text = render_rows(rows, kind or "table")
+        failed = sum(1 for r in rows if r["error"])
+        if args.out is not None:
+            write_text(args.out, text)
+            log.info("predict: %d images -> %s%s", len(rows), args.out, f" ({failed} unreadable: see their error rows)" if failed else "")
+        else:
+            sys.stdout.write(text)
+        return 1 if failed else 0
+    if cmd == "export" and args.run_dir.suffix == ".keras":
+        from tfcnn.export.external import export_keras_file
+
+        if args.labels is None or args.data is None:
+            raise TfcnnError("exporting a .keras file needs --labels labels.txt and --data SOURCE (e.g. folder:DIR or numpy:FILE.npz)")
+        print(export_keras_file(
+            args.run_dir, labels_file=args.labels, data=args.data, imports=args.imports, outputs=args.outputs,
+            normalization={"scale": args.scale} if args.scale else "in_graph", formats=args.formats,
+            out=args.root or Path("export"), version=args.version, **({"name": args.name} if args.name else {}),
+        ))
         return 0
     if cmd == "export":
         from tfcnn.export import export_run, verify_version
 
+        if args.labels is not None or args.data is not None:
+            raise TfcnnError("--labels and --data are for exporting a MODEL.keras file; a run directory has its own")
         version_dir = export_run(
             args.run_dir, formats=args.formats, name=args.name, root=args.root, version=args.version,
             overwrite=args.overwrite, android=args.android, android_variant=args.android_variant,

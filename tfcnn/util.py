@@ -161,19 +161,19 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:limit]
 
 
-class _CurrentStdout(logging.StreamHandler):
-    """A StreamHandler that writes to whatever ``sys.stdout`` is at the time of each record.
+class _CurrentStderr(logging.StreamHandler):
+    """A StreamHandler that writes to whatever ``sys.stderr`` is at the time of each record.
 
-    ``sys.stdout`` is replaced by pytest's capture, notebooks and ``contextlib.redirect_stdout``;
+    ``sys.stderr`` is replaced by pytest's capture, notebooks and ``contextlib.redirect_stderr``;
     holding the object seen at set-up would write into a closed or stale stream.
     """
 
     def __init__(self) -> None:
-        super().__init__(sys.stdout)
+        super().__init__(sys.stderr)
 
     @property  # type: ignore[override]
     def stream(self):
-        return sys.stdout
+        return sys.stderr
 
     @stream.setter
     def stream(self, value) -> None:
@@ -181,17 +181,20 @@ class _CurrentStdout(logging.StreamHandler):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Configure the ``tfcnn`` logger once: one ``[tfcnn] message`` line per event, on stdout.
+    """Configure the ``tfcnn`` logger once: one ``[tfcnn] message`` line per event, on stderr.
+
+    Progress goes to stderr so that a command's result (a JSON document, a table, a path) is all
+    that stdout carries: ``tfcnn benchmark DIR > latency.json`` stays valid JSON.
 
     Called by the CLI (and by scripts that want tfcnn's progress lines); a library user who
     configures logging themselves gets tfcnn's records through their own handlers instead.
     """
     for h in log.handlers:
-        if isinstance(h, _CurrentStdout):
+        if isinstance(h, _CurrentStderr):
             h.setLevel(level)
             log.setLevel(level)
             return
-    handler = _CurrentStdout()
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("[tfcnn] %(message)s"))
     log.addHandler(handler)
     log.setLevel(level)

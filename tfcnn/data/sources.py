@@ -222,3 +222,29 @@ def _load_numpy(cfg: DataConfig, arg: str | None) -> "DataBundle":
 
     d = npz.read_npz(arg or "")
     return from_arrays(cfg, d["train"], d["test"], d["class_names"], source=f"numpy:{Path(arg or '').resolve()}")
+
+
+@register_source(
+    "reference",
+    arg="file.npz",
+    check=_check_numpy,
+    summary="the images an export of an outside-trained model is calibrated and verified on (tfcnn.export_model)",
+)
+def _load_reference(cfg: DataConfig, arg: str | None) -> "DataBundle":
+    """x_calibration (unlabelled: int8 calibration only, never trained on), x_test, y_test, class_names."""
+    import numpy as np
+
+    from tfcnn.data.bundle import make_bundle
+    from tfcnn.errors import DataError
+
+    path = Path(arg or "")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            x_cal, x_test, y_test = z["x_calibration"], z["x_test"], z["y_test"]
+            names = [str(n) for n in z["class_names"].tolist()]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"reference:{path}: not a reference archive written by tfcnn.export_model ({exc})") from None
+    # Calibration images carry no labels; they only feed the int8 converter, so a constant label
+    # keeps the bundle's shape (train = calibration, no validation split) without inventing classes.
+    y_cal = np.zeros(len(x_cal), np.int32)
+    return make_bundle(cfg, (x_cal, y_cal), (x_test, y_test.astype(np.int32)), names, f"reference:{path.resolve()}")

@@ -164,8 +164,26 @@ def check_integrity(version_dir: Path, artifacts: list[dict[str, Any]]) -> list[
     return problems
 
 
+def external(src: SourceRun) -> bool:
+    """A model trained outside tfcnn (tfcnn.export_model): its config says nothing about training."""
+    return src.metrics.get("engine") == "external"
+
+
+def model_name(src: SourceRun) -> str:
+    return str(src.metrics.get("model")) if external(src) else src.cfg.model.name
+
+
 def _training_summary(src: SourceRun) -> dict[str, Any]:
     t, d, m = src.cfg.train, src.cfg.data, src.cfg.model
+    if external(src):
+        return {
+            "engine": "external",
+            "epochs_run": None,
+            "best_epoch": None,
+            "stop_reason": None,
+            "params": src.metrics.get("params"),
+            "config": {"model": model_name(src), "trained": "outside tfcnn (tfcnn.export_model)"},
+        }
     return {
         "engine": src.metrics.get("engine", t.engine),
         "epochs_run": src.metrics.get("epochs_run"),
@@ -191,8 +209,13 @@ def _training_summary(src: SourceRun) -> dict[str, Any]:
 def limitations(src: SourceRun, g: Geometry) -> list[str]:
     info = src.info
     chans = "grayscale" if g.model_channels == 1 else "RGB"
+    trained = (
+        f"Trained outside tfcnn; verified on {info.num_test} {chans} {g.height}x{g.width} test images"
+        if external(src)
+        else f"Trained on {info.num_train} {chans} {g.height}x{g.width} images from {info.source}"
+    )
     return [
-        f"Trained on {info.num_train} {chans} {g.height}x{g.width} images from {info.source}; images unlike them "
+        f"{trained}; images unlike them "
         "(photos, other domains, other framing) are out of scope and will still get a confident-looking label.",
         f"Mobile artifacts take exactly {g.height}x{g.width} RGB uint8 at batch 1; the caller resizes "
         "(bilinear) - only the SavedModel's serving_bytes signature decodes and resizes itself.",
@@ -220,7 +243,11 @@ def build_card(
         "version": version,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "description": src.cfg.export.description
-        or f"{info.num_classes}-class image classifier ({src.cfg.model.name}) trained with tfcnn on {info.source}.",
+        or (
+            f"{info.num_classes}-class image classifier ({model_name(src)}) trained outside tfcnn, exported and verified with tfcnn."
+            if external(src)
+            else f"{info.num_classes}-class image classifier ({src.cfg.model.name}) trained with tfcnn on {info.source}."
+        ),
         "author": src.cfg.export.author,
         "license": src.cfg.export.license,
         "source": {"run_dir": str(src.root), "model": "model.keras", "model_sha256": sha256_file(src.model_path)},
@@ -271,10 +298,13 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     tr = card["training"]
-    lines.append(
-        f"{tr['config']['model']} via the {tr['engine']} engine, {tr['epochs_run'] if tr['epochs_run'] is not None else '?'} epochs "
-        f"({tr['config']['optimizer']}, lr {tr['config']['learning_rate']}, {tr['config']['schedule']} schedule)."
-    )
+    if tr["engine"] == "external":
+        lines.append(f"{tr['config']['model']}: {tr['config']['trained']}.")
+    else:
+        lines.append(
+            f"{tr['config']['model']} via the {tr['engine']} engine, {tr['epochs_run'] if tr['epochs_run'] is not None else '?'} epochs "
+            f"({tr['config']['optimizer']}, lr {tr['config']['learning_rate']}, {tr['config']['schedule']} schedule)."
+        )
     lines += ["", "## Metrics", ""]
     acc = card["metrics"].get("keras_test_accuracy")
     lines.append(f"Keras test accuracy: {100 * acc:.2f}%" if acc is not None else "Keras test accuracy: not recorded")

@@ -137,7 +137,8 @@ def _build(src: SourceRun, chosen: list[str], name: str, version: int, out: Path
         note["detail"] = f"{model.name}, input {g.height}x{g.width}x{g.model_channels}, {len(labels)} classes"
     write_text(out / "labels.txt", "\n".join(labels) + "\n")
     contract_input = card_mod.input_contract(g, mean, std)
-    description = ecfg.description or f"{len(labels)}-class image classifier ({src.cfg.model.name}) trained with tfcnn"
+    trained = "trained outside tfcnn" if card_mod.external(src) else "trained with tfcnn"
+    description = ecfg.description or f"{len(labels)}-class image classifier ({card_mod.model_name(src)}) {trained}"
     input_text = (
         f"RGB uint8 image {g.height}x{g.width} (NHWC, batch 1), raw pixels 0..255; "
         + ("grayscale conversion (0.299 R + 0.587 G + 0.114 B) and " if g.model_channels == 1 else "")

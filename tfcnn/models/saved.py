@@ -33,6 +33,8 @@ def load_trained_model(run: "Run | Path | str") -> "keras.Model":
     """
     import keras
 
+    from tfcnn.models import layers as _layers  # noqa: F401  (registers tfcnn's serialisable layers)
+
     run = run if isinstance(run, Run) else Run.open(run, need=())
     path = run.path("model")
     if not path.is_file():
