@@ -201,7 +201,7 @@ def test_bad_image_is_one_error_row(capsys, tiny_run, version, image_dir, tmp_pa
         assert len(errors) == 1 and errors[0]["image"] == str(bad) and errors[0]["top_k"] == []
         assert str(bad) in errors[0]["error"] and "\n" not in errors[0]["error"]
         assert all(len(r["top_k"]) == 3 for r in rows if not r["error"])
-    capsys.readouterr()  # progress lines of the library calls (logging is on after the CLI tests)
+    capsys.readouterr()  # the library calls' progress lines (logging is on after the CLI tests)
 
     code, out, _ = run_cli(capsys, "predict", version, *files)
     assert code == 1  # results written, but not every image could be read
@@ -215,8 +215,8 @@ def test_bad_image_is_one_error_row(capsys, tiny_run, version, image_dir, tmp_pa
 
 
 def test_out_file_and_progress_without_terminal(capsys, version, image_dir, tmp_path):
-    """Off a terminal: one plain log line per group of batches, no ANSI codes or \\r redraws;
-    the result goes to --out atomically, and piped stdout carries only the result."""
+    """Off a terminal: one plain log line (stderr) per group of batches, no ANSI codes or \\r
+    redraws; the result goes to --out atomically, or is all that stdout carries."""
     many = tmp_path / "many"
     many.mkdir()
     src = image_files(image_dir)
@@ -224,18 +224,19 @@ def test_out_file_and_progress_without_terminal(capsys, version, image_dir, tmp_
         shutil.copy(src[i % len(src)], many / f"img{i:03d}.png")
     target = tmp_path / "out" / "predictions.json"
     code, out, err = run_cli(capsys, "predict", version, many, "--out", target, "--batch-size", "2", "--format", "onnx")
-    assert code == 0
-    assert "\x1b[" not in out + err and "\r" not in out + err
-    progress = [line for line in out.splitlines() if "predict onnx:" in line]
+    assert code == 0 and out == ""
+    assert "\x1b[" not in err and "\r" not in err
+    progress = [line for line in err.splitlines() if "predict onnx:" in line]
     assert 2 <= len(progress) <= 11  # 20 batches, grouped
     assert progress[-1].startswith("[tfcnn] predict onnx: 40/40 images (100%)")
-    assert str(target) in out.splitlines()[-1]
-    rows = json.loads(target.read_text())  # inferred from the .json suffix
-    assert len(rows) == 40 and not [p for p in target.parent.iterdir() if p != target]
+    assert err.splitlines()[-1] == f"[tfcnn] predict: 40 images -> {target}"
+    rows = json.loads(target.read_text())  # the kind follows the .json suffix
+    assert len(rows) == 40 and list(target.parent.iterdir()) == [target]
 
-    code, out, _ = run_cli(capsys, "predict", version, many, "--csv", "--batch-size", "2")
-    assert code == 0 and "\x1b[" not in out and "[tfcnn]" not in out
+    code, out, err = run_cli(capsys, "predict", version, many, "--csv", "--batch-size", "2")
+    assert code == 0 and "\x1b[" not in out + err and "\r" not in out + err and "[tfcnn]" not in out
     assert len(list(csv.DictReader(io.StringIO(out)))) == 40
+    assert any("predict savedmodel: 40/40" in line for line in err.splitlines())
 
 
 def test_library_progress_lines_are_plain(capsys, tiny_run, image_dir):
@@ -245,6 +246,8 @@ def test_library_progress_lines_are_plain(capsys, tiny_run, image_dir):
     setup_logging()
     rows = predict_images(tiny_run, image_files(image_dir), batch_size=1)
     out, err = capsys.readouterr()
-    assert len(rows) == len(image_files(image_dir))
-    lines = [line for line in out.splitlines() if "predict keras:" in line]
-    assert lines and "\x1b[" not in out + err and "\r" not in out + err
+    assert len(rows) == len(image_files(image_dir)) and out == ""
+    assert [line for line in err.splitlines() if "predict keras:" in line]
+    assert "\x1b[" not in err and "\r" not in err
+    predict_images(tiny_run, image_files(image_dir), progress=False)
+    assert capsys.readouterr() == ("", "")

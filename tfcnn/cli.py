@@ -126,18 +126,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "predict":
         from tfcnn.export.predict import check_source, predict_version
         from tfcnn.predict import find_images, predict_images, render_rows
-        from tfcnn.util import log, on_terminal, write_text
+        from tfcnn.util import log, write_text
 
         if args.top_k < 1 or args.batch_size < 1:
             raise TfcnnError(f"--top-k and --batch-size must be at least 1, got {args.top_k} and {args.batch_size}")
         kind = "csv" if args.csv else "json" if args.json else None
         if kind is None and args.out is not None:
             kind = {".csv": "csv", ".json": "json"}.get(args.out.suffix.lower())
-        # Progress goes to stdout with the log: silent when the result itself is piped there.
-        progress = None if args.out is not None or on_terminal() else False
         source, fmt = check_source(args.source, args.format)
         images = find_images(args.images)
-        opts = dict(top_k=args.top_k, batch_size=args.batch_size, progress=progress)
+        opts = dict(top_k=args.top_k, batch_size=args.batch_size)
         if source == "version":
             rows = predict_version(args.source, images, format=fmt, threads=args.threads, **opts)
         else:
@@ -146,9 +144,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         failed = sum(1 for r in rows if r["error"])
         if args.out is not None:
             write_text(args.out, text)
-            log.info("predict: %d images -> %s%s", len(rows), args.out, f" ({failed} unreadable: see their error rows)" if failed else "")
         else:
             sys.stdout.write(text)
+        log.info("predict: %d images%s%s", len(rows), f" -> {args.out}" if args.out is not None else "",
+                 f", {failed} unreadable (see their error rows)" if failed else "")
         return 1 if failed else 0
     if cmd == "export" and args.run_dir.suffix == ".keras":
         from tfcnn.export.external import export_keras_file

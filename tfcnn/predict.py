@@ -7,8 +7,9 @@ is resized and converted exactly as the training images were.
 This module also holds what every predictor shares (an export version's predictor,
 :mod:`tfcnn.export.predict`, reuses it): finding image files under folders, batched decoding
 in which an unreadable file becomes an error row instead of stopping the batch, progress
-(a Keras ``Progbar`` on a terminal, a log line per group of batches otherwise) and the top-k
-rows. Every predictor returns the same rows::
+(a Keras ``Progbar`` on a terminal; otherwise at most about ten plain ``tfcnn`` log lines, no
+escape codes or carriage returns) and the top-k rows, rendered as a table, JSON or CSV.
+Every predictor returns the same rows::
 
     {"image": "path", "top_k": [{"class_id": 2, "label": "cat", "probability": 0.93}, ...], "error": None}
     {"image": "path", "top_k": [], "error": "path: not a readable JPEG/PNG/BMP/GIF image"}

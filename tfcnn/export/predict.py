@@ -92,6 +92,10 @@ def check_source(path: "Path | str", format: str | None = None) -> tuple[str, st
     p = Path(path)
     if is_version_dir(p):
         return "version", choose_format(p, format)
+    if not p.exists():
+        raise TfcnnError(
+            f"{str(p)!r} does not exist; pass a run directory (runs/<name>) or an export version directory (export/<name>/<version>)"
+        )
     config = Run(p).path("config")
     if p.is_dir() and not config.is_file():
         versions = sorted((d for d in p.iterdir() if d.name.isdigit() and is_version_dir(d)), key=lambda d: int(d.name))

@@ -124,15 +124,22 @@ def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
     return {"data": data, "model": to_dict(cfg.model), "train": train}
 
 
-def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
-    """Refuse to resume a checkpoint made with other settings (naming the first difference)."""
+def check_fingerprint(
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    where: Path,
+    *,
+    source: str = "the config now says",
+    fix: str = "use a new run directory or delete its checkpoints/ to start over",
+) -> None:
+    """Refuse to resume a checkpoint made with other settings (naming the first difference).
+
+    ``source`` and ``fix`` word the line for the caller (a pipeline config, a train_model call).
+    """
     diff = _first_difference(saved, current)
     if diff is not None:
         key, old, new = diff
-        raise TfcnnError(
-            f"{where} holds a run made with {key} = {old!r}, but the config now says {new!r}; "
-            "use a new run directory or delete its checkpoints/ to start over"
-        )
+        raise TfcnnError(f"{where} holds a run made with {key} = {old!r}, but {source} {new!r}; {fix}")
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:

@@ -1,9 +1,14 @@
 """The ``tape`` engine: a custom tf.GradientTape loop, compiled, distributed and resumable.
 
+One core, two callers: :class:`TapeLoop` runs a :class:`TapeSpec`, which says everything the
+loop needs without a pipeline config. The pipeline's tape engine (:func:`run`, from a
+:class:`~tfcnn.train.session.Session`) and the public :func:`tfcnn.train.api.train_model` (any
+Keras model, any ``tf.data`` dataset) each build a spec and hand it to the same loop.
+
 It does what the course's loop does (the task's per-example loss, cross-entropy for
 classification, + the L2 terms of ``model.losses``, the target-loss stopping rule) but:
 
-* several train steps run inside ONE ``tf.function`` call (``train.steps_per_execution``), so
+* several train steps run inside ONE ``tf.function`` call (``steps_per_execution``), so
   Python runs once per chunk rather than once per batch, and metrics stay on the device;
 * under a distribution strategy the per-example loss is averaged over the GLOBAL batch
   (``tf.nn.compute_average_loss``) and the L2 term is divided by the replica count
@@ -12,7 +17,7 @@ classification, + the L2 terms of ``model.losses``, the target-loss stopping rul
   taken (Keras' ``clipnorm`` clips each replica's partial gradient);
 * everything that determines the next epoch (weights, optimizer slots and step, dropout seeds,
   best weights, stopping counters, history) is one ``tf.train.Checkpoint`` per epoch, so
-  re-running on the same run directory continues exactly where it stopped.
+  re-running with the same checkpoint directory continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -35,36 +42,96 @@ from tfcnn.util import keras_verbose, log
 
 STATE_KEY = "state/.ATTRIBUTES/VARIABLE_VALUE"
 
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
-class TapeTrainer:
+
+def kernels(model: keras.Model) -> list:
+    """The trainable kernels of a model (Dense/Conv ``kernel``, ``depthwise_kernel``, ...), the
+    weights an L2 penalty applies to (Keras counts regularizers of trainable weights only)."""
+    return [v for v in model.trainable_variables if v.name.endswith("kernel")]
+
+
+def l2_penalty(variables: Sequence, lam: float) -> tf.Tensor:
+    """``lam * sum(w**2)`` over ``variables``: what ``keras.regularizers.L2(lam)`` adds per kernel."""
+    if not variables or not lam:
+        return tf.constant(0.0)
+    return tf.cast(lam, tf.float32) * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])
+
+
+@dataclass
+class TapeSpec:
+    """What one tape-engine run needs: the model, the data, the loss, the optimizer and the rules.
+
+    ``train`` is the (finite, batched) training dataset of ``(inputs, labels)``; the loop iterates
+    ``train.repeat()`` through one iterator, ``steps_per_epoch`` batches an epoch. ``checkpoint_dir``
+    None means no checkpoints (and no resume). ``after_epoch(record)`` runs once an epoch is
+    recorded and checkpointed (the pipeline rewrites history.csv and diagnostics.json there).
+    """
+
+    model: keras.Model
+    strategy: tf.distribute.Strategy
+    train: tf.data.Dataset
+    val: tf.data.Dataset | None
+    steps_per_epoch: int
+    epochs: int
+    loss_fn: LossFn  # per-example loss f(labels, outputs) -> [B], outputs as float32
+    make_metrics: Callable[[], list]  # fresh Keras metrics named as in the history (called twice, in scope)
+    make_optimizer: Callable[[], keras.optimizers.Optimizer]  # called inside the strategy scope
+    rules: StopRules
+    record: RunRecord
+    restore_best: bool = True
+    loss_scaled: bool = False  # wrap the optimizer in a LossScaleOptimizer (mixed_float16)
+    l2: float | None = None  # lam * sum(w**2) over every trainable kernel, on top of model.losses
+    clipnorm: float | None = None  # per-variable, after the cross-replica sum
+    gradient_norms: bool = False
+    jit_compile: bool = False
+    steps_per_execution: int = 1
+    input_dtype: Any = tf.float32  # what the images are cast to before the model
+    plateau: PlateauRule | None = None
+    checkpoint_dir: Path | None = None  # where this process writes checkpoints
+    resume_dir: Path | None = None  # where to resume from (default checkpoint_dir)
+    checkpoint_every: int = 1
+    max_checkpoints: int = 3
+    callbacks: list = field(default_factory=list)
+    images_per_epoch: int | None = None  # None: counted in the train step
+    tensorboard_dir: Path | None = None
+    has_validation_writer: bool = False
+    histogram_freq: int = 0
+    after_epoch: Callable[[RunRecord], None] | None = None
+    # How a refused resume says to start over (check_fingerprint's advice).
+    fingerprint_source: str = "the config now says"
+    fingerprint_fix: str = "use a new run directory or delete its checkpoints/ to start over"
+
+
+class TapeLoop:
     """Owns the compiled step functions and the training state of one tape-engine run."""
 
-    def __init__(self, s: Session):
-        self.s = s
-        tc = s.cfg.train
-        self.tc = tc
-        self.model = s.model
-        self.strategy = s.strategy
-        self.replicas = s.replicas
-        # The loop feeds the dataset's labels as they are: the task's loss takes them raw (it
-        # one-hot encodes for label smoothing itself), so its metrics are the plain-label ones.
-        self.loss_fn = s.task.loss_fn(s.num_outputs, s.label_smoothing)
-        self.restore_best = tc.early_stopping.enabled and tc.early_stopping.restore_best
+    def __init__(self, spec: TapeSpec):
+        self.spec = spec
+        self.model = spec.model
+        self.strategy = spec.strategy
+        self.replicas = int(spec.strategy.num_replicas_in_sync)
+        self.loss_fn = spec.loss_fn
+        self.restore_best = spec.restore_best
+        self.kernels = kernels(self.model) if spec.l2 else []
         tvars = self.model.trainable_variables
         # Per-layer groups for gradient norms: the variable path without its last part.
         self.groups = list(dict.fromkeys(v.path.rsplit("/", 1)[0] for v in tvars))
         self.group_ids = [self.groups.index(v.path.rsplit("/", 1)[0]) for v in tvars]
 
-        schedule = build_schedule(tc, s.steps_per_epoch)
         with self.strategy.scope():
-            inner = build_optimizer(tc, schedule, clipnorm=False)
-            self.loss_scaled = s.policy == "mixed_float16"
-            self.optimizer = keras.optimizers.LossScaleOptimizer(inner) if self.loss_scaled else inner
-            self.optimizer.build(tvars)
+            inner = spec.make_optimizer()
+            self.loss_scaled = spec.loss_scaled or isinstance(inner, keras.optimizers.LossScaleOptimizer)
+            if spec.loss_scaled and not isinstance(inner, keras.optimizers.LossScaleOptimizer):
+                self.optimizer = keras.optimizers.LossScaleOptimizer(inner)
+            else:
+                self.optimizer = inner
+            if not self.optimizer.built:
+                self.optimizer.build(tvars)
             self.train_loss = keras.metrics.Mean(name="loss")
-            self.train_metrics = s.task.keras_metrics(0.0)
+            self.train_metrics = spec.make_metrics()
             self.val_loss = keras.metrics.Mean(name="val_loss")
-            self.val_metrics = s.task.keras_metrics(0.0)
+            self.val_metrics = spec.make_metrics()
             # [per-layer norm sums..., global norm sum, step count]; identical on every replica.
             self.norm_sums = tf.Variable(
                 tf.zeros([len(self.groups) + 2]),
@@ -72,6 +139,18 @@ class TapeTrainer:
                 synchronization=tf.VariableSynchronization.ON_WRITE,
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
                 name="gradient_norm_sums",
+            )
+            # Images trained on this epoch (global), when the caller cannot say how many an epoch has.
+            self.seen = (
+                tf.Variable(
+                    tf.constant(0, tf.int64),
+                    trainable=False,
+                    synchronization=tf.VariableSynchronization.ON_WRITE,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                    name="images_seen",
+                )
+                if spec.images_per_epoch is None
+                else None
             )
             self.best_weights = [
                 tf.Variable(tf.zeros(w.shape, w.dtype), trainable=False, name=f"best_{i}")
@@ -87,24 +166,16 @@ class TapeTrainer:
             epoch=self.epoch,
             state=self.state,
         )
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, str(s.run.path("checkpoints")), max_to_keep=tc.max_checkpoints, checkpoint_name="epoch"
-        )
-        self.record: RunRecord = s.new_record()
-        self.rules: StopRules = s.new_rules()
-        es = tc.early_stopping
-        self.plateau = (
-            PlateauRule(
-                monitor=es.monitor,
-                mode=es.mode,
-                patience=tc.plateau_patience,
-                min_delta=es.min_delta,
-                factor=tc.plateau_factor,
-                min_lr=tc.learning_rate * tc.min_lr_fraction,
+        self.manager = (
+            tf.train.CheckpointManager(
+                self.checkpoint, str(spec.checkpoint_dir), max_to_keep=spec.max_checkpoints, checkpoint_name="epoch"
             )
-            if tc.reduce_lr_on_plateau
+            if spec.checkpoint_dir is not None
             else None
         )
+        self.record: RunRecord = spec.record
+        self.rules: StopRules = spec.rules
+        self.plateau = spec.plateau
         self._train_chunk = self._make_train_chunk()
         self._val_pass = self._make_val_pass()
 
@@ -115,14 +186,17 @@ class TapeTrainer:
 
     def _regularization(self) -> tf.Tensor:
         losses = self.model.losses  # keras l2(lambda) terms: lambda * sum(w**2), recomputed on access
-        if not losses:
+        terms = [tf.cast(l, tf.float32) for l in losses]
+        if self.kernels:
+            terms.append(l2_penalty(self.kernels, self.spec.l2))
+        if not terms:
             return tf.constant(0.0)
-        return tf.add_n([tf.cast(l, tf.float32) for l in losses])
+        return tf.add_n(terms)
 
     def _replica_step(self, x: tf.Tensor, y: tf.Tensor) -> None:
         ctx = tf.distribute.get_replica_context()
         multi = self.replicas > 1
-        x = tf.cast(x, tf.float32)
+        x = tf.cast(x, self.spec.input_dtype)
         local_n = tf.shape(y)[0]
         global_n = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_n) if multi else local_n
         tvars = self.model.trainable_variables
@@ -134,8 +208,8 @@ class TapeTrainer:
             loss += tf.nn.scale_regularization_loss(reg)
             target = self.optimizer.scale_loss(loss) if self.loss_scaled else loss
         grads = tape.gradient(target, tvars)
-        clip = self.tc.clipnorm
-        norms = self.tc.gradient_norms
+        clip = self.spec.clipnorm
+        norms = self.spec.gradient_norms
         if clip or norms:
             if multi:  # the true gradient is the replicas' sum; clip and measure that
                 grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
@@ -157,16 +231,18 @@ class TapeTrainer:
         self.train_loss.update_state(per_example + reg)
         for m in self.train_metrics:
             m.update_state(y, logits)
+        if self.seen is not None:
+            self.seen.assign_add(tf.cast(global_n, tf.int64))
 
     def _replica_val_step(self, x: tf.Tensor, y: tf.Tensor) -> None:
-        logits = tf.cast(self.model(tf.cast(x, tf.float32), training=False), tf.float32)
+        logits = tf.cast(self.model(tf.cast(x, self.spec.input_dtype), training=False), tf.float32)
         self.val_loss.update_state(self._per_example_loss(y, logits) + self._regularization())
         for m in self.val_metrics:
             m.update_state(y, logits)
 
     def _make_train_chunk(self):
         step = self._replica_step
-        if self.tc.jit_compile:
+        if self.spec.jit_compile:
             step = tf.function(step, jit_compile=True, reduce_retracing=True)
 
         @tf.function(reduce_retracing=True)
@@ -202,16 +278,25 @@ class TapeTrainer:
         return self.plateau.state() if self.plateau else None
 
     def restore(self) -> None:
-        """Continue from the run directory's last checkpoint, if it has one."""
-        checkpoints = self.s.run.path("checkpoints")
-        path = tf.train.latest_checkpoint(str(self.s.resume_dir or checkpoints))
+        """Continue from the last checkpoint of the resume directory, if it has one."""
+        spec = self.spec
+        if spec.checkpoint_dir is None and spec.resume_dir is None:
+            return
+        checkpoints = spec.checkpoint_dir or spec.resume_dir
+        path = tf.train.latest_checkpoint(str(spec.resume_dir or checkpoints))
         if not path:
             return
         try:
             saved = json.loads(tf.train.load_variable(path, STATE_KEY).decode())
         except (tf.errors.OpError, ValueError, KeyError) as exc:
             raise TfcnnError(f"{path} is not a tfcnn tape-engine checkpoint ({exc}); delete {checkpoints}") from None
-        check_fingerprint(saved["record"]["fingerprint"], self.record.fingerprint, checkpoints)
+        check_fingerprint(
+            saved["record"]["fingerprint"],
+            self.record.fingerprint,
+            checkpoints,
+            source=spec.fingerprint_source,
+            fix=spec.fingerprint_fix,
+        )
         try:
             self.checkpoint.restore(path).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as exc:
@@ -229,7 +314,7 @@ class TapeTrainer:
         # tf.data draws a new shuffle order from its seed generator for every pass over the
         # training set; replay the passes already made so epoch k+1 sees the order it would have.
         for _ in range(record.epochs_done):
-            iter(self.s.bundle.train)
+            iter(spec.train)
         log.info(f"train: resuming from {path} after epoch {record.epochs_done}")
 
     def _copy_best(self) -> None:
@@ -243,31 +328,37 @@ class TapeTrainer:
     # ------------------------------------------------------------------ loop
 
     def run(self) -> RunRecord:
-        s, tc = self.s, self.tc
+        spec = self.spec
         self.restore()
         # One iterator for the whole run, over the repeated training set (batches never straddle
         # epochs: repeat() comes after batch()). Making a new iterator every epoch and dropping the
         # old one stalled ~10 s at the end of about half the epochs with an augmentation map on
         # TF 2.21 (bench/epoch_stall.py); the shuffle and augmentation draws are the same either way.
-        dist_train = self.strategy.experimental_distribute_dataset(s.bundle.train.repeat())
+        dist_train = self.strategy.experimental_distribute_dataset(spec.train.repeat())
         iterator = iter(dist_train)
-        dist_val = self.strategy.experimental_distribute_dataset(s.bundle.val) if s.has_validation else None
+        dist_val = self.strategy.experimental_distribute_dataset(spec.val) if spec.val is not None else None
         writers = self._tensorboard_writers()
-        callbacks = keras.callbacks.CallbackList(s.callbacks, model=self.model, epochs=tc.epochs, steps=s.steps_per_epoch)
+        callbacks = keras.callbacks.CallbackList(
+            list(spec.callbacks), model=self.model, epochs=spec.epochs, steps=spec.steps_per_epoch
+        )
+        self.model.stop_training = False
         callbacks.on_train_begin()
-        chunk = max(int(tc.steps_per_execution), 1)
-        spe = s.steps_per_epoch
+        chunk = max(int(spec.steps_per_execution), 1)
+        spe = spec.steps_per_epoch
         start = self.record.epochs_done
         if self.rules.reason is not None:
             log.info(f"train: training already stopped at epoch {self.rules.stopped_epoch} ({self.rules.reason})")
-            start = tc.epochs
-        for epoch in range(start + 1, tc.epochs + 1):
+            start = spec.epochs
+        verbose = keras_verbose()
+        for epoch in range(start + 1, spec.epochs + 1):
             callbacks.on_epoch_begin(epoch - 1)
             lr = current_lr(self.optimizer)
             for m in (self.train_loss, *self.train_metrics, self.val_loss, *self.val_metrics):
                 m.reset_state()
             self.norm_sums.assign(tf.zeros_like(self.norm_sums))
-            bar = self._progbar(epoch)
+            if self.seen is not None:
+                self.seen.assign(0)
+            bar = self._progbar(epoch) if verbose == 1 else None
             t0 = time.perf_counter()
             done = 0
             while done < spe:
@@ -283,7 +374,7 @@ class TapeTrainer:
             seconds = time.perf_counter() - t0
             logs = {**self._train_logs(), **self._val_logs(dist_val is not None)}
             self.record.train_seconds += train_time
-            self.record.train_images += s.bundle.info.num_train if done == spe else int(done * s.bundle.info.num_train / spe)
+            self.record.train_images += self._images(done)
             norms = self._epoch_norms()
             self.record.add_epoch({"epoch": epoch, **logs, "lr": lr, "seconds": seconds}, norms)
             reason = self.rules.update(epoch, logs)
@@ -299,13 +390,24 @@ class TapeTrainer:
                     log.info(f"train: reduce_lr_on_plateau: learning rate {lr:.3g} -> {new_lr:.3g}")
             if bar is not None:
                 bar.update(done, [(k, v) for k, v in logs.items() if not math.isnan(v)], finalize=True)
+            elif verbose:
+                log.info(self._epoch_line(epoch, done, seconds, logs, lr))
             self.epoch.assign(epoch)
-            if reason is not None or epoch == tc.epochs or epoch % tc.checkpoint_every == 0:
+            if self.manager is not None and (
+                reason is not None or epoch == spec.epochs or epoch % spec.checkpoint_every == 0
+            ):
                 self._save_state()
                 self.manager.save(checkpoint_number=epoch)
-            self.record.write(s.run)
+            if spec.after_epoch is not None:
+                spec.after_epoch(self.record)
             self._write_summaries(writers, epoch, logs, lr, norms)
             callbacks.on_epoch_end(epoch - 1, {**logs, "learning_rate": lr})
+            if reason is None and getattr(self.model, "stop_training", False):
+                reason = "callback"
+                self.record.stop_reason = reason
+                self.record.stopped_epoch = epoch
+                if spec.after_epoch is not None:
+                    spec.after_epoch(self.record)
             if reason is not None:
                 log.info(f"train: stopping after epoch {epoch}: {reason}")
                 break
@@ -317,8 +419,16 @@ class TapeTrainer:
             w.close()
         return self.record
 
+    def _images(self, done: int) -> int:
+        """Images trained on in an epoch of ``done`` steps (for throughput)."""
+        per_epoch = self.spec.images_per_epoch
+        if per_epoch is None:
+            return int(self.seen.numpy())
+        spe = self.spec.steps_per_epoch
+        return per_epoch if done == spe else int(done * per_epoch / spe)
+
     def _epoch_norms(self) -> dict[str, float] | None:
-        if not self.tc.gradient_norms:
+        if not self.spec.gradient_norms:
             return None
         sums = self.norm_sums.numpy()
         steps = max(float(sums[-1]), 1.0)
@@ -335,16 +445,21 @@ class TapeTrainer:
             return {n: math.nan for n in names}
         return dict(zip(names, [float(self.val_loss.result()), *(float(m.result()) for m in self.val_metrics)]))
 
-    def _progbar(self, epoch: int) -> keras.utils.Progbar | None:
-        verbose = keras_verbose()
-        if not verbose:
-            return None
-        log.info(f"train: epoch {epoch}/{self.tc.epochs}")
+    def _progbar(self, epoch: int) -> keras.utils.Progbar:
+        """On a terminal: Keras' progress bar for the epoch."""
+        log.info(f"train: epoch {epoch}/{self.spec.epochs}")
         return keras.utils.Progbar(
-            self.s.steps_per_epoch,
-            verbose=verbose,
+            self.spec.steps_per_epoch,
+            verbose=1,
             stateful_metrics=[k for k in self.record.columns if k not in ("epoch", "lr", "seconds")],
         )
+
+    def _epoch_line(self, epoch: int, steps: int, seconds: float, logs: dict, lr: float) -> str:
+        """Off a terminal: one plain log line per epoch (no carriage returns, no ANSI codes)."""
+        parts = [f"train: epoch {epoch}/{self.spec.epochs}", f"{steps} steps", f"{seconds:.1f} s"]
+        parts += [f"{k} {v:.4f}" for k, v in logs.items() if not math.isnan(v)]
+        parts.append(f"lr {lr:.3g}")
+        return " - ".join(parts)
 
     # ------------------------------------------------------------------ tensorboard
 
@@ -353,12 +468,12 @@ class TapeTrainer:
         return ["loss", *(m.name for m in self.train_metrics)]
 
     def _tensorboard_writers(self) -> dict[str, Any]:
-        if not self.tc.tensorboard or not self.s.chief:
+        root = self.spec.tensorboard_dir
+        if root is None:
             return {}
-        root = self.s.run.path("tensorboard")
-        writers = {"train": tf.summary.create_file_writer(str(root / "train"))}
-        if self.s.has_validation:
-            writers["validation"] = tf.summary.create_file_writer(str(root / "validation"))
+        writers = {"train": tf.summary.create_file_writer(str(Path(root) / "train"))}
+        if self.spec.has_validation_writer:
+            writers["validation"] = tf.summary.create_file_writer(str(Path(root) / "validation"))
         return writers
 
     def _write_summaries(self, writers: dict, epoch: int, logs: dict, lr: float, norms: dict | None) -> None:
@@ -370,7 +485,7 @@ class TapeTrainer:
             tf.summary.scalar("epoch_learning_rate", lr)
             for name, value in (norms or {}).items():
                 tf.summary.scalar(f"gradient_norm/{name}", value)
-            freq = self.tc.histogram_freq
+            freq = self.spec.histogram_freq
             if freq and epoch % freq == 0:
                 for w in self.model.weights:
                     tf.summary.histogram(w.path, np.asarray(w.numpy()))
@@ -382,6 +497,61 @@ class TapeTrainer:
             w.flush()
 
 
+def spec_from_session(s: Session) -> TapeSpec:
+    """The pipeline's tape engine as a :class:`TapeSpec`: every setting from ``cfg.train``."""
+    tc = s.cfg.train
+    es = tc.early_stopping
+
+    def make_optimizer() -> keras.optimizers.Optimizer:
+        return build_optimizer(tc, build_schedule(tc, s.steps_per_epoch), clipnorm=False)
+
+    plateau = (
+        PlateauRule(
+            monitor=es.monitor,
+            mode=es.mode,
+            patience=tc.plateau_patience,
+            min_delta=es.min_delta,
+            factor=tc.plateau_factor,
+            min_lr=tc.learning_rate * tc.min_lr_fraction,
+        )
+        if tc.reduce_lr_on_plateau
+        else None
+    )
+    tensorboard = tc.tensorboard and s.chief
+    return TapeSpec(
+        model=s.model,
+        strategy=s.strategy,
+        train=s.bundle.train,
+        val=s.bundle.val if s.has_validation else None,
+        steps_per_epoch=s.steps_per_epoch,
+        epochs=tc.epochs,
+        # The loop feeds the dataset's labels as they are: the task's loss takes them raw (it
+        # one-hot encodes for label smoothing itself), so its metrics are the plain-label ones.
+        loss_fn=s.task.loss_fn(s.num_outputs, s.label_smoothing),
+        make_metrics=lambda: s.task.keras_metrics(0.0),
+        make_optimizer=make_optimizer,
+        rules=s.new_rules(),
+        record=s.new_record(),
+        restore_best=es.enabled and es.restore_best,
+        loss_scaled=s.policy == "mixed_float16",
+        clipnorm=tc.clipnorm,
+        gradient_norms=tc.gradient_norms,
+        jit_compile=tc.jit_compile,
+        steps_per_execution=tc.steps_per_execution,
+        plateau=plateau,
+        checkpoint_dir=s.run.path("checkpoints"),
+        resume_dir=s.resume_dir,
+        checkpoint_every=tc.checkpoint_every,
+        max_checkpoints=tc.max_checkpoints,
+        callbacks=list(s.callbacks),
+        images_per_epoch=s.bundle.info.num_train,
+        tensorboard_dir=s.run.path("tensorboard") if tensorboard else None,
+        has_validation_writer=s.has_validation,
+        histogram_freq=tc.histogram_freq,
+        after_epoch=lambda record: record.write(s.run),
+    )
+
+
 def run(s: Session) -> RunRecord:
     """Train with the tape engine (see the module docstring)."""
-    return TapeTrainer(s).run()
+    return TapeLoop(spec_from_session(s)).run()
