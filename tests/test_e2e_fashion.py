@@ -30,8 +30,12 @@ def test_main_pipeline_on_a_subset(tmp_path, capsys):
             "--set", "export.thresholds.tflite_int8.agreement=0.9",
         ]
     )
-    out = capsys.readouterr().out
-    assert code == 0, out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, out + captured.err
+    # Not a terminal: one line per epoch/stage, no progress-bar redraws or ANSI escape codes.
+    assert "\x1b[" not in out + captured.err and "\r" not in out + captured.err
+    assert "[tfcnn] train: epoch" in captured.err and "[tfcnn] export: onnx done" in captured.err
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("test_accuracy", "params", "train_seconds", "epochs_run", "engine"):
         assert key in metrics
