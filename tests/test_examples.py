@@ -67,3 +67,13 @@ def test_predict_with_litert_from_the_contract_alone(fit_export, tmp_path):
 
     ours = LiteRTRunner(fit_export / "tflite" / "model_int8.tflite").predict(np.repeat(x[:8], 3, axis=-1)).argmax(1)
     assert predicted == [labels[i] for i in ours]
+
+
+def test_train_your_own_model(tmp_path):
+    proc = run_example("train_your_own_model.py", "--out", str(tmp_path), "--train", "6000", "--test", "1000", "--epochs", "4")
+    version_dir = Path(proc.stdout.strip().splitlines()[-1])
+    assert version_dir == tmp_path / "own_cnn" / "1"
+    report = json.loads((version_dir / "verification.json").read_text())
+    assert report["passed"] and report["keras"]["accuracy"] > 0.7  # 4 short epochs; chance is 0.10
+    assert "trained" in proc.stdout and (tmp_path / "checkpoints").is_dir()
+    assert "[tfcnn] train: epoch 1/4" in proc.stderr and "\x1b[" not in proc.stderr + proc.stdout
