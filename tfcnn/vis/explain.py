@@ -12,8 +12,8 @@ Conventions, so the maps mean what they say:
   flattens gradients). Score-CAM weighs masked inputs by softmax probabilities, which it computes
   from the logits itself, as in the paper.
 * Grad-CAM weights the channels of a conv layer's OUTPUT by the spatially averaged gradient of the
-  class score with respect to that output. (The course sketch at notes 003:10216 takes gradients
-  with respect to the input image, which is wrong; see the errata in COURSE_NOTES.md.)
+  class score with respect to that output (Selvaraju et al., "Grad-CAM", ICCV 2017, eq. 1);
+  gradients with respect to the input image would give a saliency map, not Grad-CAM.
 * The default layer is the last layer with a 4-D (spatial) output before global pooling/flatten,
   found by walking back from the logits; any other layer with a 4-D output can be named.
 * Every map is returned at input resolution, min-max normalised to [0, 1] per image.
