@@ -28,3 +28,11 @@ def write_npz(path, n_train: int = 240, n_test: int = 90, size: int = 16, channe
     names = np.array([f"class_{i}" for i in range(classes)])
     np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, class_names=names)
     return path
+
+
+def crash_converter(*args, **kwargs):
+    """Stands in for a native converter that segfaults (run in tfcnn's converter child process)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -484,6 +485,53 @@ def test_failed_step_leaves_no_version(run_dir, tmp_path, monkeypatch):
     assert list((tmp_path / "tiny").iterdir()) == []  # no version, no temp dir
     after = (run_dir / "exports.json").read_text() if (run_dir / "exports.json").exists() else None
     assert before == after
+
+
+def test_a_converter_crash_is_one_line_and_leaves_nothing(run_dir, tmp_path, monkeypatch):
+    import fakedata
+    from tfcnn.export import export_run, tflite
+
+    monkeypatch.setattr(tflite, "convert", fakedata.crash_converter)  # importable: runs in the child
+    with pytest.raises(ExportError, match=r"export step 'tflite_float32' crashed \(signal 11, SIGSEGV\) in the converter's child process"):
+        export_run(run_dir, formats=["savedmodel", "tflite_float32"], root=tmp_path)
+    assert list((tmp_path / "tiny").iterdir()) == []  # no version, no temp dir
+    monkeypatch.undo()
+    assert export_run(run_dir, formats=["tflite_float32"], root=tmp_path).name == "1"  # and the next export works
+
+
+def test_stale_temp_dirs_are_removed_and_file_system_errors_are_one_line(run_dir, exported, tmp_path, monkeypatch):
+    import errno
+
+    from tfcnn.export import exporter, export_run, verify_version
+    from tfcnn.export import verify as verify_mod
+
+    stale = tmp_path / "tiny" / ".tmp-1-999999-x"  # left by an export whose process is gone
+    (stale / "tflite").mkdir(parents=True)
+    mine = tmp_path / "tiny" / f".tmp-1-{os.getpid()}-y"  # this process's own: not touched
+    mine.mkdir()
+    export_run(run_dir, formats=["tflite_float32"], root=tmp_path)
+    assert not stale.exists() and mine.exists()
+
+    def read_only(path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(exporter, "ensure_dir", read_only)
+    with pytest.raises(ExportError, match=r"cannot create the model repository directory .*: Read-only file system; choose a writable export.root"):
+        export_run(run_dir, formats=["tflite_float32"], root=tmp_path / "ro")
+    monkeypatch.undo()
+
+    vd, _ = exported
+    copy = tmp_path / "v" / "tiny" / "1"
+    shutil.copytree(vd, copy)
+    card_before = (copy / "model_card.json").read_bytes()
+
+    def full_disk(path, payload):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(verify_mod, "write_json", full_disk)
+    with pytest.raises(VerificationError, match=r"cannot write the verification results into .*: No space left on device; the model card was left unchanged"):
+        verify_version(copy, samples=10)
+    assert (copy / "model_card.json").read_bytes() == card_before
 
 
 def test_versions_overwrite_and_android_hook(run_dir, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 from tfcnn.errors import ExportError, TfcnnError
 from tfcnn.export.formats import FORMATS, PREREQUISITES, BuildContext, check_formats
+from tfcnn.export.isolate import ConverterCrash, NativeWorker
 from tfcnn.export.source import SourceRun, load_source
 from tfcnn.run import Run
 from tfcnn.tasks import get_task
@@ -35,6 +36,8 @@ def _step(name: str) -> Iterator[dict[str, Any]]:
     started = time.perf_counter()
     try:
         yield note
+    except ConverterCrash as exc:
+        raise ExportError(f"export step '{name}' {exc}; the version was not written") from exc
     except ExportError as exc:
         raise ExportError(f"export step '{name}' failed: {_strip(str(exc), name)}") from exc
     except TfcnnError as exc:
@@ -48,6 +51,39 @@ def _step(name: str) -> Iterator[dict[str, Any]]:
 def _strip(msg: str, name: str) -> str:
     prefix = f"export step '{name}' failed: "
     return msg[len(prefix):] if msg.startswith(prefix) else msg
+
+
+def _repository_dir(root: Path, name: str) -> Path:
+    """export/<name>/, with one clear line when the repository cannot be created or written."""
+    try:
+        return ensure_dir(root / name)
+    except OSError as exc:
+        raise ExportError(
+            f"cannot create the model repository directory {root / name}: {exc.strerror}; choose a writable export.root (--root)"
+        ) from None
+
+
+def _remove_stale_temp_dirs(name_dir: Path) -> None:
+    """Temp dirs of exports whose process is gone (killed, crashed before cleanup) are removed, with a line."""
+    for p in name_dir.iterdir():
+        parts = p.name.split("-")
+        if not p.is_dir() or not p.name.startswith((".tmp-", ".old-")) or len(parts) < 4 or not parts[2].isdigit():
+            continue
+        pid = int(parts[2])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        log.info("export: removed %s, left by an export (pid %d) that did not finish", p, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def versions(name_dir: Path) -> list[int]:
@@ -81,7 +117,8 @@ def export_run(
     if not _NAME_RE.match(name):
         raise ExportError(f"export name {name!r} is not usable as a directory; use letters, digits, '_', '-', '.'")
     root = Path(root) if root is not None else Path(ecfg.root)
-    name_dir = ensure_dir(root / name)
+    name_dir = _repository_dir(root, name)
+    _remove_stale_temp_dirs(name_dir)
     existing = versions(name_dir)
     if version is None:
         version = (existing[-1] + 1) if existing else 1
@@ -94,7 +131,10 @@ def export_run(
 
     log.info("export: %s -> %s (%s)", src.root, name_dir / str(version), ", ".join(chosen))
     started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=name_dir))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=name_dir))
+    except OSError as exc:
+        raise ExportError(f"cannot write in the model repository {name_dir}: {exc.strerror}; choose a writable export.root (--root)") from None
     try:
         _build(src, chosen, name, version, tmp)
         make_readable(tmp)
@@ -151,19 +191,9 @@ def _build(src: SourceRun, chosen: list[str], name: str, version: int, out: Path
     )
     ctx.scratch.mkdir()
     settings: dict[str, Any] = {"formats": chosen, "representative_samples": None, "coreml_precision": None}
-    for fmt_name in chosen:
-        fmt = FORMATS[fmt_name]
-        for need in fmt.needs:
-            if need not in ctx.prerequisites:
-                pre = PREREQUISITES.get_or_raise(need, ExportError)
-                with _step(pre.step) as note:
-                    ctx.prerequisites[need] = pre.build(ctx)
-                    note["detail"] = pre.detail(ctx.prerequisites[need])
-        with _step(fmt_name) as note:
-            entry = fmt.build(ctx)
-            note["detail"] = entry.pop("_detail", "")
-            ctx.built[fmt_name] = entry
-        _merge(settings, fmt.card_settings(ctx))
+    with NativeWorker() as ctx.native:
+        for fmt_name in chosen:
+            _build_format(ctx, fmt_name, settings)
     shutil.rmtree(ctx.scratch, ignore_errors=True)
     with _step("contract and model card") as note:
         contract = card_mod.build_contract(name, version, g, mean, std, labels, ctx.built, task)
@@ -184,6 +214,22 @@ def _refuse_non_finite(model) -> None:
     if bad:
         more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
         raise ExportError(f"model.keras has non-finite weights in {bad[0]}{more}; retrain (training diverged) before exporting")
+
+
+def _build_format(ctx: BuildContext, fmt_name: str, settings: dict[str, Any]) -> None:
+    """One format, after the prerequisites it needs (each built once per export)."""
+    fmt = FORMATS[fmt_name]
+    for need in fmt.needs:
+        if need not in ctx.prerequisites:
+            pre = PREREQUISITES.get_or_raise(need, ExportError)
+            with _step(pre.step) as note:
+                ctx.prerequisites[need] = pre.build(ctx)
+                note["detail"] = pre.detail(ctx.prerequisites[need])
+    with _step(fmt_name) as note:
+        entry = fmt.build(ctx)
+        note["detail"] = entry.pop("_detail", "")
+        ctx.built[fmt_name] = entry
+    _merge(settings, fmt.card_settings(ctx))
 
 
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -213,7 +259,7 @@ def _publish(tmp: Path, name_dir: Path, version: int, overwrite: bool) -> Path:
     if final.exists():
         if not overwrite:
             raise ExportError(f"{final} appeared while exporting (another export?); re-run to get the next version")
-        old = name_dir / f".old-{version}-{uuid.uuid4().hex[:8]}"
+        old = name_dir / f".old-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.replace(final, old)
     try:
         os.replace(tmp, final)

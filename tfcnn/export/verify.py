@@ -224,9 +224,15 @@ def verify_version(
         extra={"test_indices_source": "bundle.arrays['test'] order", "int8_changed": [], **changes},
     )
     report = record.to_dict()
-    write_json(vd / card_mod.VERIFICATION_FILE, report)
-    write_text(vd / "verification.md", verification_markdown(report))
-    _update_card(vd, card, report)
+    try:  # each write is atomic; the card is rewritten last, so a failure leaves it as it was
+        write_json(vd / card_mod.VERIFICATION_FILE, report)
+        write_text(vd / "verification.md", verification_markdown(report))
+        _update_card(vd, card, report)
+    except OSError as exc:
+        raise VerificationError(
+            f"cannot write the verification results into {vd}: {exc.strerror or exc}; the model card was left "
+            "unchanged; free space or fix permissions and re-run tfcnn verify"
+        ) from None
     log.info("verify: %s: wrote %s", "PASSED" if report["passed"] else "FAILED", vd / card_mod.VERIFICATION_FILE)
     if failures:
         shown = "; ".join(failures[:3]) + (f" (+{len(failures) - 3} more)" if len(failures) > 3 else "")

@@ -50,12 +50,19 @@ class BuildContext:
     description: str
     input_text: str
     run: Any  # tfcnn.run.Run the model came from (its data bundle is shared through run.memo)
+    native: Any = None  # export.isolate.NativeWorker: run native converters with native.call(fn, ...)
     prerequisites: dict[str, Any] = field(default_factory=dict)  # name -> value, filled by the exporter
     built: dict[str, dict[str, Any]] = field(default_factory=dict)  # format -> its contract entry so far
 
     @property
     def ecfg(self) -> Any:
         return self.cfg.export
+
+    def call_native(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a native converter (C++ that can crash) in the export's child process."""
+        if self.native is None:
+            return fn(*args, **kwargs)
+        return self.native.call(fn, *args, **kwargs)
 
     def need(self, name: str) -> Any:
         if name not in self.prerequisites:

@@ -22,7 +22,8 @@ def build(ctx: BuildContext) -> dict[str, Any]:
 
     rel = f"coreml/{ctx.name}.mlpackage"
     (ctx.out / "coreml").mkdir(exist_ok=True)
-    spec = coreml_mod.convert(
+    spec = ctx.call_native(
+        coreml_mod.convert,
         ctx.need("mobile_float32"),
         ctx.out / rel,
         height=ctx.geometry.height,

@@ -26,7 +26,7 @@ def _build(variant: str) -> Callable[[BuildContext], dict[str, Any]]:
 
         full_int = variant == "tflite_int8"
         source = ctx.need("mobile_float32" if full_int else "mobile_uint8")
-        raw = tflite_mod.convert(variant, source, ctx.need("representative") if full_int else None)
+        raw = ctx.call_native(tflite_mod.convert, variant, source, ctx.need("representative") if full_int else None)
         spec = MetadataSpec(
             name=f"{ctx.name} ({variant})",
             version=str(ctx.version),
