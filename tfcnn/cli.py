@@ -218,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     except TfcnnError as exc:
         print(f"tfcnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a read-only or missing path the stages did not expect
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"tfcnn {args.command}: error: {exc.strerror or exc}{where}; nothing was half-written (files are replaced atomically)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"tfcnn {args.command}: interrupted", file=sys.stderr)
         return 130
