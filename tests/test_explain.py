@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import keras
@@ -45,12 +46,12 @@ def quadrant_model(size: int = 32, channels: int = 1) -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
 
 
-def quadrant_data(n: int, channels: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def quadrant_data(n: int, channels: int, seed: int, size: int = SIZE, noise: int = 90) -> tuple[np.ndarray, np.ndarray]:
     """Noise everywhere; the class is a bright horizontal bar, vertical bar or square in the top-right quadrant only."""
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, 90, size=(n, SIZE, SIZE, channels)).astype(np.float32)
+    x = rng.integers(0, noise, size=(n, size, size, channels)).astype(np.float32)
     y = (np.arange(n) % 3).astype(np.int32)
-    q = SIZE // 2
+    q = size // 2
     for i, label in enumerate(y):
         r, c = rng.integers(1, q - 4, size=2)
         if label == 0:
@@ -237,3 +238,147 @@ def test_activation_maximization_raises_the_target_score(rgb_run):
         assert logits_after[k, k] > logits_before[k, k]
     filt = explain.activation_maximization(model, layer="conv2", filters=[0, 5], steps=5)
     assert filt.shape == (2, SIZE, SIZE, 3)
+
+
+# --------------------------------------------------------------------------- 1x1 heads and constant maps (issue 11)
+
+GD_SIZE = 32  # at 16x16 compact_cnn's last map is 4x4 and its receptive field covers the whole image
+
+
+@pytest.fixture(scope="module")
+def gdconv_run(tmp_path_factory):
+    """The main job's architecture (compact_cnn, global depthwise conv head) at width 0.25, trained
+    briefly on 32x32 quadrant images, saved as a run directory.
+
+    Grad-CAM averages the gradient over positions, so it ignores the per-position weights of the
+    gdconv head; how well it localizes varies with the seed (some seeds give a weak or even a
+    ReLU-killed, constant map for a few images). Seed 0 with 20 epochs: all 24 test images right,
+    median quadrant share 0.69, every argmax inside the quadrant."""
+    keras.utils.set_random_seed(0)
+    x, y = quadrant_data(300, 1, seed=1, size=GD_SIZE, noise=20)
+    mean, std = x.reshape(-1, 1).mean(0).tolist(), x.reshape(-1, 1).std(0).tolist()
+    cfg = ModelConfig(name="compact_cnn", width=0.25, options={"head": "gdconv"})
+    model = build_model(cfg, (GD_SIZE, GD_SIZE, 1), 3, mean, std)
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, epochs=20, batch_size=32, verbose=0)
+    root = tmp_path_factory.mktemp("explain_gdconv") / "run"
+    run = Run.create(root)
+    run.save_config(from_dict({"name": "quadrant_gdconv", "model": {"name": "compact_cnn", "width": 0.25,
+                                                                     "options": {"head": "gdconv"}}}))
+    model.save(run.path("model"))
+    run.write(DataInfo(["hbar", "vbar", "square"], (GD_SIZE, GD_SIZE, 1), mean, std, len(x), 0, 0, "quadrant"))
+    return root, model
+
+
+def test_gradcam_of_the_gdconv_head_model_is_not_flat_and_sits_on_the_object(gdconv_run):
+    _, model = gdconv_run
+    # The head's gdconv / gdconv_bn maps are 1x1: the walk-back must pass them.
+    assert tuple(model.get_layer("gdconv_bn").output.shape[1:3]) == (1, 1)
+    layer = explain.default_layer(model)
+    assert layer == "s3_c2_act"
+    assert all(d > 1 for d in model.get_layer(layer).output.shape[1:3])
+    assert "gdconv" not in explain.spatial_layers(model) and "gdconv_bn" not in explain.spatial_layers(model)
+    x, y = quadrant_data(24, 1, seed=99, size=GD_SIZE, noise=20)
+    right = model.predict(x, verbose=0).argmax(-1) == y
+    assert right.mean() >= 0.75, "the tiny model did not learn the quadrant task"
+    maps = gradcam(model, x[right], y[right])
+    assert not explain.flat_maps(maps).any()
+    assert np.all(maps.max(axis=(1, 2)) - maps.min(axis=(1, 2)) > 0.5)  # min = max = 0 was the bug
+    h = GD_SIZE // 2
+    share = maps[:, :h, h:].sum(axis=(1, 2)) / maps.sum(axis=(1, 2))  # chance: 0.25
+    assert np.median(share) > 0.5, share
+    rows, cols = np.divmod(maps.reshape(len(maps), -1).argmax(axis=1), GD_SIZE)
+    assert ((rows < h) & (cols >= h)).mean() > 0.5
+    mirrored = maps[:, :, ::-1]  # the check can fail: mirrored maps sit top-left
+    assert np.median(mirrored[:, :h, h:].sum(axis=(1, 2)) / mirrored.sum(axis=(1, 2))) < 0.5
+
+
+def test_a_1x1_layer_named_explicitly_is_one_clear_error(gdconv_run, tmp_path):
+    run_dir, model = gdconv_run
+    x, _ = quadrant_data(1, 1, seed=5, size=GD_SIZE)
+    for name in ("gdconv", "gdconv_bn"):
+        with pytest.raises(TfcnnError) as err:
+            gradcam(model, x, [0], layer=name)
+        msg = str(err.value)
+        assert "\n" not in msg and name in msg and "1x1" in msg and "s3_c2_act" in msg, msg
+        assert "gdconv," not in msg  # the 1x1 layers are not offered as choices
+    image = tmp_path / "one.png"
+    Image.fromarray(x[0, ..., 0]).save(image)
+    with pytest.raises(TfcnnError, match="1x1 spatial output") as err:
+        explain_images(run_dir, [image], layer="gdconv_bn", methods=["gradcam"], out_dir=tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+    # Feature maps and activation maximization still default to maps larger than 1x1.
+    assert "gdconv" not in explain.feature_maps(model, x[0])
+    assert explain.activation_maximization(model, filters=[0], steps=1).shape == (1, GD_SIZE, GD_SIZE, 1)
+
+
+def test_explain_pngs_of_the_gdconv_run_use_the_default_layer_and_are_0644(gdconv_run, tmp_path):
+    run_dir, _ = gdconv_run
+    x, _ = quadrant_data(1, 1, seed=7, size=GD_SIZE, noise=20)
+    image = tmp_path / "q.png"
+    Image.fromarray(x[0, ..., 0]).save(image)
+    paths = explain_images(run_dir, [image], methods=["gradcam", "gradcam_plus_plus", "filters"], **FAST)
+    assert {p.name for p in paths} == {"q_gradcam.png", "q_gradcam_plus_plus.png", "model_filters_s1_c1_conv.png"}
+    assert paths.notes == []
+    with Image.open(run_dir / "explain" / "q_gradcam.png") as im:
+        assert "Grad-CAM @ s3_c2_act" in json.loads(im.text["Description"])[1]
+    for path in paths:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+@pytest.fixture(scope="module")
+def blind_run(rgb_run, tmp_path_factory):
+    """rgb_run's model with an all-zero logits kernel: every class score is the bias, so no
+    gradient reaches any layer and every Grad-CAM map is constant."""
+    src, model, x, _ = rgb_run
+    blind = keras.models.clone_model(model)
+    blind.set_weights(model.get_weights())
+    logits = blind.get_layer("logits")
+    kernel, bias = logits.get_weights()
+    logits.set_weights([np.zeros_like(kernel), bias])
+    root = tmp_path_factory.mktemp("explain_blind") / "run"
+    run = Run.create(root)
+    run.save_config(from_dict({"name": "blind", "model": {"name": "tiny_cnn"}}))
+    blind.save(run.path("model"))
+    run.write(Run.open(src).read(DataInfo))
+    return root, blind, x
+
+
+def test_a_constant_map_is_reported_not_drawn(blind_run, tmp_path):
+    from tfcnn.vis import campanels, plots
+    from tfcnn.vis.report import _cam_figure
+
+    run_dir, model, x = blind_run
+    maps = gradcam(model, x[:3], [0, 1, 2])
+    assert explain.flat_maps(maps).all() and not maps.any()
+    # tfcnn explain: a note per image, no flat PNG (and an older one is removed).
+    image = tmp_path / "cat.png"
+    Image.fromarray(x[0]).save(image)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cat_gradcam.png").write_bytes(b"stale")
+    paths = explain_images(run_dir, [image], methods=["gradcam", "filters"], out_dir=out, **FAST)
+    assert [p.name for p in paths] == ["model_filters_conv1.png"]
+    assert not (out / "cat_gradcam.png").exists()
+    assert len(paths.notes) == 1 and paths.notes[0].startswith("cat.png: ")
+    assert "Grad-CAM map is constant for layer pool2: nothing to show" in paths.notes[0]
+    # The report: "not available" instead of the gallery.
+    rows = campanels.prediction_rows(model, x, np.array([0, 1]), np.array([0, 0]), np.full((2, 3), 1 / 3), [0, 1],
+                                     ["hbar", "vbar", "square"])
+    assert campanels.flat_count(rows) == (3, 3)
+    html = _cam_figure(model, rows, "t", "alt")
+    assert "<img" not in html and "Not available" in html
+    assert "Grad-CAM map is constant for layer pool2: nothing to show" in html
+    # A figure with some constant maps: their panels say so, the others are drawn.
+    fig = plots.heatmap_figure(x[0], [None, np.linspace(0, 1, SIZE * SIZE).reshape(SIZE, SIZE)], ["a", "b"],
+                               input_title="in", suptitle="s", missing="not available:\nGrad-CAM map is constant")
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("constant" in t for t in texts) and plots.panel_titles(fig) == ["in", "a", "b"]
+    rows[0]["cams"][0] = ("c", np.linspace(0, 1, SIZE * SIZE).reshape(SIZE, SIZE))
+    html = _cam_figure(model, rows, "t", "alt")
+    assert html.count("<img") == 1 and "2 of 3 maps" in html

@@ -145,3 +145,35 @@ def test_report_missing_run_dir_is_one_clear_error(tmp_path):
 
     with pytest.raises(TfcnnError, match="does not exist"):
         build_report(tmp_path / "nope")
+
+
+def test_report_lists_every_skipped_data_file_with_its_reason(report_run, tmp_path):
+    """data.json's `skipped` list is in the report, collapsible, each file with its reason (escaped)."""
+    from tfcnn.config import from_dict, save
+    from tfcnn.data.info import DataInfo
+    from tfcnn.run import Run
+    from tfcnn.vis.report import build_report
+
+    text = (report_run / "report.html").read_text()
+    config = text.split('<section id="config">', 1)[1].split("</section>", 1)[0]
+    assert "no files skipped" in config and "<details class=\"skipped\">" not in config
+
+    save(from_dict({"name": "skipper", "data": {"source": "folder:/nonexistent"}}), tmp_path / "config.json")
+    skipped = [
+        {"file": "/data/cat/broken.jpg", "reason": "truncated JPEG"},
+        {"file": "/data/dog/<notes>.txt", "reason": "not a JPEG/PNG/BMP/GIF file (extension '.txt')"},
+        {"file": "/data/dog/a&b.png", "reason": "cannot identify image file"},
+    ]
+    Run.open(tmp_path, need=()).write(
+        DataInfo(["cat", "dog"], (8, 8, 1), [0.0], [1.0], 10, 0, 2, "folder:/data", skipped=skipped))
+    text = build_report(tmp_path).read_text()
+    config = text.split('<section id="config">', 1)[1].split("</section>", 1)[0]
+    assert "no files skipped" not in config
+    details = config.split('<details class="skipped">', 1)[1].split("</details>", 1)[0]
+    assert "skipped data files (3)" in details
+    for entry in ("/data/cat/broken.jpg", "truncated JPEG", "/data/dog/&lt;notes&gt;.txt",
+                  "not a JPEG/PNG/BMP/GIF file (extension &#x27;.txt&#x27;)", "/data/dog/a&amp;b.png",
+                  "cannot identify image file"):
+        assert entry in details, entry
+    assert "<notes>" not in text
+    assert details.count("<tr>") == 1 + len(skipped)  # header row + one row per file

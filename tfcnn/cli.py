@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("explain", help="saliency, Grad-CAM(++), Score-CAM, filters and feature maps as PNG")
     sp.add_argument("run_dir", type=Path)
     sp.add_argument("images", type=Path, nargs="+")
-    sp.add_argument("--layer", help="conv layer to explain (default: the last conv layer)")
+    sp.add_argument("--layer", help="layer to explain (default: the last feature map larger than 1x1)")
     sp.add_argument("--out", type=Path, help="output folder (default RUN_DIR/explain)")
     sp.add_argument("--methods", nargs="+", help="subset of: saliency smoothgrad gradcam gradcam_plus_plus scorecam activation_maximization filters feature_maps (default: all)")
     sp.add_argument("--classes", type=int, nargs="+", help="class ids to explain / maximise (default: the predicted class)")

@@ -14,9 +14,15 @@ Conventions, so the maps mean what they say:
 * Grad-CAM weights the channels of a conv layer's OUTPUT by the spatially averaged gradient of the
   class score with respect to that output (Selvaraju et al., "Grad-CAM", ICCV 2017, eq. 1);
   gradients with respect to the input image would give a saliency map, not Grad-CAM.
-* The default layer is the last layer with a 4-D (spatial) output before global pooling/flatten,
-  found by walking back from the logits; any other layer with a 4-D output can be named.
-* Every map is returned at input resolution, min-max normalised to [0, 1] per image.
+* The default layer is the last layer whose output is a feature map larger than 1x1, found by
+  walking back from the logits. A 1x1 map (the ``gdconv``/``gdconv_bn`` outputs of compact_cnn's
+  global depthwise head, a keepdims pooling) upsamples to a constant, so its Grad-CAM says
+  nothing; such a layer is skipped by the walk and refused when named. Any other layer with a
+  4-D output larger than 1x1 can be named.
+* Every map is returned at input resolution, min-max normalised to [0, 1] per image. A map that
+  is constant (max - min within a relative 1e-6 of its magnitude) or not finite carries no
+  information; it is returned as zeros, :func:`flat_maps` flags it, and `explain_images` and the
+  report say "... map is constant for layer X: nothing to show" instead of drawing a flat image.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ from tfcnn.run import Run
 from tfcnn.util import keras_verbose, log
 from tfcnn.vis.plots import grid_figure, heatmap_figure, save_figure, unit_range
 
+# Relative tolerance under which a raw attribution map counts as constant (see flat_maps).
+CONSTANT_RTOL = 1e-6
+
 # Method ids double as file-name parts: <image>_<method>.png
 MAP_METHODS = ("saliency", "smoothgrad", "gradcam", "gradcam_plus_plus", "scorecam")
 METHODS = MAP_METHODS + ("activation_maximization", "filters", "feature_maps")
@@ -50,6 +59,7 @@ METHOD_TITLES = {
     "gradcam_plus_plus": "Grad-CAM++",
     "scorecam": "Score-CAM",
 }
+CAM_METHODS = ("gradcam", "gradcam_plus_plus", "scorecam")  # the ones that read a layer
 _CONV_TYPES = (
     keras.layers.Conv2D,
     keras.layers.DepthwiseConv2D,
@@ -68,13 +78,26 @@ def _output_rank(layer: keras.layers.Layer) -> int | None:
         return None
 
 
+def _is_1x1(shape: Sequence[int | None]) -> bool:
+    """A 4-D shape whose spatial size is known to be 1x1 (unknown sizes count as larger)."""
+    return len(shape) == 4 and shape[1] == 1 and shape[2] == 1
+
+
+def _output_shape(layer: keras.layers.Layer) -> tuple | None:
+    try:
+        return tuple(layer.output.shape)
+    except (AttributeError, ValueError):
+        return None
+
+
 def spatial_layers(model: keras.Model) -> list[str]:
-    """Names of the top-level layers whose output is a 4-D feature map (candidates for `layer=`)."""
-    return [
-        layer.name
-        for layer in model.layers
-        if not isinstance(layer, keras.layers.InputLayer) and _output_rank(layer) == 4
-    ]
+    """Names of the top-level layers whose output is a 4-D feature map larger than 1x1 (candidates for `layer=`)."""
+    out = []
+    for layer in model.layers:
+        shape = _output_shape(layer)
+        if not isinstance(layer, keras.layers.InputLayer) and shape is not None and len(shape) == 4 and not _is_1x1(shape):
+            out.append(layer.name)
+    return out
 
 
 def conv_layers(model: keras.Model) -> list[str]:
@@ -83,14 +106,16 @@ def conv_layers(model: keras.Model) -> list[str]:
 
 
 def default_layer(model: keras.Model) -> str:
-    """The last 4-D feature map before the head: walk back from the logits until the output is 4-D."""
+    """The last feature map larger than 1x1 before the head: walk back from the logits until the
+    output is 4-D with more than one spatial position (1x1 maps, e.g. a global depthwise conv head,
+    are walked past: their Grad-CAM is a constant)."""
     tensor = model.outputs[0]
     try:
         for _ in range(len(model.layers) + 1):
             layer, node_index, _ = tensor._keras_history
             if isinstance(layer, keras.layers.InputLayer):
                 break
-            if len(tensor.shape) == 4 and layer in model.layers:
+            if len(tensor.shape) == 4 and not _is_1x1(tuple(tensor.shape)) and layer in model.layers:
                 return layer.name
             parents = layer._inbound_nodes[node_index].input_tensors
             if not parents:
@@ -104,11 +129,17 @@ def default_layer(model: keras.Model) -> str:
             shape = layer.output.shape
             if (shape[1] or 2) > 1 or (shape[2] or 2) > 1:
                 return layer.name
-    raise TfcnnError(f"model {model.name!r} has no layer with a 4-D (spatial) output; there is nothing to explain spatially")
+    raise TfcnnError(
+        f"model {model.name!r} has no layer with a 4-D (spatial) output larger than 1x1; there is nothing to explain spatially"
+    )
 
 
-def resolve_layer(model: keras.Model, layer: str | None) -> str:
-    """The layer to explain: `layer` if it is a 4-D feature map of the model, else one clear error."""
+def resolve_layer(model: keras.Model, layer: str | None, *, allow_1x1: bool = False) -> str:
+    """The layer to explain: `layer` if it is a 4-D feature map of the model, else one clear error.
+
+    A 1x1 feature map is refused (its Grad-CAM is constant) unless `allow_1x1` (feature maps and
+    activation maximization of its filters still mean something).
+    """
     if layer is None:
         return default_layer(model)
     choices = spatial_layers(model)
@@ -116,11 +147,17 @@ def resolve_layer(model: keras.Model, layer: str | None) -> str:
         return layer
     names = {lay.name for lay in model.layers}
     if layer in names:
-        shape = tuple(model.get_layer(layer).output.shape)
-        why = f"layer {layer!r} has output shape {shape}, not a 4-D feature map"
+        shape = _output_shape(model.get_layer(layer))
+        if shape is not None and _is_1x1(shape):
+            if allow_1x1:
+                return layer
+            why = (f"layer {layer!r} has a 1x1 spatial output {shape}: its Grad-CAM map is constant, so there is "
+                   f"nothing to show")
+        else:
+            why = f"layer {layer!r} has output shape {shape}, not a 4-D feature map"
     else:
         why = f"model {model.name!r} has no layer named {layer!r}"
-    raise TfcnnError(f"{why}; choose one of the conv/feature-map layers: {', '.join(choices)}")
+    raise TfcnnError(f"{why}; choose one of the conv/feature-map layers larger than 1x1: {', '.join(choices)}")
 
 
 # --------------------------------------------------------------------------- attribution maps
@@ -156,12 +193,40 @@ def _batch(model: keras.Model, images: np.ndarray, class_indices: Sequence[int])
 
 def _as_maps(result: np.ndarray | list, n: int, hw: tuple[int, int]) -> np.ndarray:
     """Min-max scale each map to [0, 1] ourselves: tf-keras-vis divides by (max - min + 1e-7), which
-    flattens the tiny raw maps of weakly trained models to ~0; an identically flat map becomes zeros."""
-    maps = np.nan_to_num(np.asarray(result, dtype=np.float64).reshape((n,) + hw))
+    flattens the tiny raw maps of weakly trained models to ~0. The tolerance is therefore relative:
+    a map whose span is within CONSTANT_RTOL of its magnitude (or that holds NaN/inf) is constant
+    and becomes zeros, which :func:`flat_maps` recognises."""
+    raw = np.asarray(result, dtype=np.float64).reshape((n,) + hw)
+    finite = np.isfinite(raw).all(axis=(1, 2), keepdims=True)
+    maps = np.where(finite, raw, 0.0)
     lo = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - lo
-    scaled = np.divide(maps - lo, span, out=np.zeros_like(maps), where=span > 0)
+    hi = maps.max(axis=(1, 2), keepdims=True)
+    span = hi - lo
+    scale = np.maximum(np.abs(lo), np.abs(hi))
+    ok = finite & (span > np.maximum(CONSTANT_RTOL * scale, 1e-30))
+    scaled = np.divide(maps - lo, span, out=np.zeros_like(maps), where=ok)
+    scaled[~np.broadcast_to(ok, scaled.shape)] = 0.0
     return scaled.astype(np.float32)
+
+
+def flat_maps(maps: np.ndarray) -> np.ndarray:
+    """[N] bools: True where a map (from any function here) is constant or non-finite, i.e. says nothing.
+
+    The maps here are min-max scaled, so an informative one spans exactly [0, 1] and a constant
+    one was returned as zeros; anything with a span under one half is flat.
+    """
+    m = np.asarray(maps, dtype=np.float64)
+    m = m.reshape((1,) + m.shape) if m.ndim == 2 else m
+    axes = tuple(range(1, m.ndim))
+    finite = np.isfinite(m).all(axis=axes)
+    span = np.where(finite, np.nan_to_num(m).max(axis=axes) - np.nan_to_num(m).min(axis=axes), 0.0)
+    return ~finite | (span < 0.5)
+
+
+def constant_note(method: str, layer: str | None = None) -> str:
+    """The sentence shown instead of a flat map: "Grad-CAM map is constant for layer X: nothing to show"."""
+    where = f" for layer {layer}" if layer and method in CAM_METHODS else ""
+    return f"{METHOD_TITLES.get(method, method)} map is constant{where}: nothing to show"
 
 
 def saliency(
@@ -301,8 +366,10 @@ def activation_maximization(
             raise TfcnnError(f"class {bad[0]} is out of range; the model has {num_classes} classes")
         target_model, score = model, CategoricalScore(targets)
     else:
-        name = layer if layer is not None else (conv_layers(model) or [default_layer(model)])[-1]
-        name = resolve_layer(model, name)
+        spatial = set(spatial_layers(model))
+        convs = [n for n in conv_layers(model) if n in spatial]  # a 1x1 head conv is no default
+        name = layer if layer is not None else (convs or [default_layer(model)])[-1]
+        name = resolve_layer(model, name, allow_1x1=layer is not None)
         target_model = keras.Model(model.inputs[0], model.get_layer(name).output)
         channels = int(target_model.outputs[0].shape[-1])
         targets = [int(f) for f in filters]
@@ -348,10 +415,12 @@ def first_conv_filters(model: keras.Model) -> tuple[str, list[np.ndarray]]:
 
 
 def feature_maps(model: keras.Model, image: np.ndarray, layers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Each named layer's output [h, w, c] for one image (default: every conv layer, else every 4-D layer)."""
-    names = list(layers) if layers is not None else (conv_layers(model) or spatial_layers(model))
+    """Each named layer's output [h, w, c] for one image (default: every conv layer larger than 1x1,
+    else every such 4-D layer)."""
+    spatial = spatial_layers(model)
+    names = list(layers) if layers is not None else ([n for n in conv_layers(model) if n in spatial] or spatial)
     for name in names:
-        resolve_layer(model, name)
+        resolve_layer(model, name, allow_1x1=True)
     if not names:
         return {}
     probe = keras.Model(model.inputs[0], [model.get_layer(n).output for n in names])
@@ -392,6 +461,15 @@ def _label(class_names: Sequence[str], k: int) -> str:
     return class_names[k] if 0 <= k < len(class_names) else f"class {k}"
 
 
+class Explained(list):
+    """The PNG paths `explain_images` wrote (a list), plus `.notes`: one line per map not drawn
+    because it was constant ("<image>: Grad-CAM map is constant for layer X: nothing to show")."""
+
+    def __init__(self, paths: Sequence[Path] = (), notes: Sequence[str] = ()):
+        super().__init__(paths)
+        self.notes: list[str] = list(notes)
+
+
 def explain_images(
     run_dir: Path,
     images: list[Path],
@@ -405,13 +483,17 @@ def explain_images(
     scorecam_max_n: int | None = 64,
     am_steps: int = 100,
     max_tiles: int = 64,
-) -> list[Path]:
+) -> Explained:
     """Write explanation PNGs for image files into out_dir (default the run's explain directory); return their paths.
 
     Per image: `<image>_<method>.png` for each attribution method (the predicted class, or each of
     `classes`, overlaid on the input) and `<image>_feature_maps_<layer>.png` per conv layer.
     Per model: `model_filters_<layer>.png` (first conv layer), `model_activation_maximization_classes.png`
     and `model_activation_maximization_<layer>.png` (`filters` of the explained layer's conv, default the first 8).
+
+    A constant map is never drawn as a flat image: its panel says "... map is constant for layer X:
+    nothing to show" instead, and when every target's map of an image is constant no PNG is written
+    for that method. Each such case is logged as a warning and listed in the result's `.notes`.
     """
     run = Run.open(run_dir, need=("data", "model"))
     chosen = list(methods) if methods is not None else list(METHODS)
@@ -433,7 +515,7 @@ def explain_images(
     probs = keras.ops.convert_to_numpy(keras.ops.softmax(model(x.astype(np.float32), training=False), axis=-1))
     preds = probs.argmax(axis=-1)
     stems = _stems(images)
-    written: list[Path] = []
+    written = Explained()
 
     map_methods = [m for m in chosen if m in MAP_METHODS]
     steps = len(images) * (len(map_methods) + ("feature_maps" in chosen)) + sum(
@@ -450,13 +532,24 @@ def explain_images(
             maps = attribution_maps(
                 method, model, batch, targets, name, smooth_samples=smooth_samples, scorecam_max_n=scorecam_max_n
             )
-            where = f" @ {name}" if method in ("gradcam", "gradcam_plus_plus", "scorecam") else ""
+            where = f" @ {name}" if method in CAM_METHODS else ""
             titles = [f"{METHOD_TITLES[method]}{where}\n{_label(names, k)} ({100 * probs[i, k]:.1f}%)" for k in targets]
-            fig = heatmap_figure(
-                x[i], list(maps), titles, input_title=pred_title,
-                suptitle=f"{Path(path).name}: {METHOD_TITLES[method]}{where}",
-            )
-            written.append(save_figure(fig, out / f"{stems[i]}_{method}.png"))
+            flat = flat_maps(maps)
+            why = constant_note(method, name)
+            for k, is_flat in zip(targets, flat):
+                if is_flat:
+                    line = f"{Path(path).name}: {why} (class {_label(names, k)})"
+                    written.notes.append(line)
+                    log.warning(f"explain: {line}")
+            target = out / f"{stems[i]}_{method}.png"
+            if flat.all():
+                target.unlink(missing_ok=True)  # never leave an older, misleading picture behind
+            else:
+                fig = heatmap_figure(
+                    x[i], [None if f else m for m, f in zip(maps, flat)], titles, input_title=pred_title,
+                    suptitle=f"{Path(path).name}: {METHOD_TITLES[method]}{where}", missing=f"not available:\n{why}",
+                )
+                written.append(save_figure(fig, target))
             bar.add(1)
         if "feature_maps" in chosen:
             for lname, fmap in feature_maps(model, x[i]).items():

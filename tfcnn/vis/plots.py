@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -129,29 +130,44 @@ def grid_figure(
 # --------------------------------------------------------------------------- heat maps
 
 
+def text_panel(ax, text: str, width: int = 24) -> None:
+    """An empty panel that says why there is no picture (instead of drawing a flat, misleading image)."""
+    wrapped = "\n".join(textwrap.fill(part, width) for part in text.split("\n"))
+    ax.text(0.5, 0.5, wrapped, ha="center", va="center", fontsize=8, color="#8a5a00", wrap=True,
+            transform=ax.transAxes, bbox={"boxstyle": "round", "facecolor": "#fff7e0", "edgecolor": "#e0a800"})
+
+
 def heatmap_figure(
     image: np.ndarray,
-    maps: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray | None],
     map_titles: Sequence[str],
     *,
     input_title: str,
     suptitle: str,
     alpha: float = 0.5,
+    missing: str = "not available",
 ) -> Figure:
-    """The input on the left, then each [0, 1] map drawn over a copy of it with the jet colormap."""
+    """The input on the left, then each [0, 1] map drawn over a copy of it with the jet colormap.
+
+    A map given as None (constant: nothing to show) becomes a text panel saying `missing`.
+    """
     n = 1 + len(maps)
     fig = Figure(figsize=(2.6 * n, 3.0))
     axes = fig.subplots(1, n, squeeze=False)[0]
     shown, cmap = display_image(image)
     axes[0].imshow(shown, cmap=cmap, vmin=0, vmax=255)
     axes[0].set_title(input_title, fontsize=9)
+    im = None
     for ax, m, title in zip(axes[1:], maps, map_titles):
-        ax.imshow(shown, cmap=cmap, vmin=0, vmax=255)
-        im = ax.imshow(np.asarray(m, dtype=np.float32), cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
+        if m is None:
+            text_panel(ax, missing)
+        else:
+            ax.imshow(shown, cmap=cmap, vmin=0, vmax=255)
+            im = ax.imshow(np.asarray(m, dtype=np.float32), cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
         ax.set_title(title, fontsize=9)
     for ax in axes:
         ax.axis("off")
-    if maps:
+    if im is not None:
         fig.colorbar(im, ax=list(axes), fraction=0.02, pad=0.02)
     fig.suptitle(suptitle, fontsize=10)
     return fig
@@ -176,7 +192,8 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
 def cam_rows_figure(rows: Sequence[dict], suptitle: str, max_panels: int = 8) -> Figure:
     """Image + one Grad-CAM overlay per explained class, several examples side by side per line.
 
-    Each row is {"image": HWC uint8, "title": str, "cams": [(caption, HxW cam), ...]}.
+    Each row is {"image": HWC uint8, "title": str, "cams": [(caption, HxW cam), ...]}; a cam of
+    None (a constant map) becomes a "not available" text panel, never a flat overlay.
     """
     width = 1 + max(len(r["cams"]) for r in rows)  # panels per example
     per_line = max(1, max_panels // width)
@@ -193,7 +210,10 @@ def cam_rows_figure(rows: Sequence[dict], suptitle: str, max_panels: int = 8) ->
         axes[line, c0].imshow(shown, cmap=cmap, vmin=0, vmax=255)
         axes[line, c0].set_title(row["title"], fontsize=8)
         for c, (caption, cam) in enumerate(row["cams"], start=1):
-            axes[line, c0 + c].imshow(cam_overlay(row["image"], cam))
+            if cam is None:
+                text_panel(axes[line, c0 + c], "not available:\nconstant map", width=14)
+            else:
+                axes[line, c0 + c].imshow(cam_overlay(row["image"], cam))
             axes[line, c0 + c].set_title(caption, fontsize=8)
     fig.suptitle(suptitle)
     fig.tight_layout()

@@ -223,6 +223,7 @@ def section_config(ctx: RunContext) -> str:
             ("per-channel mean / std", f"{[round(v, 2) for v in data.get('mean', [])]} / {[round(v, 2) for v in data.get('std', [])]}"),
             ("unreadable files skipped", len(data.get("skipped", []))),
         ])
+        body += skipped_files(data.get("skipped"))
     else:
         body += note(f"{ctx.run.path('data').name} is missing")
     if cfg:
@@ -231,6 +232,21 @@ def section_config(ctx: RunContext) -> str:
     else:
         body += note(f"{ctx.run.path('config').name} is missing")
     return _section("config", "Data and configuration", body)
+
+
+def skipped_files(skipped: Any) -> str:
+    """The data files the loader skipped (DataInfo.skipped), each with its reason, in a collapsible list."""
+    entries = list(skipped or []) if isinstance(skipped, (list, tuple)) else []
+    if not entries:
+        return '<p class="skipped">Skipped data files: no files skipped.</p>'
+    rows = []
+    for e in entries:
+        if isinstance(e, dict):
+            rows.append([e.get("file", "?"), e.get("reason", "")])
+        else:
+            rows.append([e, ""])
+    return (f'<details class="skipped"><summary>skipped data files ({len(rows)}), with the reason for each</summary>'
+            + table(["file", "reason"], rows) + "</details>")
 
 
 def section_training(ctx: RunContext) -> str:
@@ -322,24 +338,38 @@ def section_gradcam(ctx: RunContext) -> str:
         right = np.flatnonzero(predicted == labels)
         wrong = np.flatnonzero(predicted != labels)
         n = min(_CAM_ROWS, ctx.gallery_size)
-        out = "<p>Grad-CAM on the last convolutional layer: red = evidence for the named class.</p>"
+        out = (f"<p>Grad-CAM on layer <code>{esc(campanels.cam_layer(model))}</code>, the last feature map larger "
+               "than 1x1: red = evidence for the named class.</p>")
         out += "<h3>Right predictions</h3>"
         if len(right):
             pick = _one_per_class(right, labels, n)
-            out += img_tag(campanels.rows_png(campanels.prediction_rows(model, x, labels, predicted, probs, pick, names),
-                                              "Correct: Grad-CAM of the predicted class"), "Grad-CAM of correct predictions")
+            out += _cam_figure(model, campanels.prediction_rows(model, x, labels, predicted, probs, pick, names),
+                               "Correct: Grad-CAM of the predicted class", "Grad-CAM of correct predictions")
         else:
             out += note("the model got no test image right")
         out += "<h3>Wrong predictions</h3>"
         if len(wrong):
             pick = wrong[np.argsort(-conf[wrong], kind="stable")][:n]
-            out += img_tag(campanels.rows_png(campanels.prediction_rows(model, x, labels, predicted, probs, pick, names),
-                                              "Wrong: Grad-CAM of the predicted and of the true class"), "Grad-CAM of wrong predictions")
+            out += _cam_figure(model, campanels.prediction_rows(model, x, labels, predicted, probs, pick, names),
+                               "Wrong: Grad-CAM of the predicted and of the true class", "Grad-CAM of wrong predictions")
         else:
             out += note("the model made no mistakes on the test split")
         return out
 
     return _section("gradcam", "Grad-CAM", _guard(build))
+
+
+def _cam_figure(model: Any, rows: list[dict], title: str, alt: str) -> str:
+    """A Grad-CAM gallery, or "not available: ... constant ..." when no map in it has anything to show."""
+    from tfcnn.vis import campanels
+
+    flat, total = campanels.flat_count(rows)
+    if total and flat == total:
+        return note(campanels.constant_note(model))
+    out = img_tag(campanels.rows_png(rows, title), alt)
+    if flat:
+        out += note(f"{flat} of {total} maps: {campanels.constant_note(model)} (their panels say so)")
+    return out
 
 
 def _one_per_class(candidates: np.ndarray, labels: np.ndarray, n: int) -> list[int]:
@@ -446,9 +476,10 @@ def _int8_changed(ctx: RunContext, ver: dict[str, Any]) -> str:
     bad = [c["index"] for c in changed[:n] if not 0 <= int(c["index"]) < len(x)]
     if bad:
         raise Unavailable(f"int8_changed indices {bad} are outside the reloaded test split ({len(x)} images)")
-    rows_ = campanels.int8_rows(ctx.model(), x, changed[:n], names)
-    out += img_tag(campanels.rows_png(rows_, "Float model Grad-CAM: float class vs int8 class"),
-                   "Grad-CAM of the float model for the float and the int8 class")
+    model = ctx.model()
+    rows_ = campanels.int8_rows(model, x, changed[:n], names)
+    out += _cam_figure(model, rows_, "Float model Grad-CAM: float class vs int8 class",
+                       "Grad-CAM of the float model for the float and the int8 class")
     if n < len(changed):
         out += f"<p>Showing the first {n} of {len(changed)}.</p>"
     return out
