@@ -35,6 +35,14 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
     return {"min": lo, "max": hi, "lo_open": lo_open}
 
 
+# Upper bounds on counts: far above any real run, low enough to catch a typo (an extra 000) or
+# a unit mix-up before it allocates memory or trains for ever. Every numeric setting has a range.
+MAX_EPOCHS = 100_000
+MAX_SAMPLES = 1_000_000_000
+MAX_SEED = 2**32 - 1  # numpy's and Keras' seed limit
+MAX_IMAGE_SIDE = 16_384  # pixels, each side of data.image_size
+
+
 @dataclass
 class AugmentConfig:
     """Training-time augmentation, applied in the tf.data pipeline on uint8 images."""
@@ -60,12 +68,12 @@ class DataConfig:
     val_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
     # held out (stratified) as the test split when a source has none: folder:, tfds without "test", .npz without x_test
     test_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
-    train_subset: Optional[int] = field(default=None, metadata=_range(1))  # stratified cap
-    test_subset: Optional[int] = field(default=None, metadata=_range(1))
-    batch_size: int = field(default=64, metadata=_range(1))
-    shuffle_buffer: int = field(default=10000, metadata=_range(1))
+    train_subset: Optional[int] = field(default=None, metadata=_range(1, MAX_SAMPLES))  # stratified cap
+    test_subset: Optional[int] = field(default=None, metadata=_range(1, MAX_SAMPLES))
+    batch_size: int = field(default=64, metadata=_range(1, 1_000_000))
+    shuffle_buffer: int = field(default=10000, metadata=_range(1, 100_000_000))
     cache: bool = True
-    seed: int = 42
+    seed: int = field(default=42, metadata=_range(0, MAX_SEED))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -74,10 +82,10 @@ class ModelConfig:
     """Which registered architecture to build, and its knobs."""
 
     name: str = "compact_cnn"
-    width: float = field(default=1.0, metadata=_range(0.0, lo_open=True))  # channel multiplier
-    depth: int = field(default=0, metadata=_range(0))  # 0 = the architecture's default
+    width: float = field(default=1.0, metadata=_range(0.0, 16.0, lo_open=True))  # channel multiplier
+    depth: int = field(default=0, metadata=_range(0, 1000))  # 0 = the architecture's default
     dropout: float = field(default=0.0, metadata=_range(0.0, 0.95))
-    l2: float = field(default=0.0, metadata=_range(0.0))
+    l2: float = field(default=0.0, metadata=_range(0.0, 10.0))
     activation: str = "relu"
     batch_norm: bool = True
     se: bool = False  # squeeze-and-excitation blocks where the architecture has them
@@ -92,12 +100,12 @@ class EarlyStoppingConfig:
     enabled: bool = True
     monitor: str = "val_loss"
     mode: Literal["auto", "min", "max"] = "auto"
-    patience: int = field(default=5, metadata=_range(0))
-    min_delta: float = field(default=0.0, metadata=_range(0.0))
+    patience: int = field(default=5, metadata=_range(0, MAX_EPOCHS))
+    min_delta: float = field(default=0.0, metadata=_range(0.0, 1e6))
     restore_best: bool = True
     # The course's rule: stop after `target_patience` consecutive epochs with train loss < target_loss.
-    target_loss: Optional[float] = field(default=None, metadata=_range(0.0))
-    target_patience: int = field(default=3, metadata=_range(1))
+    target_loss: Optional[float] = field(default=None, metadata=_range(0.0, 1e6))
+    target_patience: int = field(default=3, metadata=_range(1, MAX_EPOCHS))
 
 
 @dataclass
@@ -105,33 +113,33 @@ class TrainConfig:
     """Engine, optimisation and distribution settings shared by the fit and tape engines."""
 
     engine: Literal["tape", "fit"] = "tape"
-    epochs: int = field(default=10, metadata=_range(1))
+    epochs: int = field(default=10, metadata=_range(1, MAX_EPOCHS))
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    learning_rate: float = field(default=1e-3, metadata=_range(0.0, lo_open=True))
+    learning_rate: float = field(default=1e-3, metadata=_range(0.0, 10.0, lo_open=True))
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
     schedule: Literal["constant", "cosine", "exponential", "step", "onecycle"] = "constant"
-    warmup_epochs: float = field(default=0.0, metadata=_range(0.0))
+    warmup_epochs: float = field(default=0.0, metadata=_range(0.0, MAX_EPOCHS))
     min_lr_fraction: float = field(default=0.0, metadata=_range(0.0, 1.0))
     decay_rate: float = field(default=0.9, metadata=_range(0.0, 1.0, lo_open=True))  # exponential: lr factor per epoch
-    step_epochs: int = field(default=0, metadata=_range(0))  # step: epochs between drops (0 = a third of training)
+    step_epochs: int = field(default=0, metadata=_range(0, MAX_EPOCHS))  # step: epochs between drops (0 = a third of training)
     step_factor: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))  # step: lr factor per drop
     plateau_factor: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))  # reduce_lr_on_plateau
-    plateau_patience: int = field(default=2, metadata=_range(0))  # epochs without improvement before a cut
-    weight_decay: float = field(default=0.0, metadata=_range(0.0))  # decoupled (AdamW-style)
-    clipnorm: Optional[float] = field(default=None, metadata=_range(0.0, lo_open=True))
+    plateau_patience: int = field(default=2, metadata=_range(0, MAX_EPOCHS))  # epochs without improvement before a cut
+    weight_decay: float = field(default=0.0, metadata=_range(0.0, 10.0))  # decoupled (AdamW-style)
+    clipnorm: Optional[float] = field(default=None, metadata=_range(0.0, 1e6, lo_open=True))
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.5))
     reduce_lr_on_plateau: bool = False  # fit engine: keras ReduceLROnPlateau
     strategy: Literal["default", "mirrored", "multi_worker", "tpu"] = "default"
     devices: Optional[list[str]] = None  # for mirrored, e.g. ["/cpu:0", "/cpu:1"]
     mixed_precision: bool = False  # mixed_float16 on GPU, mixed_bfloat16 on CPU/TPU
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism
-    seed: int = 42
-    checkpoint_every: int = field(default=1, metadata=_range(1))  # epochs
-    max_checkpoints: int = field(default=3, metadata=_range(1))
+    seed: int = field(default=42, metadata=_range(0, MAX_SEED))
+    checkpoint_every: int = field(default=1, metadata=_range(1, MAX_EPOCHS))  # epochs
+    max_checkpoints: int = field(default=3, metadata=_range(1, 10_000))
     tensorboard: bool = True
-    histogram_freq: int = field(default=0, metadata=_range(0))  # epochs between weight histograms
+    histogram_freq: int = field(default=0, metadata=_range(0, MAX_EPOCHS))  # epochs between weight histograms
     gradient_norms: bool = True  # tape engine: per-layer gradient norms per epoch
-    steps_per_execution: int = field(default=16, metadata=_range(1))  # train steps per compiled call (both engines)
+    steps_per_execution: int = field(default=16, metadata=_range(1, 100_000))  # train steps per compiled call (both engines)
     jit_compile: bool = False  # XLA-compile the train step (tape engine)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
@@ -140,10 +148,10 @@ class TrainConfig:
 class EvaluateConfig:
     """What the evaluation stage reports on the held-out test split."""
 
-    top_k: int = field(default=5, metadata=_range(1))
+    top_k: int = field(default=5, metadata=_range(1, 1000))
     calibration_bins: int = field(default=15, metadata=_range(2, 100))  # equal-width confidence bins for ECE
     confident_threshold: float = field(default=0.95, metadata=_range(0.5, 1.0))  # "likely mislabeled" mistakes
-    embedding_samples: int = field(default=1000, metadata=_range(0))  # test images for PCA/t-SNE (0 = skip)
+    embedding_samples: int = field(default=1000, metadata=_range(0, 1_000_000))  # test images for PCA/t-SNE (0 = skip)
     gallery_size: int = field(default=25, metadata=_range(1, 100))  # images per gallery (mistakes, Grad-CAM)
 
 
@@ -156,12 +164,12 @@ class ExportConfig:
     root: str = "export"
     # Registered export formats (tfcnn.export.formats) to write; None = every format the task exports by default.
     formats: Optional[list[str]] = None
-    representative_samples: int = field(default=300, metadata=_range(1))
+    representative_samples: int = field(default=300, metadata=_range(1, 1_000_000))
     coreml_precision: Literal["float16", "float32"] = "float16"
     verify: bool = True
-    verify_samples: Optional[int] = field(default=None, metadata=_range(1))  # None = whole test split
-    latency_runs: int = field(default=50, metadata=_range(1))
-    threads: int = field(default=1, metadata=_range(1))
+    verify_samples: Optional[int] = field(default=None, metadata=_range(1, MAX_SAMPLES))  # None = whole test split
+    latency_runs: int = field(default=50, metadata=_range(1, 100_000))
+    threads: int = field(default=1, metadata=_range(1, 1024))
     author: str = "tfcnn"
     license: str = "Apache-2.0"
     description: str = ""
@@ -242,7 +250,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {type(value).__name__} {value!r}")
-        if not math.isfinite(value):  # TOML spells them nan / inf; no setting means either
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer too large for a float
+            raise ConfigError(f"{key} = {value!r} is too large to be a number; give a real value") from None
+        if not finite:  # TOML spells them nan / inf; no setting means either
             raise ConfigError(f"{key} = {value!r} is not a finite number; give a real value")
         return float(value)
     if tp is str:
@@ -296,6 +308,8 @@ def _cross_checks(cfg: PipelineConfig) -> None:
     size = cfg.data.image_size
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise ConfigError(f"data.image_size = {size!r} is impossible; give [height, width] with both >= 1")
+    if size is not None and max(size) > MAX_IMAGE_SIDE:
+        raise ConfigError(f"data.image_size = {size!r} is impossible; each side must be <= {MAX_IMAGE_SIDE}")
     if cfg.train.strategy == "mirrored" and cfg.train.devices is not None and len(cfg.train.devices) < 1:
         raise ConfigError("train.devices must list at least one device for the mirrored strategy")
     if cfg.data.batch_size > 1 and cfg.train.strategy == "mirrored" and cfg.train.devices:
@@ -414,12 +428,29 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
     """Read a TOML pipeline file, apply overrides, validate."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"pipeline file {str(path)!r} is a directory, not a TOML file; "
+            "pass a file such as pipelines/fashion_mnist.toml"
+        )
     if not path.is_file():
         raise ConfigError(f"pipeline file {str(path)!r} does not exist; pass a TOML file such as pipelines/fashion_mnist.toml")
     try:
-        data = tomllib.loads(path.read_text())
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the pipeline file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text: byte 0x{raw[exc.start]:02X} at byte offset {exc.start} (line {line}); "
+            "save the pipeline file as UTF-8"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML: {' '.join(str(exc).split())}") from None
     try:
         return from_dict(apply_overrides(data, overrides or []))
     except ConfigError as exc:
@@ -440,7 +471,13 @@ def load_json(path: str | Path) -> PipelineConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} is missing; is this a tfcnn run directory?")
-    return from_dict(_drop_none(json.loads(path.read_text())))
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"{path}: not a readable config.json ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a config.json (a JSON object of settings)")
+    return from_dict(_drop_none(data))
 
 
 def _drop_none(d: Any) -> Any:

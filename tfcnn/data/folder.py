@@ -4,7 +4,11 @@ Layouts: ``<dir>/<class>/*.jpg`` (a stratified ``data.test_fraction`` is held ou
 split) or ``<dir>/train/<class>/...`` plus ``<dir>/test/<class>/...``. Class ids follow the
 sorted class-folder names, like ``keras.utils.image_dataset_from_directory``. Sub-folders inside a
 class folder are searched too. Unreadable files never stop a run: they are skipped and listed in
-``DataInfo.skipped`` with the reason.
+``DataInfo.skipped`` with the reason (the run's data.json), and the count with the first few
+reasons is logged. What counts as unreadable is defined in :mod:`tfcnn.data.images`: any decoder
+failure, an image over the decompression-bomb limit, a decode that succeeds only with a warning,
+and a JPEG with damaged compressed data. Damaged files are skipped, never trained on. A class
+folder whose every file is unreadable is an error naming the class and the first reasons.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import numpy as np
 from tfcnn.data.arrays import Progress, most_common_size
 from tfcnn.data.images import IMAGE_EXTENSIONS, RESIZE_METHOD, ImageHeader, conform_image, decode_image, probe_image
 from tfcnn.errors import DataError
+from tfcnn.util import log
 
 PROGRESS_FROM = 200  # files; below this decoding is quick enough to stay quiet
+SHOW_SKIPPED = 5  # skipped files named in the log and in errors; the rest are in data.json
 
 
 @dataclass
@@ -85,7 +91,9 @@ def read_folder(
         except DataError as exc:
             skipped.append({"file": str(p), "reason": _reason(exc, p)})
     if not probes:
-        raise DataError(f"folder:{root}: none of the {len(everything)} image files could be read")
+        raise DataError(
+            f"folder:{root}: none of the {len(everything)} image files could be read: {_first_reasons(skipped, root)}"
+        )
     notes = []
     sizes = [h.size for h in probes.values()]
     if size is None:
@@ -120,12 +128,24 @@ def read_folder(
         for label, name in enumerate(class_names):
             cdir = layout[split] / name
             if cdir.is_dir() and label not in present:
-                raise DataError(f"folder:{cdir}: every image in this class folder was unreadable (see the skipped list)")
+                mine = {str(p) for p, lab in pairs if lab == label}
+                reasons = [s for s in skipped if s["file"] in mine]
+                raise DataError(
+                    f"folder:{cdir}: every image in this class folder was unreadable (class {name!r}, "
+                    f"{len(mine)} image file{'s' if len(mine) != 1 else ''}): {_first_reasons(reasons, cdir, more='')}"
+                )
         x = np.stack([a for a, _ in kept]) if kept else np.zeros((0, *size, channels), np.uint8)
         y = np.asarray([label for _, label in kept], dtype=np.int32)
         out[split] = (x, y)
     if skipped:
         notes.append(f"{len(skipped)} unreadable or non-image files skipped")
+        log.warning(
+            "data: folder:%s: %d of %d files skipped: %s",
+            root,
+            len(skipped),
+            len(everything) + sum(not s["file"].lower().endswith(IMAGE_EXTENSIONS) for s in skipped),
+            _first_reasons(skipped, root),
+        )
     return FolderImages(class_names, out["train"], out["test"], skipped, notes)  # type: ignore[arg-type]
 
 
@@ -170,6 +190,20 @@ def _decode_all(
                 skipped.append({"file": str(p), "reason": reason or "unreadable"})
             bar.step(i + 1)
     return out
+
+
+def _first_reasons(skipped: list[dict[str, str]], base: Path, more: str = ": see data.json") -> str:
+    """The first SHOW_SKIPPED skipped files with their reasons, paths relative to `base`."""
+
+    def name(file: str) -> str:
+        try:
+            return str(Path(file).relative_to(base))
+        except ValueError:
+            return file
+
+    shown = "; ".join(f"{name(s['file'])} ({s['reason']})" for s in skipped[:SHOW_SKIPPED])
+    rest = len(skipped) - SHOW_SKIPPED
+    return shown + (f"; ... and {rest} more{more}" if rest > 0 else "")
 
 
 def _reason(exc: DataError, path: Path) -> str:

@@ -13,12 +13,29 @@ demo must reproduce) is, in order:
    ``Y = 0.299 R + 0.587 G + 0.114 B`` rounded (Pillow's ``convert("L")`` fixed-point maths).
 
 16-bit grey images are scaled to 8 bits (``v / 257``, rounded).
+
+Damaged files are refused, never half-used: every decoder failure becomes a DataError naming the
+file (the folder source skips the file and lists the reason). That covers unreadable and
+truncated files (Pillow's ``LOAD_TRUNCATED_IMAGES`` is never turned on), images over Pillow's
+decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``: refused at the header, before any pixel
+is decoded), and images that decode only with a warning (captured per file, thread-safely; the
+harmless ones such as "XMP needs defusedxml" are ignored). A JPEG whose compressed data is damaged
+decodes without any error in libjpeg, which fills what it cannot read with made-up pixels, so
+single-scan JPEGs are also checked for what libjpeg would only warn about: data left over after
+the last block, data running out before it, stray markers, restart markers out of order. Such
+files are SKIPPED (not kept and listed). Damage that still forms a valid JPEG stream cannot be
+detected (JPEG has no checksum), nor can it in progressive JPEGs beyond libjpeg's own errors.
 """
 
 from __future__ import annotations
 
+import io
+import re
+import threading
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,20 +60,35 @@ def load_image(path: str | Path, size: tuple[int, int] | None, channels: int) ->
 
 
 def decode_image(path: str | Path) -> np.ndarray:
-    """The file's pixels as uint8 (H, W, 1) or (H, W, 3), transparency composited, size untouched."""
+    """The file's pixels as uint8 (H, W, 1) or (H, W, 3), transparency composited, size untouched.
+
+    Raises DataError naming the file for any decoder failure, an image over the decompression-bomb
+    limit, a decode that only succeeds with a warning, or a JPEG with damaged compressed data.
+    """
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return _to_array(img)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such image file") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not a readable JPEG/PNG/BMP/GIF image") from None
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: refused, too many pixels ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+    with _file_warnings() as caught:
+        try:
+            with Image.open(path) as img:
+                _check_pixels(img)
+                img.load()
+                damage = None
+                if img.format == "JPEG" and not img.info.get("progressive") and not img.info.get("progression"):
+                    damage = _jpeg_damage(path.read_bytes(), np.asarray(img))
+                arr = _to_array(img)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from None
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such image file") from None
+        except UnidentifiedImageError:
+            raise DataError(f"{path}: not a readable JPEG/PNG/BMP/GIF image") from None
+        except Image.DecompressionBombError as exc:
+            raise DataError(f"{path}: {_bomb_reason(exc)}") from None
+        except Exception as exc:  # any decoder failure on a damaged file (OSError, SyntaxError, struct.error, ...)
+            raise DataError(f"{path}: corrupt or truncated image ({_describe(exc)})") from None
+    if damage:
+        raise DataError(f"{path}: corrupt JPEG data ({damage}); libjpeg would make up the missing pixels")
+    _raise_on_warnings(path, caught)
+    return arr
 
 
 class ImageHeader(NamedTuple):
@@ -72,20 +104,197 @@ def probe_image(path: str | Path) -> ImageHeader:
     palette image is grey only when every palette entry is grey.
     """
     path = Path(path)
+    with _file_warnings() as caught:
+        try:
+            with Image.open(path) as img:
+                _check_pixels(img)
+                w, h = img.size
+                orientation = img.getexif().get(0x0112, 1)
+                if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: exif_transpose swaps the axes
+                    w, h = h, w
+                alpha = img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info
+                header = ImageHeader((h, w), _is_colour(img), alpha)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from None
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such image file") from None
+        except UnidentifiedImageError:
+            raise DataError(f"{path}: not a readable JPEG/PNG/BMP/GIF image") from None
+        except Image.DecompressionBombError as exc:
+            raise DataError(f"{path}: {_bomb_reason(exc)}") from None
+        except Exception as exc:  # any parser failure on a damaged header
+            raise DataError(f"{path}: corrupt image header ({_describe(exc)})") from None
+    _raise_on_warnings(path, caught)
+    return header
+
+
+# --------------------------------------------------------------------------- damage checks
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, OSError) else f"{type(exc).__name__}: {text}"
+
+
+def _bomb_limit() -> int | None:
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _bomb_text(pixels: int) -> str:
+    limit = _bomb_limit()
+    return (
+        f"image of {pixels:,} pixels exceeds the decompression-bomb limit"
+        + (f" of {limit:,} pixels" if limit else "")
+        + " (PIL.Image.MAX_IMAGE_PIXELS)"
+    )
+
+
+def _bomb_reason(exc: BaseException) -> str:
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    return _bomb_text(int(m.group(1))) if m else f"refused as a decompression bomb ({_describe(exc)})"
+
+
+def _check_pixels(img: Image.Image) -> None:
+    """Refuse an image over the decompression-bomb limit from its header, before decoding it."""
+    limit = _bomb_limit()
+    w, h = img.size
+    if limit and w * h > limit:
+        raise DataError(_bomb_text(w * h))
+
+
+# Warnings that say nothing about the pixels (a missing optional dependency, Pillow's notes on
+# palette transparency, vendor MakerNote data, deprecations) do not make a file damaged.
+_HARMLESS = ("XMP", "defusedxml", "Palette images with Transparency", "palette entry for transparency", "MakerNote")
+_HARMLESS_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning, ResourceWarning)
+
+
+def _raise_on_warnings(path: Path, caught: list[tuple[type, str]]) -> None:
+    for category, message in caught:
+        if issubclass(category, Image.DecompressionBombWarning):
+            raise DataError(f"{path}: {_bomb_reason(Exception(message))}")
+        if issubclass(category, _HARMLESS_CATEGORIES) or any(h in message for h in _HARMLESS):
+            continue
+        raise DataError(f"{path}: decoded only with a warning, so its pixels may be partial or wrong ({message})")
+
+
+_tls = threading.local()
+_hook_lock = threading.Lock()
+_hook_users = 0
+_hook_cm: warnings.catch_warnings | None = None
+
+
+@contextmanager
+def _file_warnings() -> Iterator[list[tuple[type, str]]]:
+    """Collect the warnings this thread raises while decoding one file.
+
+    ``warnings.catch_warnings`` is process-wide and not thread-safe, so the first user installs
+    one hook (filter "always", so a repeated warning is not swallowed by the once-per-location
+    registry) and the last one removes it; the hook files each warning under the thread that
+    raised it and passes other threads' warnings on unchanged.
+    """
+    global _hook_users, _hook_cm
+    records: list[tuple[type, str]] = []
+    outer = getattr(_tls, "records", None)
+    with _hook_lock:
+        if _hook_users == 0:
+            cm = warnings.catch_warnings()
+            cm.__enter__()
+            original = warnings.showwarning
+            warnings.simplefilter("always")
+
+            def hook(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+                mine = getattr(_tls, "records", None)
+                if mine is None:
+                    original(message, category, filename, lineno, file, line)
+                else:
+                    mine.append((category, " ".join(str(message).split())))
+
+            warnings.showwarning = hook
+            _hook_cm = cm
+        _hook_users += 1
+    _tls.records = records
     try:
-        with Image.open(path) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
-            if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: exif_transpose swaps the axes
-                w, h = h, w
-            alpha = img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info
-            return ImageHeader((h, w), _is_colour(img), alpha)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such image file") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not a readable JPEG/PNG/BMP/GIF image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt image header ({exc})") from None
+        yield records
+    finally:
+        _tls.records = outer
+        with _hook_lock:
+            _hook_users -= 1
+            if _hook_users == 0 and _hook_cm is not None:
+                _hook_cm.__exit__(None, None, None)
+                _hook_cm = None
+
+
+_STRAY_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+_RESTART = re.compile(rb"\xff+([\xd0-\xd7])")
+_JPEG_PADS = (b"\x00" * 64, b"\xaa" * 64)
+
+
+def _jpeg_damage(data: bytes, pixels: np.ndarray) -> str | None:
+    """What libjpeg would only warn about in a single-scan JPEG's compressed data, or None.
+
+    `pixels` is the file as Pillow decoded it. Three probes: (1) the compressed data holds no
+    stray marker and its restart markers count 0..7 in order; (2) fed byte by byte near the end,
+    the decoder must not finish before the last few bytes (else data is left over); (3) with
+    filler bytes inserted before the end-of-image marker the pixels must not change (else the
+    decoder ran out of data and made up the rest, which the filler now replaces).
+    """
+    sos = data.find(b"\xff\xda")
+    if sos < 0 or data.count(b"\xff\xda") != 1:
+        return None  # several scans: libjpeg buffers the whole file; only its own errors apply
+    eoi = data.rfind(b"\xff\xd9")
+    start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    if eoi < start:
+        return "no end-of-image marker after the compressed data"
+    scan = data[start:eoi]
+    stray = _STRAY_MARKER.search(scan)
+    if stray:
+        return f"stray marker 0x{stray.group()[-2:].hex().upper()} {start + stray.start():,} bytes into the file"
+    restarts = _RESTART.findall(scan)
+    if restarts and data.find(b"\xff\xdd", 0, sos) < 0:
+        return "restart markers in a file that declares no restart interval"
+    for i, marker in enumerate(restarts):
+        if marker[0] != 0xD0 + i % 8:
+            return f"restart marker {i} out of order"
+    try:
+        left = _jpeg_bytes_left_over(data)
+    except Exception:  # Pillow's incremental decoder API changed: skip this probe
+        left = None
+    if left is not None and left > 0:
+        return f"{'at least ' if left >= 16 else ''}{left} bytes of compressed data left over after the last block"
+    for pad in _JPEG_PADS:
+        try:
+            with Image.open(io.BytesIO(data[:eoi] + pad + data[eoi:])) as img:
+                img.load()
+                same = np.array_equal(np.asarray(img), pixels)
+        except Exception:
+            same = False
+        if not same:
+            return "the compressed data runs out before the last block"
+    return None
+
+
+def _jpeg_bytes_left_over(data: bytes) -> int | None:
+    """Bytes before the end-of-image marker that the decoder did not need; None if undecided."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load_prepare()
+        codec, extents, offset, args = img.tile[0]
+        decoder = Image._getdecoder(img.mode, codec, args, img.decoderconfig)
+        decoder.setimage(img.im, extents)
+        buf = data[offset:]
+        eoi = buf.rfind(b"\xff\xd9")
+        head = max(0, eoi - 16)
+        pending = buf[:head]
+        consumed, err = decoder.decode(pending)
+        if consumed < 0:
+            return eoi - head if err >= 0 else None
+        pending = pending[consumed:]
+        for i in range(head, len(buf)):
+            pending += buf[i : i + 1]
+            consumed, err = decoder.decode(pending)
+            if consumed < 0:
+                return eoi - (i + 1) if err >= 0 else None
+            pending = pending[consumed:]
+        return None
 
 
 def conform_image(arr: np.ndarray, size: tuple[int, int] | None, channels: int) -> np.ndarray:
