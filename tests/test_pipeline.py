@@ -86,3 +86,24 @@ def test_folder_source_is_decoded_once_per_run(tmp_path, monkeypatch):
     assert len(calls) == n_files, f"{len(calls)} image decodes for {n_files} files"
     assert len(set(calls)) == n_files
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["schema"] == "tfcnn.summary/1"
+
+
+def test_a_rerun_with_another_engine_is_refused_unless_overwrite(tmp_path, capsys, npz_path):
+    """`tfcnn train` twice into one run directory: the second, with another engine, must not replace the first."""
+    import shutil
+
+    base = ["train", str(tmp_path / "p.toml"), "--out", str(tmp_path / "run")]
+    (tmp_path / "p.toml").write_text(
+        f'name = "rerun"\nreport = false\n[data]\nsource = "numpy:{npz_path}"\nbatch_size = 32\n'
+        '[model]\nname = "tiny_cnn"\n[train]\nengine = "tape"\nepochs = 1\ntensorboard = false\n'
+    )
+    assert main(base) == 0
+    capsys.readouterr()
+    model_bytes = (tmp_path / "run" / "model.keras").read_bytes()
+    code = main([*base, "--set", "train.engine=fit"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.engine = 'tape'" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "run" / "model.keras").read_bytes() == model_bytes  # untouched
+    assert main([*base, "--set", "train.engine=fit", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["engine"] == "fit"
+    shutil.rmtree(tmp_path / "run")

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set train.epochs=3 (repeatable)")
         sp.add_argument("--out", type=Path, help="run directory (default runs/<name>)")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="retrain from scratch in a run directory that holds a run made with other settings")
         return sp
 
     pipeline_cmd("run", "train, evaluate, export, verify and report, as the pipeline file says")
@@ -116,7 +118,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _load_pipeline(args)
         from tfcnn.pipeline import format_summary
 
-        print(format_summary(run_pipeline(cfg, args.out, export=None if cmd == "run" else False)))
+        print(format_summary(run_pipeline(cfg, args.out, export=None if cmd == "run" else False, overwrite=args.overwrite)))
         return 0
     if cmd == "evaluate":
         from tfcnn.evaluate import evaluate_run

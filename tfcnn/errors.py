@@ -21,3 +21,7 @@ class ExportError(TfcnnError):
 
 class VerificationError(TfcnnError):
     """An exported artifact is missing, tampered with, or fails a threshold."""
+
+
+class TrainingError(TfcnnError):
+    """Training cannot produce a usable model (e.g. the loss went non-finite before any finite epoch)."""

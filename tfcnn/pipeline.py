@@ -36,8 +36,12 @@ def default_run_dir(cfg: PipelineConfig) -> Path:
     return Path(cfg.out_dir) if cfg.out_dir else Path("runs") / cfg.name
 
 
-def train_stage(cfg: PipelineConfig, run: Run | Path) -> dict[str, Any]:
-    """Data, model, training and evaluation; writes everything `tfcnn export` needs."""
+def train_stage(cfg: PipelineConfig, run: Run | Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """Data, model, training and evaluation; writes everything `tfcnn export` needs.
+
+    A run directory that already holds a run made with other settings (or another engine) is
+    refused, naming the setting, unless ``overwrite`` (then its checkpoints are cleared).
+    """
     import keras
 
     from tfcnn.data import bundle_for
@@ -64,7 +68,7 @@ def train_stage(cfg: PipelineConfig, run: Run | Path) -> dict[str, Any]:
         return build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std)
 
     log.info("train: %s with the %s engine, up to %d epochs", cfg.model.name, cfg.train.engine, cfg.train.epochs)
-    result = train(cfg, bundle, run, build)
+    result = train(cfg, bundle, run, build, overwrite=overwrite)
     log.info("evaluate: %d test images", info.num_test)
     scores = evaluate(result.model, bundle, run, **evaluate_options(cfg.evaluate))
     metrics = Metrics(
@@ -97,13 +101,15 @@ def export_stage(cfg: PipelineConfig, run: Run | Path) -> tuple[Path, dict | Non
     return version_dir, verification
 
 
-def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None, *, export: bool | None = None) -> dict[str, Any]:
+def run_pipeline(
+    cfg: PipelineConfig, run_dir: Path | None = None, *, export: bool | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     """Run every enabled stage and return a summary (:func:`format_summary` makes it a table)."""
     started = time.perf_counter()
     validate(cfg)  # before anything is written or loaded
     run = Run.create(Path(run_dir) if run_dir else default_run_dir(cfg))
     summary = RunSummary(run_dir=str(run.root))
-    summary.metrics = train_stage(cfg, run)
+    summary.metrics = train_stage(cfg, run, overwrite=overwrite)
     do_export = cfg.export.enabled if export is None else export
     if do_export:
         version_dir, verification = export_stage(cfg, run)

@@ -35,6 +35,7 @@ from tfcnn import config as config_mod
 from tfcnn.config import EarlyStoppingConfig, TrainConfig
 from tfcnn.errors import ConfigError, DataError
 from tfcnn.tasks import get_task
+from tfcnn.train import guard
 from tfcnn.train.distribute import make_strategy
 from tfcnn.train.optim import build_optimizer, build_schedule
 from tfcnn.train.records import RunRecord, history_columns
@@ -241,6 +242,11 @@ def train_model(
         images_per_epoch=None,
         fingerprint_source="this call says",
         fingerprint_fix="pass another checkpoint_dir, or delete this one to start over",
+        nan_advice=(
+            guard.advice_for(tc.learning_rate, tc.clipnorm, prefix="")
+            if named is not None
+            else "lower the optimizer's learning rate or pass clipnorm (e.g. 1.0)"
+        ),
     )
     started = time.perf_counter()
     record = TapeLoop(spec).run()

@@ -8,28 +8,32 @@ learns (its loss and metrics) comes from the run's task (:mod:`tfcnn.tasks`).
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
+import tensorflow as tf
 
 from tfcnn.config import PipelineConfig
 from tfcnn.data.bundle import DataBundle
-from tfcnn.errors import ConfigError
+from tfcnn.errors import ConfigError, TfcnnError, TrainingError
 from tfcnn.run import Run
 from tfcnn.tasks import get_task
 from tfcnn.train import fit as fit_engine
+from tfcnn.train import guard
 from tfcnn.train import tape as tape_engine
 from tfcnn.train.checks import check_train_config
 from tfcnn.train.distribute import global_policy, is_chief, make_strategy, precision_policy, seed_everything
-from tfcnn.train.records import RunRecord
+from tfcnn.train.records import RunRecord, check_fingerprint, fingerprint
 from tfcnn.train.session import Session
 from tfcnn.train.stopping import StopRules, monitors
-from tfcnn.util import atomic_path, log
+from tfcnn.util import atomic_path, log, read_json
 
 ENGINES: dict[str, Callable[[Session], RunRecord]] = {"fit": fit_engine.run, "tape": tape_engine.run}
 
@@ -57,21 +61,33 @@ def train(
     build: Callable[[], keras.Model],
     *,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``build()``'s model on ``bundle`` with ``cfg.train``, writing into ``run``.
 
     Re-running on the same run directory resumes from its last checkpoint (tape engine) or from
-    the BackupAndRestore backup of an interrupted fit. ``callbacks`` are extra Keras callbacks;
-    both engines call their epoch hooks (the tape engine after it has checkpointed the epoch).
+    the BackupAndRestore backup of an interrupted fit. A run directory holding a run made with
+    other settings (or the other engine) is refused with one line naming the first differing
+    key, unless ``overwrite``, which clears its checkpoints (and model.keras) and trains afresh.
+    ``callbacks`` are extra Keras callbacks; both engines call their epoch hooks (the tape
+    engine after it has checkpointed the epoch).
+
+    Non-finite weights are never saved: when the loss goes non-finite the last finite state is
+    kept (``stop_reason = "non_finite_loss"``), and with none to keep
+    :class:`~tfcnn.errors.TrainingError` is raised.
     """
     tc = cfg.train
     run = run if isinstance(run, Run) else Run.create(Path(run))
     task = get_task(cfg.task)
     _validate(cfg, bundle)
+    if not overwrite:
+        check_rerun(run, cfg)
     seed_everything(tc)
     strategy = make_strategy(tc)
     policy = precision_policy(tc, strategy)
     chief = is_chief(strategy)
+    if overwrite and chief:
+        _clear(run)
     out = run if chief else Run.create(Path(tempfile.mkdtemp(prefix="tfcnn-worker-")))
     with global_policy(policy):
         with strategy.scope():
@@ -154,6 +170,52 @@ def _check_model(model: keras.Model, bundle: DataBundle) -> None:
         raise ConfigError(f"the model takes images of shape {got} but the data has {want}; set data.image_size/channels to match")
 
 
+def saved_fingerprints(run: Run) -> list[dict[str, Any]]:
+    """The settings the run directory's training state was made with: the fit engine's
+    fit_state and the tape engine's last checkpoint (each when present and readable)."""
+    found = []
+    state_path = run.path("fit_state")
+    if state_path.is_file():
+        try:
+            saved = read_json(state_path).get("fingerprint")
+        except (OSError, ValueError, AttributeError, TfcnnError):
+            saved = None
+        if isinstance(saved, dict) and saved:
+            found.append(saved)
+    ckpt = tf.train.latest_checkpoint(str(run.path("checkpoints"))) if run.path("checkpoints").is_dir() else None
+    if ckpt:
+        try:
+            state = json.loads(tf.train.load_variable(ckpt, tape_engine.STATE_KEY).decode())
+            saved = state["record"]["fingerprint"]
+        except (tf.errors.OpError, ValueError, KeyError, TypeError, AttributeError):
+            saved = None  # not ours: the tape engine says so when it resumes
+        if isinstance(saved, dict) and saved:
+            found.append(saved)
+    return found
+
+
+def check_rerun(run: Run, cfg: PipelineConfig) -> None:
+    """Refuse to train into a run directory whose run was made with other settings or the other
+    engine (one line naming the key); the same settings resume (or, for a finished fit, retrain)."""
+    current = fingerprint(cfg)
+    for saved in saved_fingerprints(run):
+        check_fingerprint(saved, current, run.root, source="the config now says", fix=OVERWRITE_FIX)
+
+
+OVERWRITE_FIX = "use a new --out directory or pass --overwrite"
+
+
+def _clear(run: Run) -> None:
+    """--overwrite: the run's training state and model go, so training starts afresh."""
+    checkpoints = run.path("checkpoints")
+    if checkpoints.exists():
+        shutil.rmtree(checkpoints)
+        log.info(f"train: overwrite: removed {checkpoints}")
+    model = run.path("model")
+    if model.exists():
+        model.unlink()
+
+
 def save_model(s: Session) -> None:
     """model.keras: the final (or best) weights, compiled with the task's loss and metrics.
 
@@ -161,7 +223,14 @@ def save_model(s: Session) -> None:
     compiled with a stateless SGD so it carries no optimizer slots (a third of the size for
     Adam) and no tfcnn-specific schedule, and with the loss on plain labels (no smoothing), so
     `keras.models.load_model` works in any process with or without `compile=False`.
+    Non-finite weights are refused (the engines keep the last finite state; this is the last guard).
     """
+    if not guard.all_finite(s.model.get_weights()):
+        tc = s.cfg.train
+        raise TrainingError(
+            f"train: the trained weights are not finite (NaN or inf); {s.run.path('model')} was not written; "
+            f"{guard.advice_for(tc.learning_rate, tc.clipnorm)}"
+        )
     with s.strategy.scope():
         s.model.compile(
             optimizer=keras.optimizers.SGD(learning_rate=s.cfg.train.learning_rate),

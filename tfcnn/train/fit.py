@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcnn.train import guard
 from tfcnn.train.optim import build_optimizer, build_schedule, current_lr
 from tfcnn.train.records import RunRecord, check_fingerprint, finite
 from tfcnn.train.session import Session
@@ -27,34 +28,87 @@ from tfcnn.util import atomic_path, keras_verbose, log, read_json, write_json
 
 
 class RulesCallback(keras.callbacks.Callback):
-    """Early stopping through :class:`StopRules`, keeping the best epoch's weights."""
+    """Early stopping through :class:`StopRules`, keeping the best epoch's weights.
 
-    def __init__(self, rules: StopRules, best_path: Path, restore_best: bool):
+    It also keeps non-finite weights out of the run: when an epoch's loss (or weights) went
+    non-finite it puts the last finite state back at once, before ModelCheckpoint and
+    BackupAndRestore (later in the callback list) save anything, or raises TrainingError when
+    there is none (then nothing of the epoch is saved).
+    """
+
+    def __init__(self, rules: StopRules, best_path: Path, restore_best: bool, advice: str = ""):
         super().__init__()
         self.rules = rules
         self.best_path = best_path
         self.restore_best = restore_best
+        self.advice = advice
         self.best_weights: list[np.ndarray] | None = None
         self.last_epoch = 0
+        self.last_finite: tuple[int, list[np.ndarray]] | None = None
+        self.kept_epoch: int | None = None
+        self._started = False
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self._started:
+            return
+        # After every on_train_begin, so BackupAndRestore has put a resumed run's weights back.
+        self._started = True
+        weights = self.model.get_weights()
+        if not guard.all_finite(weights):
+            raise guard.non_finite_start(epoch + 1, self.advice)
+        if epoch > 0:
+            self.last_finite = (epoch, weights)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.last_epoch = epoch + 1
         reason = self.rules.update(epoch + 1, dict(logs or {}))
-        if self.rules.improved and self.restore_best:
-            self.best_weights = [np.array(w) for w in self.model.get_weights()]
-            _save_npz(self.best_path, self.best_weights)
+        weights = self.model.get_weights()
+        if reason is None and not guard.all_finite(weights):  # a finite mean over non-finite weights
+            reason = self.rules.reason = "non_finite_loss"
+            self.rules.stopped_epoch = epoch + 1
+            self.rules.improved = False
+        if reason == "non_finite_loss":
+            self._keep_finite(epoch + 1)
+        else:
+            self.last_finite = (epoch + 1, weights)
+            if self.rules.improved and self.restore_best:
+                self.best_weights = weights
+                _save_npz(self.best_path, self.best_weights)
         if reason is not None:
             self.model.stop_training = True
 
-    def on_train_end(self, logs: dict | None = None) -> None:
-        best = self.rules.best_epoch
-        if not self.restore_best or best is None or best == self.last_epoch:
-            return
+    def _load_best_weights(self) -> list[np.ndarray] | None:
         if self.best_weights is None and self.best_path.is_file():  # best epoch was before a resume
             with np.load(self.best_path) as npz:
                 self.best_weights = [npz[f"w{i}"] for i in range(len(npz.files))]
-        if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
+        return self.best_weights
+
+    def _keep_finite(self, epoch: int) -> None:
+        best = self.rules.best_epoch
+        best_weights = self._load_best_weights() if self.restore_best and best is not None else None
+        if best_weights is not None and guard.all_finite(best_weights):
+            self.model.set_weights(best_weights)
+            kept, what = best, f"best ({self.rules.patience.monitor})"
+        elif self.last_finite is not None:
+            kept, weights = self.last_finite
+            self.model.set_weights(weights)
+            what = "last finite"
+        else:
+            raise guard.no_finite_state(epoch, self.advice)
+        guard.log_kept(epoch, kept, what, self.advice)
+        self.kept_epoch = kept
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.kept_epoch is not None:
+            return  # _keep_finite put the last finite state back already
+        best = self.rules.best_epoch
+        if self.restore_best and best is not None and best != self.last_epoch:
+            best_weights = self._load_best_weights()
+            if best_weights is not None:
+                self.model.set_weights(best_weights)
+        if not guard.all_finite(self.model.get_weights()):  # broken after the last epoch's check
+            self.rules.reason, self.rules.stopped_epoch = "non_finite_loss", self.last_epoch
+            self._keep_finite(self.last_epoch)
 
 
 class RecordCallback(keras.callbacks.Callback):
@@ -168,7 +222,9 @@ def run(s: Session) -> RunRecord:
     train_ds = train_ds.repeat() if repeat else train_ds
     val_ds = prepare(s.bundle.val) if s.has_validation else None
 
-    rules_cb = RulesCallback(rules, run.path("best_weights"), es.enabled and es.restore_best)
+    rules_cb = RulesCallback(
+        rules, run.path("best_weights"), es.enabled and es.restore_best, guard.advice_for(tc.learning_rate, tc.clipnorm)
+    )
     record_cb = RecordCallback(s, record, rules, state_path)
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), rules_cb, record_cb]
     if tc.reduce_lr_on_plateau:
@@ -203,6 +259,10 @@ def run(s: Session) -> RunRecord:
     )
     if rules.reason is None and record.rows and not math.isfinite(record.rows[-1]["loss"]):
         record.stop_reason = "non_finite_loss"  # TerminateOnNaN stopped inside the epoch
+    if rules_cb.kept_epoch is not None:
+        record.restored_epoch = rules_cb.kept_epoch
+        record.stop_reason = "non_finite_loss"
+        record.stopped_epoch = rules.stopped_epoch
     return record
 
 

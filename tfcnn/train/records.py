@@ -56,6 +56,7 @@ class RunRecord:
     stopped_epoch: int | None = None
     stop_reason: str | None = None
     resumed_at: list[int] = field(default_factory=list)  # epochs completed before each resume
+    restored_epoch: int | None = None  # the epoch whose weights were kept after a non-finite loss
     train_images: int = 0  # images trained on, all sessions (for throughput)
     train_seconds: float = 0.0  # time inside training steps (validation excluded), all sessions
     columns: list[str] = field(default_factory=lambda: list(HISTORY_COLUMNS))  # history.csv, from the task
@@ -112,7 +113,7 @@ class RunRecord:
                 gradient_norms=self.gradient_norms,
                 resumed_at=list(self.resumed_at),
                 images_per_second=round(self.images_per_second(), 2),
-                extra=dict(extra or {}),
+                extra={**(extra or {}), **({"restored_epoch": self.restored_epoch} if self.restored_epoch else {})},
             )
         )
 

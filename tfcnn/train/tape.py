@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcnn.errors import TfcnnError
+from tfcnn.train import guard
 from tfcnn.train.optim import build_optimizer, build_schedule, current_lr
 from tfcnn.train.records import RunRecord, check_fingerprint
 from tfcnn.train.session import Session
@@ -101,6 +102,8 @@ class TapeSpec:
     # How a refused resume says to start over (check_fingerprint's advice).
     fingerprint_source: str = "the config now says"
     fingerprint_fix: str = "use a new run directory or delete its checkpoints/ to start over"
+    # What a non-finite loss says to try (guard.advice_for).
+    nan_advice: str = "lower the learning rate or clip the gradients (clipnorm)"
 
 
 class TapeLoop:
@@ -325,6 +328,25 @@ class TapeLoop:
         for b, w in zip(self.best_weights, self.model.weights):
             w.assign(b)
 
+    def _keep_finite(self, epoch: int, last_finite: tuple[int, list] | None) -> int:
+        """The loss (or the weights) of ``epoch`` went non-finite: put the last finite state back
+        (the best epoch's weights, else the last finite epoch's) and return its epoch, or raise."""
+        best = self.rules.best_epoch
+        if self.restore_best and best is not None and best <= epoch:
+            self._load_best()
+            kept, what = best, f"best ({self.rules.patience.monitor})"
+        elif last_finite is not None:
+            kept, weights = last_finite
+            self.model.set_weights(weights)
+            what = "last finite"
+        else:
+            raise guard.no_finite_state(epoch, self.spec.nan_advice)
+        if not guard.all_finite(self.model.get_weights()):  # pragma: no cover - a snapshot is always finite
+            raise guard.no_finite_state(epoch, self.spec.nan_advice)
+        guard.log_kept(epoch, kept, what, self.spec.nan_advice)
+        self.record.restored_epoch = kept
+        return kept
+
     # ------------------------------------------------------------------ loop
 
     def run(self) -> RunRecord:
@@ -346,6 +368,12 @@ class TapeLoop:
         chunk = max(int(spec.steps_per_execution), 1)
         spe = spec.steps_per_epoch
         start = self.record.epochs_done
+        # The last finite epoch-end weights (a resumed run's checkpoint is one: no checkpoint is
+        # written from non-finite weights); training from non-finite weights is refused.
+        weights = self.model.get_weights()
+        if not guard.all_finite(weights):
+            raise guard.non_finite_start(start + 1, spec.nan_advice)
+        last_finite: tuple[int, list] | None = (start, weights) if start else None
         if self.rules.reason is not None:
             log.info(f"train: training already stopped at epoch {self.rules.stopped_epoch} ({self.rules.reason})")
             start = spec.epochs
@@ -378,6 +406,16 @@ class TapeLoop:
             norms = self._epoch_norms()
             self.record.add_epoch({"epoch": epoch, **logs, "lr": lr, "seconds": seconds}, norms)
             reason = self.rules.update(epoch, logs)
+            weights = self.model.get_weights()
+            if reason is None and not guard.all_finite(weights):  # a finite mean over non-finite weights
+                reason = self.rules.reason = "non_finite_loss"
+                self.rules.stopped_epoch = epoch
+                self.rules.improved = False
+            non_finite = reason == "non_finite_loss"
+            if non_finite:
+                self._keep_finite(epoch, last_finite)
+            else:
+                last_finite = (epoch, weights)
             if self.rules.improved and self.restore_best:
                 self._copy_best()
             self.record.best_epoch = self.rules.best_epoch
@@ -393,7 +431,7 @@ class TapeLoop:
             elif verbose:
                 log.info(self._epoch_line(epoch, done, seconds, logs, lr))
             self.epoch.assign(epoch)
-            if self.manager is not None and (
+            if self.manager is not None and not non_finite and (
                 reason is not None or epoch == spec.epochs or epoch % spec.checkpoint_every == 0
             ):
                 self._save_state()
@@ -412,9 +450,17 @@ class TapeLoop:
                 log.info(f"train: stopping after epoch {epoch}: {reason}")
                 break
         callbacks.on_train_end()
-        if self.restore_best and self.rules.best_epoch is not None and self.rules.best_epoch != self.record.epochs_done:
+        if self.record.restored_epoch is not None and self.record.stop_reason == "non_finite_loss":
+            pass  # _keep_finite put the last finite state back already
+        elif self.restore_best and self.rules.best_epoch is not None and self.rules.best_epoch != self.record.epochs_done:
             self._load_best()
             log.info(f"train: restored the weights of epoch {self.rules.best_epoch} (best {self.rules.patience.monitor})")
+        if not guard.all_finite(self.model.get_weights()):  # a callback broke them after the last epoch
+            self.record.stop_reason = self.rules.reason = "non_finite_loss"
+            self.record.stopped_epoch = self.rules.stopped_epoch = self.record.epochs_done
+            self._keep_finite(self.record.epochs_done, last_finite)
+            if spec.after_epoch is not None:
+                spec.after_epoch(self.record)
         for w in writers.values():
             w.close()
         return self.record
@@ -549,6 +595,8 @@ def spec_from_session(s: Session) -> TapeSpec:
         has_validation_writer=s.has_validation,
         histogram_freq=tc.histogram_freq,
         after_epoch=lambda record: record.write(s.run),
+        fingerprint_fix="use a new --out directory or pass --overwrite",
+        nan_advice=guard.advice_for(tc.learning_rate, tc.clipnorm),
     )
 
 
