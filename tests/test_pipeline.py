@@ -102,8 +102,11 @@ def test_a_rerun_with_another_engine_is_refused_unless_overwrite(tmp_path, capsy
     model_bytes = (tmp_path / "run" / "model.keras").read_bytes()
     code = main([*base, "--set", "train.engine=fit"])
     err = capsys.readouterr().err
-    assert code == 2 and "train.engine = 'tape'" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    errors = [line for line in err.splitlines() if line.startswith("tfcnn train:")]
+    assert code == 2 and len(errors) == 1 and "train.engine = 'tape'" in errors[0] and "--overwrite" in errors[0]
+    assert "data: loading" not in err  # refused before any data was decoded
     assert (tmp_path / "run" / "model.keras").read_bytes() == model_bytes  # untouched
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["engine"] == "tape"
     assert main([*base, "--set", "train.engine=fit", "--overwrite"]) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["engine"] == "fit"
     shutil.rmtree(tmp_path / "run")

@@ -49,8 +49,12 @@ def train_stage(cfg: PipelineConfig, run: Run | Path, *, overwrite: bool = False
     from tfcnn.models import build_model
     from tfcnn.train import train
 
+    from tfcnn.train.core import check_rerun
+
     validate(cfg)
     run = run if isinstance(run, Run) else Run.create(Path(run))
+    if not overwrite:
+        check_rerun(run, cfg)  # before config.json is replaced or any data is decoded
     run.save_config(cfg)
     keras.utils.set_random_seed(cfg.train.seed)
 
