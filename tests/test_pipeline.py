@@ -100,6 +100,8 @@ def test_a_rerun_with_another_engine_is_refused_unless_overwrite(tmp_path, capsy
     assert main(base) == 0
     capsys.readouterr()
     model_bytes = (tmp_path / "run" / "model.keras").read_bytes()
+    for name in ("model.keras", "config.json", "metrics.json", "history.csv"):  # one permission policy
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o644, name
     code = main([*base, "--set", "train.engine=fit"])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("tfcnn train:")]
