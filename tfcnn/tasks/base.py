@@ -24,8 +24,9 @@ class Task:
     metric_names: tuple[str, ...] = ()
 
     # ------------------------------------------------------------- train
-    def loss_fn(self, num_outputs: int, label_smoothing: float = 0.0):
-        """Per-example loss ``f(y_true, y_pred) -> [B]`` for the tape engine (y_pred as the model outputs)."""
+    def loss_fn(self, num_outputs: int, label_smoothing: float = 0.0, *, from_logits: bool = True):
+        """Per-example loss ``f(y_true, y_pred) -> [B]`` for the tape engine; ``from_logits=False``
+        when the model already ends in its output activation (``train_model(outputs="probabilities")``)."""
         raise NotImplementedError
 
     def keras_loss(self, label_smoothing: float = 0.0):

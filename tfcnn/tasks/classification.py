@@ -23,15 +23,17 @@ class Classification(Task):
     name = "classification"
     metric_names = ("accuracy",)
 
-    def loss_fn(self, num_outputs: int, label_smoothing: float = 0.0):
+    def loss_fn(self, num_outputs: int, label_smoothing: float = 0.0, *, from_logits: bool = True):
         import keras
         import tensorflow as tf
 
-        def loss(y, logits):
+        def loss(y, outputs):
             if label_smoothing > 0:
-                onehot = tf.one_hot(tf.cast(y, tf.int32), num_outputs, dtype=logits.dtype)
-                return keras.losses.categorical_crossentropy(onehot, logits, from_logits=True, label_smoothing=label_smoothing)
-            return keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+                onehot = tf.one_hot(tf.cast(y, tf.int32), num_outputs, dtype=outputs.dtype)
+                return keras.losses.categorical_crossentropy(
+                    onehot, outputs, from_logits=from_logits, label_smoothing=label_smoothing
+                )
+            return keras.losses.sparse_categorical_crossentropy(y, outputs, from_logits=from_logits)
 
         return loss
 

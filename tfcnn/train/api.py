@@ -207,7 +207,7 @@ def train_model(
         make_optimizer = _instance_optimizer(optimizer, strat)
 
     smoothing = float(tc.label_smoothing)
-    loss_fn = task.loss_fn(classes, smoothing) if outputs == "logits" else probability_loss(classes, smoothing)
+    loss_fn = task.loss_fn(classes, smoothing, from_logits=outputs == "logits")
     checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else None
     record = RunRecord(
         engine="tape",
@@ -265,18 +265,6 @@ def train_model(
         replicas=record.replicas,
         resumed_at=list(record.resumed_at),
     )
-
-
-def probability_loss(num_classes: int, label_smoothing: float = 0.0):
-    """Per-example cross-entropy of softmax probabilities (``from_logits=False``), raw integer labels."""
-
-    def loss(y, probs):
-        if label_smoothing > 0:
-            onehot = tf.one_hot(tf.cast(y, tf.int32), num_classes, dtype=probs.dtype)
-            return keras.losses.categorical_crossentropy(onehot, probs, from_logits=False, label_smoothing=label_smoothing)
-        return keras.losses.sparse_categorical_crossentropy(y, probs, from_logits=False)
-
-    return loss
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -679,4 +667,4 @@ def _fingerprint(
     }
 
 
-__all__ = ["TrainedModel", "probability_loss", "train_model"]
+__all__ = ["TrainedModel", "train_model"]
