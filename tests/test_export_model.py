@@ -169,3 +169,28 @@ def test_wrong_output_shape_and_unregistered_custom_layer(tmp_path, data):
     model.save(tmp_path / "custom.keras")
     with pytest.raises(ExportError, match=r"custom class .*Doubler.* --import MODULE"):
         load_keras_file(tmp_path / "custom.keras")
+
+
+def test_a_model_built_for_any_size_exports_at_input_size(data, tmp_path):
+    import keras
+
+    import tfcnn
+
+    (x, y), (xt, yt) = data
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((None, None, 1))
+    z = keras.layers.Rescaling(1 / 255.0)(inp)
+    z = keras.layers.Conv2D(8, 3, activation="relu")(z)
+    z = keras.layers.GlobalMaxPooling2D()(z)
+    model = keras.Model(inp, keras.layers.Dense(3)(z))
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=5, verbose=0)
+    with pytest.raises(ExportError, match=r"pass input_size=\(height, width\)"):
+        tfcnn.export_model(model, labels=["a", "b", "c"], test=(xt, yt), out=tmp_path)
+    with pytest.raises(ExportError, match="input_size/channels ask for"):
+        tfcnn.export_model(model, labels=["a", "b", "c"], test=(xt, yt), out=tmp_path, input_size=(16, 16), channels=3)
+    vd = tfcnn.export_model(model, labels=["a", "b", "c"], test=(xt, yt), out=tmp_path, name="anysize",
+                            input_size=(16, 16), formats=["savedmodel", "onnx"], latency_runs=2)
+    contract = json.loads((vd / "contract.json").read_text())
+    assert (contract["input"]["height"], contract["input"]["width"]) == (16, 16)
+    assert json.loads((vd / "verification.json").read_text())["passed"]

@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", type=Path, help="MODEL.keras only: class names, one per line, in the model's output order")
     sp.add_argument("--data", help="MODEL.keras only: images to verify on and calibrate with, e.g. folder:DIR or numpy:FILE.npz")
     sp.add_argument("--outputs", choices=["logits", "probabilities"], default="logits", help="MODEL.keras only: what the model returns")
+    sp.add_argument("--input-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                    help="MODEL.keras only: the export size of a model built for any image size")
     sp.add_argument("--scale", type=float, help="MODEL.keras only: the model takes pixels * SCALE (e.g. 0.00392156862745098 for [0, 1]); default raw 0..255")
     sp.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                     help="MODEL.keras only: import this module first (it registers the model's custom layers)")
@@ -159,7 +161,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(export_keras_file(
             args.run_dir, labels_file=args.labels, data=args.data, imports=args.imports, outputs=args.outputs,
             normalization={"scale": args.scale} if args.scale else "in_graph", formats=args.formats,
-            out=args.root or Path("export"), version=args.version, **({"name": args.name} if args.name else {}),
+            out=args.root or Path("export"), version=args.version, input_size=args.input_size,
+            **({"name": args.name} if args.name else {}),
         ))
         return 0
     if cmd == "export":

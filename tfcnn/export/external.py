@@ -24,14 +24,32 @@ from tfcnn.util import atomic_path, ensure_dir, log
 OUTPUTS = ("logits", "probabilities")
 
 
-def _geometry(model) -> tuple[int, int, int, int]:
-    """(height, width, channels, classes) of a single-input image classifier, or one error line."""
+def _geometry(model, input_size: Sequence[int] | None = None, channels: int | None = None) -> tuple[int, int, int, int]:
+    """(height, width, channels, classes) of a single-input image classifier, or one error line.
+
+    A model built for any image size (``keras.Input((None, None, 3))``) is exported at
+    ``input_size``; a fixed size must agree with it when both are given.
+    """
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ExportError(f"model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; export needs one image input and one class-score output")
     shape = tuple(model.inputs[0].shape)
-    if len(shape) != 4 or any(d is None for d in shape[1:]) or shape[-1] not in (1, 3):
-        raise ExportError(f"model input shape is {shape}; export needs (batch, height, width, 1 or 3) with a fixed height and width")
-    out = tuple(model.outputs[0].shape)
+    if len(shape) != 4:
+        raise ExportError(f"model input shape is {shape}; export needs (batch, height, width, 1 or 3)")
+    wanted = (*(input_size or (None, None)), channels)
+    if input_size is not None and (len(input_size) != 2 or min(int(v) for v in input_size) < 1):
+        raise ExportError(f"input_size = {tuple(input_size)!r}; give (height, width), both >= 1")
+    dims = []
+    for axis, (have, want) in enumerate(zip(shape[1:], wanted)):
+        if have is not None and want is not None and int(have) != int(want):
+            raise ExportError(f"model input shape is {shape} but input_size/channels ask for {wanted}; leave them out or make them agree")
+        dims.append(have if have is not None else want)
+    if any(d is None for d in dims):
+        raise ExportError(f"model input shape is {shape}; pass input_size=(height, width) (and channels=) to export a model built for any size")
+    if dims[2] not in (1, 3):
+        raise ExportError(f"model input has {dims[2]} channels; the export contract supports 1 (grayscale) or 3 (RGB)")
+    shape = (None, *dims)
+    out = tuple(model.compute_output_shape((1, *dims))) if any(d is None for d in model.inputs[0].shape[1:]) else tuple(model.outputs[0].shape)
+    out = (None, *out[1:])
     if len(out) != 2 or out[-1] is None or out[-1] < 2:
         raise ExportError(f"model output shape is {out}; export needs (batch, classes) with at least 2 classes")
     return int(shape[1]), int(shape[2]), int(shape[3]), int(out[-1])
@@ -104,11 +122,11 @@ def _normalization(normalization: Any, channels: int) -> tuple[list[float], list
     )
 
 
-def _reference_model(model, mean: list[float], std: list[float], outputs: str):
-    """The model as tfcnn exports it: raw pixels in, normalization in-graph, logits out."""
+def _reference_model(model, mean: list[float], std: list[float], outputs: str, geometry: tuple[int, int, int, int]):
+    """The model as tfcnn exports it: raw pixels in at a fixed size, normalization in-graph, logits out."""
     import keras
 
-    h, w, c, _ = _geometry(model)
+    h, w, c, _ = geometry
     inp = keras.Input((h, w, c), name="image")
     norm = keras.layers.Normalization(mean=mean, variance=[s * s for s in std], name="normalize")
     y = model(norm(inp))
@@ -139,6 +157,8 @@ def export_model(
     threads: int = 1,
     latency_runs: int = 50,
     thresholds: dict[str, dict[str, float]] | None = None,
+    input_size: Sequence[int] | None = None,
+    channels: int | None = None,
 ) -> Path:
     """Export a Keras image classifier to every chosen format, with the same contract, model card
     and verification as a tfcnn run; returns the version directory.
@@ -147,7 +167,8 @@ def export_model(
     ``representative`` (images, default: the test images) calibrates full-integer int8;
     ``normalization`` says what the model expects ('in_graph' for raw pixels, mean/std in pixel
     units, or scale/offset such as {'scale': 1/255}); ``outputs`` whether it returns logits or
-    softmax probabilities.
+    softmax probabilities. ``input_size=(height, width)`` and ``channels`` fix the export size of a
+    model built for any image size (and must agree with a model that has a fixed one).
     """
     from tfcnn.export.exporter import export_run, versions
     from tfcnn.export.formats import check_formats
@@ -155,7 +176,8 @@ def export_model(
 
     if outputs not in OUTPUTS:
         raise ExportError(f"outputs = {outputs!r}; choose 'logits' or 'probabilities'")
-    h, w, c, k = _geometry(model)
+    geometry = _geometry(model, input_size, channels)
+    h, w, c, k = geometry
     labels = [str(l) for l in labels]
     if len(labels) != k:
         raise ExportError(f"{len(labels)} labels given but the model outputs {k} classes")
@@ -195,7 +217,7 @@ def export_model(
 
     bundle = bundle_for(run)
     run.write(bundle.info)
-    ref = _reference_model(model, mean, std, outputs)
+    ref = _reference_model(model, mean, std, outputs, geometry)
     try:
         with atomic_path(run.path("model"), suffix=".keras") as tmp:
             ref.save(tmp)
@@ -274,7 +296,7 @@ def export_keras_file(
 
     model = load_keras_file(model_path, imports)
     labels = read_labels_file(labels_file)
-    h, w, c, k = _geometry(model)
+    h, w, c, k = _geometry(model, kwargs.get("input_size"), kwargs.get("channels"))
     bundle = load_data(DataConfig(source=data, image_size=[h, w], channels=c, val_fraction=0.0))
     names = list(bundle.info.class_names)
     x_test, y_test = bundle.arrays["test"]
