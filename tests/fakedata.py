@@ -36,3 +36,19 @@ def crash_converter(*args, **kwargs):
     import signal
 
     os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class Interrupted(Exception):
+    """Raised by :func:`interrupt_after`'s callback: a crash or a pre-empted machine."""
+
+
+def interrupt_after(k: int):
+    """A Keras callback raising Interrupted at the end of epoch `k` (1-based)."""
+    import keras
+
+    class InterruptAfter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == k:
+                raise Interrupted(f"after epoch {k}")
+
+    return InterruptAfter()

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from fakedata import synthetic_arrays
+from fakedata import Interrupted, interrupt_after, synthetic_arrays
 from tfcnn.config import EarlyStoppingConfig, TrainConfig, from_dict
 from tfcnn.data.bundle import make_bundle
 from tfcnn.errors import ConfigError, TfcnnError
@@ -55,22 +55,6 @@ def run(cfg, run_dir: Path, callbacks=None):
         return build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std)
 
     return train(cfg, bundle, Run.create(Path(run_dir)), build, callbacks=callbacks), bundle
-
-
-class Interrupted(Exception):
-    pass
-
-
-class InterruptAfter(keras.callbacks.Callback):
-    """Raise at the end of epoch `k` (1-based), like a crash or a pre-empted machine."""
-
-    def __init__(self, k: int):
-        super().__init__()
-        self.k = k
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.k:
-            raise Interrupted(f"after epoch {self.k}")
 
 
 def max_diff(a: keras.Model, b: keras.Model) -> float:
@@ -311,7 +295,7 @@ def test_tape_resume_after_interruption_matches_uninterrupted(tmp_path):
     cfg = make_cfg(opts, model_opts={"dropout": 0.3, "l2": 1e-3})
     whole, _ = run(cfg, tmp_path / "whole")
     with pytest.raises(Interrupted):
-        run(cfg, tmp_path / "cut", callbacks=[InterruptAfter(2)])
+        run(cfg, tmp_path / "cut", callbacks=[interrupt_after(2)])
     _, rows = read_history(tmp_path / "cut")
     assert len(rows) == 2
     resumed, _ = run(cfg, tmp_path / "cut")
@@ -334,7 +318,7 @@ def test_tape_resume_after_interruption_matches_uninterrupted(tmp_path):
 def test_fit_resumes_with_backup_and_restore(tmp_path):
     cfg = make_cfg({"engine": "fit", "epochs": 4, "schedule": "exponential", "decay_rate": 0.5, "early_stopping": {"patience": 10}})
     with pytest.raises(Interrupted):
-        run(cfg, tmp_path, callbacks=[InterruptAfter(2)])
+        run(cfg, tmp_path, callbacks=[interrupt_after(2)])
     assert (tmp_path / "checkpoints" / "backup").is_dir()
     _, before = read_history(tmp_path)
     result, _ = run(cfg, tmp_path)
@@ -522,7 +506,7 @@ def test_tape_resume_with_augmentation_replays_the_augmentation_draws(tmp_path):
     cfg = make_cfg(opts, data_opts=data)
     whole, _ = run(cfg, tmp_path / "whole")
     with pytest.raises(Interrupted):
-        run(cfg, tmp_path / "cut", callbacks=[InterruptAfter(2)])
+        run(cfg, tmp_path / "cut", callbacks=[interrupt_after(2)])
     resumed, _ = run(cfg, tmp_path / "cut")
     assert resumed.history["loss"] == pytest.approx(whole.history["loss"], rel=1e-5)
     assert max_diff(whole.model, resumed.model) < 1e-5

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tfcnn.util
-from fakedata import synthetic_arrays
+from fakedata import Interrupted, interrupt_after, synthetic_arrays
 from tfcnn.errors import ConfigError, DataError, TfcnnError
 from tfcnn.train import TrainedModel, train_model
 
@@ -107,20 +107,6 @@ class Recorder(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.events.append("train_end")
-
-
-class Interrupted(Exception):
-    pass
-
-
-class InterruptAfter(keras.callbacks.Callback):
-    def __init__(self, k: int):
-        super().__init__()
-        self.k = k
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.k:
-            raise Interrupted(f"after epoch {self.k}")
 
 
 @pytest.fixture
@@ -242,7 +228,7 @@ def test_checkpoint_resume_continues_where_it_stopped(tmp_path):
 
     whole = call()
     with pytest.raises(Interrupted):
-        call(checkpoint_dir=tmp_path, callbacks=[InterruptAfter(2)])
+        call(checkpoint_dir=tmp_path, callbacks=[interrupt_after(2)])
     resumed = call(checkpoint_dir=tmp_path)
     assert resumed.epochs_run == 4 and resumed.resumed_at == [2]
     assert resumed.history["loss"] == pytest.approx(whole.history["loss"], rel=1e-5)

@@ -59,6 +59,27 @@ def load_image(path: str | Path, size: tuple[int, int] | None, channels: int) ->
     return conform_image(decode_image(path), size, channels)
 
 
+@contextmanager
+def _as_data_error(path: Path, damaged: str) -> Iterator[None]:
+    """Every way opening, probing or decoding a file can fail, as one DataError naming the file.
+
+    ``damaged`` words the catch-all (any decoder failure on a damaged file: OSError,
+    SyntaxError, struct.error, ...).
+    """
+    try:
+        yield
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such image file") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable JPEG/PNG/BMP/GIF image") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: {_bomb_reason(exc)}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{path}: {damaged} ({_describe(exc)})") from None
+
+
 def decode_image(path: str | Path) -> np.ndarray:
     """The file's pixels as uint8 (H, W, 1) or (H, W, 3), transparency composited, size untouched.
 
@@ -67,7 +88,7 @@ def decode_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     with _file_warnings() as caught:
-        try:
+        with _as_data_error(path, "corrupt or truncated image"):
             with Image.open(path) as img:
                 _check_pixels(img)
                 img.load()
@@ -75,16 +96,6 @@ def decode_image(path: str | Path) -> np.ndarray:
                 if img.format == "JPEG" and not img.info.get("progressive") and not img.info.get("progression"):
                     damage = _jpeg_damage(path.read_bytes(), np.asarray(img))
                 arr = _to_array(img)
-        except DataError as exc:
-            raise DataError(f"{path}: {exc}") from None
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such image file") from None
-        except UnidentifiedImageError:
-            raise DataError(f"{path}: not a readable JPEG/PNG/BMP/GIF image") from None
-        except Image.DecompressionBombError as exc:
-            raise DataError(f"{path}: {_bomb_reason(exc)}") from None
-        except Exception as exc:  # any decoder failure on a damaged file (OSError, SyntaxError, struct.error, ...)
-            raise DataError(f"{path}: corrupt or truncated image ({_describe(exc)})") from None
     if damage:
         raise DataError(f"{path}: corrupt JPEG data ({damage}); libjpeg would make up the missing pixels")
     _raise_on_warnings(path, caught)
@@ -105,7 +116,7 @@ def probe_image(path: str | Path) -> ImageHeader:
     """
     path = Path(path)
     with _file_warnings() as caught:
-        try:
+        with _as_data_error(path, "corrupt image header"):
             with Image.open(path) as img:
                 _check_pixels(img)
                 w, h = img.size
@@ -114,16 +125,6 @@ def probe_image(path: str | Path) -> ImageHeader:
                     w, h = h, w
                 alpha = img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info
                 header = ImageHeader((h, w), _is_colour(img), alpha)
-        except DataError as exc:
-            raise DataError(f"{path}: {exc}") from None
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such image file") from None
-        except UnidentifiedImageError:
-            raise DataError(f"{path}: not a readable JPEG/PNG/BMP/GIF image") from None
-        except Image.DecompressionBombError as exc:
-            raise DataError(f"{path}: {_bomb_reason(exc)}") from None
-        except Exception as exc:  # any parser failure on a damaged header
-            raise DataError(f"{path}: corrupt image header ({_describe(exc)})") from None
     _raise_on_warnings(path, caught)
     return header
 
