@@ -135,7 +135,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         "",
         f"run: {summary['run_dir']}",
         f"  model {m['model']} ({m['params']:,} params), engine {m['engine']}, strategy {m['strategy']} x{m['replicas']}",
-        f"  test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
+        f"  {_headline(m)}  test loss {m['test_loss']:.4f}  "
         f"epochs {m['epochs_run']} (best {m['best_epoch']}, {m['stop_reason']})",
         f"  train {m['train_seconds']:.1f} s at {m['images_per_second']:.0f} img/s; whole run {summary['wall_seconds']:.1f} s",
     ]
@@ -145,15 +145,33 @@ def format_summary(summary: dict[str, Any]) -> str:
         header = f"  {'format':<16}{'size':>10}{'accuracy':>10}{'agree':>9}{'max|dp|':>10}{'p50 ms':>8}{'p95 ms':>8}  ok"
         lines.append(header)
         keras_acc = ver.get("keras", {}).get("accuracy")
-        if keras_acc is not None:
+        if ver.get("task", "classification") != "classification":
+            lines = lines[:-1] + [f"  {'format':<16}{'size':>10}{'max|dr|':>10}{'PSNR dB':>9}{'flags':>9}{'ROC-AUC':>9}{'p50 ms':>8}  ok"]
+            lines += [_reconstruction_row(fmt, row) for fmt, row in ver.get("formats", {}).items()]
+        elif keras_acc is not None:
             lines.append(f"  {'keras (ref)':<16}{'':>10}{100 * keras_acc:>9.2f}%")
-        for fmt, row in ver.get("formats", {}).items():
+        for fmt, row in ver.get("formats", {}).items() if ver.get("task", "classification") == "classification" else ():
             lines.append(_format_row(fmt, row))
     elif summary.get("export"):
         lines.append(f"export: {summary['export']} (not verified)")
     if summary.get("report"):
         lines.append(f"report: {summary['report']}")
     return "\n".join(lines)
+
+
+def _headline(m: dict[str, Any]) -> str:
+    """The task's headline test numbers: a classifier's accuracy, an autoencoder's PSNR (and
+    denoising PSNR, ELBO, ROC-AUC when it has them)."""
+    if "test_accuracy" in m:
+        return f"test accuracy {100 * m['test_accuracy']:.2f}%"
+    parts = [f"test PSNR {m.get('test_psnr', float('nan')):.2f} dB"]
+    if "test_psnr_noisy" in m:
+        parts.append(f"(noisy input {m['test_psnr_noisy']:.2f} dB)")
+    if "test_elbo" in m:
+        parts.append(f"ELBO {m['test_elbo']:.1f} nats")
+    if "test_roc_auc" in m:
+        parts.append(f"ROC-AUC {m['test_roc_auc']:.4f}, PR-AUC {m['test_pr_auc']:.4f}")
+    return " ".join(parts)
 
 
 def _format_row(fmt: str, row: dict[str, Any]) -> str:
@@ -168,4 +186,16 @@ def _format_row(fmt: str, row: dict[str, Any]) -> str:
     return (
         f"  {fmt:<16}{format_bytes(row.get('bytes')):>10}{pct('accuracy'):>10}{pct('agreement'):>9}"
         f"{num('max_abs_diff', '.1e'):>10}{num('latency_ms_median'):>8}{num('latency_ms_p95'):>8}  {ok}"
+    )
+
+
+def _reconstruction_row(fmt: str, row: dict[str, Any]) -> str:
+    def num(key: str, spec: str, scale: float = 1.0) -> str:
+        v = row.get(key)
+        return "-" if v is None else format(v * scale, spec)
+
+    ok = {True: "yes", False: "NO"}.get(row.get("passed"), "-")
+    return (
+        f"  {fmt:<16}{format_bytes(row.get('bytes')):>10}{num('max_abs_diff', '.1e'):>10}{num('psnr_vs_keras', '.1f'):>9}"
+        f"{num('flag_agreement', '.2%'):>9}{num('roc_auc', '.4f'):>9}{num('latency_ms_median', '.2f'):>8}  {ok}"
     )

@@ -32,4 +32,10 @@ def load_data(cfg: DataConfig) -> "DataBundle":
 def bundle_for(run: "Run") -> "DataBundle":
     """The run's data bundle, decoded once per process and shared through ``run.memo``
     (training, int8 calibration, verification and the report all get this one copy)."""
-    return run.memo("data_bundle", lambda: load_data(run.config().data))
+    def load() -> "DataBundle":
+        from tfcnn.data.holdout import hold_out_class
+
+        cfg = run.config()
+        return hold_out_class(load_data(cfg.data), cfg)  # unchanged unless a class is held out
+
+    return run.memo("data_bundle", load)

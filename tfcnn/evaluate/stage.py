@@ -18,6 +18,7 @@ from tfcnn.config import EvaluateConfig
 from tfcnn.data import bundle_for
 from tfcnn.data.bundle import DataBundle
 from tfcnn.evaluate import classification as _classification  # noqa: F401  (registers its evaluation)
+from tfcnn.evaluate import reconstruction as _reconstruction  # noqa: F401  (registers its evaluation)
 from tfcnn.evaluate.base import as_run, evaluation_for
 from tfcnn.models.saved import load_trained_model
 from tfcnn.run import Metrics, Run
@@ -37,7 +38,8 @@ def evaluate(
     test_accuracy, top_k, top_k_accuracy, ece, macro_f1 and num_test.
     """
     run = as_run(run)
-    task = get_task(run.config().task)
+    cfg = run.config()
+    task = get_task(cfg.task, cfg)
     return evaluation_for(task.name)(model, bundle, run, task, **options)
 
 

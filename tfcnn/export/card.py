@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from tfcnn.export.formats.base import owner_of
+from tfcnn.export.repository import CARD_FILE, CARD_HASH_FILE
 from tfcnn.export.source import SourceRun
 from tfcnn.export.tflite import DESCRIPTIONS, VARIANTS
 from tfcnn.export.wrapper import GRAY_WEIGHTS, Geometry
@@ -18,9 +19,8 @@ CONTRACT_SCHEMA = "tfcnn.contract/1"
 CARD_SCHEMA = "tfcnn.model_card/1"
 # Files a version holds that are not artifacts: the card lists hashes of everything else, and
 # verification output is written after the card.
-CARD_FILE = "model_card.json"
 VERIFICATION_FILE = "verification.json"
-NOT_ARTIFACTS = {CARD_FILE, "model_card.md", VERIFICATION_FILE, "verification.md"}
+NOT_ARTIFACTS = {CARD_FILE, CARD_HASH_FILE, "model_card.md", VERIFICATION_FILE, "verification.md"}
 
 
 def normalization_of(model, fallback_mean: list[float], fallback_std: list[float]) -> tuple[list[float], list[float]]:
@@ -145,9 +145,25 @@ def manifest(version_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def check_integrity(version_dir: Path, artifacts: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Each problem names the file: missing, truncated/grown, or content changed since export."""
+def check_integrity(version_dir: Path, artifacts: list[dict[str, Any]], *, whole_version: bool = True) -> list[dict[str, str]]:
+    """Each problem names the file: missing, truncated/grown, or content changed since export.
+
+    ``whole_version`` (verify) also checks what the card cannot say about itself: the card's own
+    hash (an edited card) and files the card does not list (added after export). A caller that
+    checks only the artifacts it is about to run (``tfcnn predict``) passes False.
+    """
+    from tfcnn.export.repository import card_hash_problem
+
     problems = []
+    if whole_version:
+        card_problem = card_hash_problem(version_dir)
+        if card_problem is not None:
+            problems.append({"file": CARD_FILE, "format": "other", "problem": card_problem})
+        listed = {row["path"] for row in artifacts}
+        for path in sorted(p for p in version_dir.rglob("*") if p.is_file()):
+            rel = path.relative_to(version_dir).as_posix()
+            if rel not in listed and rel not in NOT_ARTIFACTS:
+                problems.append({"file": rel, "format": owner_of(rel), "problem": "not listed in model_card.json (added after export)"})
     for row in artifacts:
         path = version_dir / row["path"]
         if not path.is_file():
@@ -198,7 +214,7 @@ def _training_summary(src: SourceRun) -> dict[str, Any]:
             "schedule": t.schedule,
             "epochs": t.epochs,
             "batch_size": d.batch_size,
-            "augment": {k: v for k, v in vars(d.augment).items() if v},
+            "augment": d.augment.summary(),  # only the ops that are on, each with its parameters
             "label_smoothing": t.label_smoothing,
             "weight_decay": t.weight_decay,
             "mixed_precision": t.mixed_precision,
@@ -222,7 +238,9 @@ def limitations(src: SourceRun, g: Geometry) -> list[str]:
         "Probabilities are softmax outputs, not calibrated confidences; there is no 'none of these' class.",
         "Quantized variants (float16, dynamic, int8) can change the top-1 class on borderline images; "
         "verification.json lists the int8 changes on the test split.",
-        "CoreML predictions can only be checked on macOS; elsewhere only the package spec is verified.",
+        "CoreML predictions are checked with coremltools on macOS and, elsewhere, with tfcnn's numpy evaluator of "
+        "the package's ML Program (float16 emulated op by op): that shows the converted program computes what Keras "
+        "does in its precision, not the Neural Engine's or GPU's own kernels and rounding.",
     ]
 
 
@@ -244,9 +262,15 @@ def build_card(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "description": src.cfg.export.description
         or (
-            f"{info.num_classes}-class image classifier ({model_name(src)}) trained outside tfcnn, exported and verified with tfcnn."
-            if external(src)
-            else f"{info.num_classes}-class image classifier ({src.cfg.model.name}) trained with tfcnn on {info.source}."
+            (
+                f"{info.num_classes}-class image classifier ({model_name(src)}) trained outside tfcnn, exported and verified with tfcnn."
+                if external(src)
+                else f"{info.num_classes}-class image classifier ({src.cfg.model.name}) trained with tfcnn on {info.source}."
+            )
+            if contract.get("output", {}).get("kind", "probabilities") == "probabilities"
+            # another task (reconstruction): what its outputs are, from the contract
+            else f"image {contract['output']['kind']} model ({model_name(src)}) trained with tfcnn on {info.source}; "
+            f"outputs {', '.join(contract['output'].get('tensors', []))}."
         ),
         "author": src.cfg.export.author,
         "license": src.cfg.export.license,
@@ -292,7 +316,11 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"RGB uint8 {c['height']}x{c['width']}x3 (NHWC), raw pixels 0..255, resize {c['resize']}. "
         + (f"Grayscale {c['grayscale']}. " if c["grayscale"] else "")
         + f"Normalization in-graph: mean {c['normalization']['mean']}, std {c['normalization']['std']}. "
-        "Output: softmax probabilities in label order (labels.txt).",
+        + (
+            "Output: softmax probabilities in label order (labels.txt)."
+            if card["contract"].get("output", {}).get("kind", "probabilities") == "probabilities"
+            else f"Outputs: {', '.join(card['contract']['output'].get('tensors', []))} (see contract.json)."
+        ),
         "",
         "## Training",
         "",
@@ -325,3 +353,4 @@ def card_markdown(card: dict[str, Any]) -> str:
         lines.append(f"| `{row['path']}` | {row['format']} | {format_bytes(row['bytes'])} | `{row['sha256'][:16]}…` |")
     lines += ["", "## Limitations", ""] + [f"- {l}" for l in card["limitations"]]
     return "\n".join(lines) + "\n"
+

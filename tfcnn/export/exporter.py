@@ -102,8 +102,13 @@ def export_run(
     overwrite: bool = False,
     android: Path | None = None,
     android_variant: str = "tflite_int8",
+    serving_base: str | None = None,
 ) -> Path:
     """Export a trained run into ``<root>/<name>/<version>/`` and return that directory.
+
+    ``serving_base`` (default ``export.serving_base``) is the model repository's path as TF
+    Serving sees it, e.g. ``/models`` in the usual container; models.config's ``base_path`` is
+    ``<serving_base>/<name>`` (default: this repository's absolute path).
 
     Defaults (formats, name, root, representative_samples, coreml_precision, metadata) come from
     the run's saved config ``export`` section. A new version is made unless ``version=N`` with
@@ -143,9 +148,9 @@ def export_run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     with _step("models.config") as note:
-        from tfcnn.export.savedmodel import write_models_config
+        from tfcnn.export.serving import write_models_config
 
-        config_path = write_models_config(name_dir, name)
+        config_path = write_models_config(name_dir, name, serving_base if serving_base is not None else ecfg.serving_base)
         note["detail"] = str(config_path)
     src.run.record_export(final)
     if android is not None:
@@ -160,16 +165,16 @@ def export_run(
 def _build(src: SourceRun, chosen: list[str], name: str, version: int, out: Path) -> None:
     """Build every chosen format into ``out``, each with the prerequisites it declares."""
     from tfcnn.export import card as card_mod
+    from tfcnn.export.repository import write_card_hash
     from tfcnn.export.wrapper import geometry_of
 
     ecfg = src.cfg.export
-    task = get_task(src.cfg.task)
     with _step("load model") as note:
+        task = get_task(src.cfg.task, src.cfg, src.run)  # with what the run decided (e.g. an anomaly threshold)
         model = src.load_model()
         g = geometry_of(model)
         labels = list(src.info.class_names)
-        if int(model.outputs[0].shape[-1]) != len(labels):
-            raise ExportError(f"model has {model.outputs[0].shape[-1]} outputs but data.json lists {len(labels)} classes")
+        task.check_export(model, labels)
         if any("\n" in l or not l.strip() for l in labels):
             raise ExportError("class names must be non-empty single lines to go into labels.txt")
         _refuse_non_finite(model)
@@ -178,7 +183,7 @@ def _build(src: SourceRun, chosen: list[str], name: str, version: int, out: Path
     write_text(out / "labels.txt", "\n".join(labels) + "\n")
     contract_input = card_mod.input_contract(g, mean, std)
     trained = "trained outside tfcnn" if card_mod.external(src) else "trained with tfcnn"
-    description = ecfg.description or f"{len(labels)}-class image classifier ({card_mod.model_name(src)}) {trained}"
+    description = ecfg.description or f"{task.describe(labels, card_mod.model_name(src))} {trained}"
     input_text = (
         f"RGB uint8 image {g.height}x{g.width} (NHWC, batch 1), raw pixels 0..255; "
         + ("grayscale conversion (0.299 R + 0.587 G + 0.114 B) and " if g.model_channels == 1 else "")
@@ -202,6 +207,7 @@ def _build(src: SourceRun, chosen: list[str], name: str, version: int, out: Path
         settings["tool_versions"] = _tool_versions()
         card = card_mod.build_card(src, name, version, g, labels, contract, rows, settings)
         write_json(out / "model_card.json", card)
+        write_card_hash(out)
         write_text(out / "model_card.md", card_mod.card_markdown(card))
         note["detail"] = f"{len(rows)} files hashed, {format_bytes(sum(r['bytes'] for r in rows))}"
 

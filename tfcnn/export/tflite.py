@@ -155,3 +155,43 @@ class LiteRTRunner:
         if not len(images):
             return np.zeros((0, int(self.out["shape"][-1])), np.float32)
         return np.stack([self.probabilities(img) for img in images])
+
+
+class LiteRTSignatureRunner:
+    """Batch-1 LiteRT inference through the ``serving_default`` signature, every output by name
+    (dequantized when quantized): for artifacts with several outputs, whose tensor order in the
+    flatbuffer is not the signature's (a reconstruction model's image, score and flag)."""
+
+    def __init__(self, path: Path, threads: int = 1):
+        self.path = Path(path)
+        self.it = interpreter(self.path, threads)
+        self.runner = self.it.get_signature_runner("serving_default")
+        inp = self.runner.get_input_details()
+        self.input_name = next(iter(inp))
+        if inp[self.input_name]["dtype"] != np.uint8:
+            raise ExportError(f"{self.path}: input dtype {np.dtype(inp[self.input_name]['dtype']).name}, the contract needs uint8")
+        self._deq = {}
+        for name, d in self.runner.get_output_details().items():
+            scale, zero = d["quantization"]
+            self._deq[name] = (float(scale), int(zero)) if scale else None
+
+    def raw(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        return self.runner(**{self.input_name: image[None]})
+
+    def named(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for name, value in self.raw(image).items():
+            q = self._deq.get(name)
+            v = value[0]
+            out[name] = (v.astype(np.float32) - q[1]) * q[0] if q is not None else np.asarray(v, np.float32)
+        return out
+
+    def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        rows = [self.named(img) for img in images]
+        return {k: np.stack([r[k] for r in rows]) for k in (rows[0] if rows else {})}
+
+
+def signature_outputs(path: Path) -> list[str]:
+    """The output names of a TFLite file's serving_default signature (empty when it has none)."""
+    sigs = interpreter(path).get_signature_list()
+    return list(sigs.get("serving_default", {}).get("outputs", []))

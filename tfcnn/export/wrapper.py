@@ -42,17 +42,41 @@ def geometry_of(model) -> Geometry:
     return Geometry(h, w, c)
 
 
-def model_fn(model, geometry: Geometry) -> Callable[[tf.Tensor], tf.Tensor]:
-    """float32 RGB pixels in 0..255 -> the model's raw outputs, the core shared by every endpoint."""
+def model_input_fn(geometry: Geometry) -> Callable[[tf.Tensor], tf.Tensor]:
+    """float32 RGB pixels in 0..255 -> the pixels the model takes (BT.601 luma for 1-channel models)."""
     gray = tf.constant(np.asarray(GRAY_WEIGHTS, np.float32).reshape(1, 1, 3, 1))
 
     def fn(rgb: tf.Tensor) -> tf.Tensor:
-        x = rgb
         if geometry.model_channels == 1:
             # A 1x1 convolution rather than a weighted reduce_sum: it maps onto one CONV_2D in
             # TFLite, which full-integer quantization handles per channel.
-            x = tf.nn.conv2d(x, gray, strides=1, padding="VALID")
-        return model(x, training=False)
+            return tf.nn.conv2d(rgb, gray, strides=1, padding="VALID")
+        return rgb
+
+    return fn
+
+
+def model_fn(model, geometry: Geometry) -> Callable[[tf.Tensor], tf.Tensor]:
+    """float32 RGB pixels in 0..255 -> the model's raw outputs, the core shared by every endpoint."""
+    to_model = model_input_fn(geometry)
+
+    def fn(rgb: tf.Tensor) -> tf.Tensor:
+        return model(to_model(rgb), training=False)
+
+    return fn
+
+
+def _task_outputs(model, geometry: Geometry, task) -> Callable[..., dict[str, tf.Tensor]]:
+    """float32 RGB -> the task's named outputs; the task also gets the pixels the model saw
+    (a reconstruction task compares them with its output for the anomaly score)."""
+    to_model = model_input_fn(geometry)
+
+    def fn(rgb: tf.Tensor, *args) -> dict[str, tf.Tensor]:
+        x = to_model(rgb)
+        outputs = model(x, training=False)
+        if args:
+            return task.serving_outputs(outputs, *args, inputs=x)
+        return task.mobile_outputs(outputs, inputs=x)
 
     return fn
 
@@ -98,12 +122,12 @@ def serving_archive(model, labels_file: Path, task=None):
 
     task = task or get_task("classification")
     g = geometry_of(model)
-    raw = model_fn(model, g)
+    named = _task_outputs(model, g, task)
     table = label_table(labels_file)
 
     def outputs(image: tf.Tensor) -> dict[str, tf.Tensor]:
         image = _check_images(image, g)
-        return task.serving_outputs(raw(tf.cast(image, tf.float32)), table.lookup)
+        return named(tf.cast(image, tf.float32), table.lookup)
 
     decode = decode_image_bytes(g)
 
@@ -132,10 +156,10 @@ def mobile_archive(model, input_dtype: tf.DType, task=None):
 
     task = task or get_task("classification")
     g = geometry_of(model)
-    raw = model_fn(model, g)
+    named = _task_outputs(model, g, task)
 
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return task.mobile_outputs(raw(tf.cast(image, tf.float32)))
+        return named(tf.cast(image, tf.float32))
 
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -34,12 +34,28 @@ class Builder:
     name: str
     body: Body
     options: dict[str, Any]
+    # False: the body returns the model's output itself (autoencoders: an image), so no
+    # classifier head is added and the model needs no class count.
+    head: bool = True
+    # A pretrained body's own pixel normalisation ((mean, std) per RGB channel, pixel units): the
+    # frame's `normalize` layer then holds these instead of the training split's, so the export
+    # contract (read from that layer) stays true. None: the training split's statistics.
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # Called with the finished model (head included) to fill its pretrained weights.
+    load_weights: Callable[[Any, ModelConfig], None] | None = None
 
 
 MODELS: Registry = Registry("model", "model.name")
 
 
-def register(name: str, options: Mapping[str, Any] | None = None) -> Callable[[Body], Body]:
+def register(
+    name: str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    head: bool = True,
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    load_weights: Callable[[Any, ModelConfig], None] | None = None,
+) -> Callable[[Body], Body]:
     """Decorator adding an architecture body under `name` (a taken name is refused).
 
     `options` maps every accepted ``model.options`` key to its default; the body then sees
@@ -49,7 +65,7 @@ def register(name: str, options: Mapping[str, Any] | None = None) -> Callable[[B
     """
 
     def deco(fn: Body) -> Body:
-        MODELS.register(name, Builder(name, fn, dict(options or {})))
+        MODELS.register(name, Builder(name, fn, dict(options or {}), head, normalization, load_weights))
         return fn
 
     return deco
@@ -152,23 +168,42 @@ def build_model(
     mean: list[float] | None = None,
     std: list[float] | None = None,
 ) -> keras.Model:
-    """Build `cfg.name` inside the common frame (image -> normalize -> body -> logits)."""
+    """Build `cfg.name` inside the common frame (image -> normalize -> body -> logits); a builder
+    registered with ``head=False`` (the autoencoders) ends the model itself, and needs no classes."""
     import numpy as np
 
     cfg = resolve(cfg)
-    if num_classes < 2:
+    builder = get_builder(cfg.name)
+    if builder.head and num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ConfigError(f"input_shape must be (height, width, channels), got {tuple(input_shape)}")
     channels = input_shape[-1]
+    if builder.normalization is not None:
+        mean, std = (_fixed_stats(v, channels, cfg.name) for v in builder.normalization)
     mean_a = np.asarray(mean if mean is not None else [127.5] * channels, dtype="float32")
     std_a = np.asarray(std if std is not None else [127.5] * channels, dtype="float32")
     if mean_a.shape != (channels,) or std_a.shape != (channels,):
         raise ConfigError(f"mean/std must have one value per channel ({channels}), got {mean_a.shape} and {std_a.shape}")
     inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="image")
     x = keras.layers.Normalization(mean=mean_a, variance=np.maximum(std_a, 1e-6) ** 2, name="normalize")(inputs)
-    x = get_builder(cfg.name).body(x, cfg)
+    x = builder.body(x, cfg)
+    if not builder.head:
+        return keras.Model(inputs, x, name=cfg.name)
     logits = keras.layers.Dense(
         num_classes, kernel_regularizer=regularizer(cfg), dtype="float32", name="logits"
     )(x)
-    return keras.Model(inputs, logits, name=cfg.name)
+    model = keras.Model(inputs, logits, name=cfg.name)
+    if builder.load_weights is not None:
+        builder.load_weights(model, cfg)
+    return model
+
+
+def _fixed_stats(values: tuple[float, ...], channels: int, name: str) -> list[float]:
+    """A pretrained builder's per-RGB-channel statistic for `channels` input channels: a
+    grayscale input can only take one that is the same for all three channels."""
+    if channels == len(values):
+        return list(values)
+    if channels == 1 and len(set(values)) == 1:
+        return [values[0]]
+    raise ConfigError(f"{name} takes RGB images ({len(values)} channels), got {channels}; set data.channels = 3")

@@ -34,6 +34,7 @@ def load_trained_model(run: "Run | Path | str") -> "keras.Model":
     import keras
 
     from tfcnn.models import layers as _layers  # noqa: F401  (registers tfcnn's serialisable layers)
+    from tfcnn.models import autoencoder_layers as _ae_layers  # noqa: F401  (the autoencoders' layers)
 
     run = run if isinstance(run, Run) else Run.open(run, need=())
     path = run.path("model")

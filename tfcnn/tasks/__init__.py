@@ -1,4 +1,4 @@
-"""Tasks: what differs between kinds of model (classification now; reconstruction, detection and
+"""Tasks: what differs between kinds of model (classification and reconstruction now; detection and
 segmentation later), so that train, evaluate, export and verify stay task-agnostic.
 
 A task is registered once (:data:`TASKS`); adding one means adding one module here.
@@ -6,13 +6,24 @@ A task is registered once (:data:`TASKS`); adding one means adding one module he
 
 from tfcnn.tasks.base import TASKS, Task, get_task
 from tfcnn.tasks import classification as _classification  # noqa: F401  (registers "classification")
+from tfcnn.tasks import reconstruction as _reconstruction  # noqa: F401  (registers "reconstruction")
 
 __all__ = ["TASKS", "Task", "get_task"]
 
 
 def _check(cfg) -> None:
-    """`task` names a registered task (no I/O)."""
-    get_task(cfg.task)
+    """`task` names a registered task (no I/O), and one that learns from mixed labels when
+    data.augment mixes them (mixup / CutMix)."""
+    task = get_task(cfg.task)
+    aug = cfg.data.augment
+    if aug.mixes_labels and not task.soft_labels:
+        key = "mixup" if aug.mixup and aug.mixup_prob else "cutmix"
+        from tfcnn.errors import ConfigError
+
+        raise ConfigError(
+            f"data.augment.{key} mixes labels, which the {cfg.task!r} task does not learn from; "
+            f"remove data.augment.{key} (or set it to 0)"
+        )
 
 
 from tfcnn import config as _config  # noqa: E402

@@ -78,7 +78,7 @@ def train(
     """
     tc = cfg.train
     run = run if isinstance(run, Run) else Run.create(Path(run))
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, cfg)
     _validate(cfg, bundle)
     if not overwrite:
         check_rerun(run, cfg)
@@ -92,7 +92,7 @@ def train(
     with global_policy(policy):
         with strategy.scope():
             model = build()
-    _check_model(model, bundle)
+    _check_model(model, bundle, task)
     session = Session(
         cfg=cfg,
         bundle=bundle,
@@ -156,14 +156,9 @@ def _validate(cfg: PipelineConfig, bundle: DataBundle) -> None:
     StopRules.from_config(es, has_validation=bundle.info.num_val > 0, monitors=monitors(get_task(cfg.task).metric_names))
 
 
-def _check_model(model: keras.Model, bundle: DataBundle) -> None:
+def _check_model(model: keras.Model, bundle: DataBundle, task) -> None:
     info = bundle.info
-    out = model.outputs[0].shape
-    if out[-1] != info.num_classes:
-        raise ConfigError(
-            f"the model outputs {out[-1]} logits but the data has {info.num_classes} classes; "
-            "build it with build_model(..., num_classes=info.num_classes)"
-        )
+    task.check_model(model, info)  # the output fits the task (classifier: one logit per class)
     want = tuple(info.input_shape)
     got = tuple(model.inputs[0].shape[1:])
     if got != want:

@@ -25,7 +25,7 @@ from tfcnn.export.card import CARD_FILE as _CARD_FILE  # an export version's fil
 from tfcnn.export.card import VERIFICATION_FILE as _VERIFICATION_FILE
 from tfcnn.models.saved import load_trained_model
 from tfcnn.run import Diagnostics, Evaluation, Metrics, Record, Run
-from tfcnn.util import format_bytes, read_json, write_text
+from tfcnn.util import format_bytes, log, read_json, write_text
 from tfcnn.vis.figures import Unavailable, load_npz, render_figures, split_images
 
 _CAM_ROWS = 6  # Grad-CAM rows per gallery: each row costs a backward pass and page height
@@ -86,6 +86,7 @@ class RunContext:
         self.run = run
         self.figures = figures
         self._records: dict[str, dict[str, Any]] = {}  # per build: a later build must see re-written files
+        self.problems: list[str] = []  # run files that exist but could not be read (the report says so)
 
     @property
     def root(self) -> Path:
@@ -98,6 +99,7 @@ class RunContext:
         try:
             data = read_json(path)
         except TfcnnError as exc:
+            self._problem(str(exc))
             return {"_error": str(exc)}
         return data if isinstance(data, (dict, list)) else {}
 
@@ -108,8 +110,13 @@ class RunContext:
                 rec = self.run.read_optional(cls)
                 self._records[cls.KIND] = rec.to_dict() if rec is not None else {}
             except TfcnnError as exc:
+                self._problem(str(exc))
                 self._records[cls.KIND] = {"_error": str(exc)}
         return self._records[cls.KIND]
+
+    def _problem(self, message: str) -> None:
+        if message not in self.problems:
+            self.problems.append(message)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -229,9 +236,26 @@ def section_config(ctx: RunContext) -> str:
     if cfg:
         body += f"<details><summary>resolved pipeline configuration ({esc(ctx.run.path('config').name)})</summary><pre>" + esc(
             json.dumps(cfg, indent=2, sort_keys=True)) + "</pre></details>"
+        body += augmentation(ctx)
     else:
         body += note(f"{ctx.run.path('config').name} is missing")
     return _section("config", "Data and configuration", body)
+
+
+def augmentation(ctx: RunContext) -> str:
+    """The augment-preview grid (tfcnn.vis.augment_preview) when the run trained with
+    augmentation; nothing when it did not."""
+    from tfcnn.util import first_line
+    from tfcnn.vis.augment_preview import run_preview
+
+    try:
+        path = run_preview(ctx.run)
+    except Exception as exc:  # noqa: BLE001 - a failed preview costs this figure, not the report
+        return "<h3>Training augmentation</h3>" + note(f"could not draw the augmentation preview ({type(exc).__name__}: {first_line(exc)})")
+    if path is None:
+        return ""
+    return "<h3>Training augmentation</h3><p>Training images (left) and augmented draws of them, as the train split sees them.</p>" + img_tag(
+        path.read_bytes(), "augmented training samples")
 
 
 def skipped_files(skipped: Any) -> str:
@@ -269,17 +293,41 @@ def section_training(ctx: RunContext) -> str:
         cols = list(hist)
         rows = [[hist[c][i] for c in cols] for i in range(len(hist[cols[0]]))]
         body += f"<details><summary>{esc(ctx.run.path('history').name)}</summary>" + table(cols, rows, "num") + "</details>"
+    body += _lr_find(ctx)
     return _section("training", "Training", body)
+
+
+def _lr_find(ctx: RunContext) -> str:
+    """The LR range test's curve and suggestion, when `tfcnn lr-find` ran for this run directory."""
+    from tfcnn.run import LRFind
+    from tfcnn.vis.lr_find import plot_lr_find
+
+    rec = ctx.record(LRFind)
+    if not rec:
+        return ""
+    if "_error" in rec:
+        return "<h3>LR range test</h3>" + note(rec["_error"])
+    png = plot_lr_find(ctx.run, LRFind.from_dict(rec))
+    lr = rec.get("suggested_lr")
+    text = (f"suggested learning rate <b>{lr:.2e}</b> (steepest descent of the smoothed loss); "
+            if lr is not None else "no clear descent between the start and end rates; ")
+    text += f"the loss was lowest at {rec.get('min_loss_lr') or 0:.2e}; {esc(rec.get('stopped', ''))} after {len(rec.get('lr', []))} steps"
+    return f"<h3>LR range test (tfcnn lr-find)</h3><p>{text}</p>" + img_tag(png.read_bytes(), "loss against learning rate")
 
 
 def section_confusion(ctx: RunContext) -> str:
     ev = ctx.evaluation
     body = ctx.plot("confusion_matrix", "confusion matrix of the test split")
     if ev.get("per_class"):
-        rows = [[r["name"], r["precision"], r["recall"], r["f1"], r["support"]] for r in ev["per_class"]]
+        def auc(d: dict, key: str) -> Any:
+            return "n/a" if d.get(key) is None else d[key]  # older evaluations, or a class absent from the test split
+
+        rows = [[r["name"], r["precision"], r["recall"], r["f1"], auc(r, "roc_auc"), auc(r, "pr_auc"), r["support"]] for r in ev["per_class"]]
         for name, avg in ev.get("averages", {}).items():
-            rows.append([_Raw(f"<i>{esc(name)} average</i>"), avg["precision"], avg["recall"], avg["f1"], ev.get("num_test")])
-        body += "<h3>Per-class precision, recall and F1</h3>" + table(["class", "precision", "recall", "F1", "support"], rows, "num")
+            rows.append([_Raw(f"<i>{esc(name)} average</i>"), avg["precision"], avg["recall"], avg["f1"],
+                         auc(avg, "roc_auc"), auc(avg, "pr_auc"), ev.get("num_test")])
+        body += "<h3>Per-class precision, recall, F1, ROC-AUC and PR-AUC (one class vs the rest)</h3>" + table(
+            ["class", "precision", "recall", "F1", "ROC-AUC", "PR-AUC", "support"], rows, "num")
     return _section("confusion", "Confusion matrix and per-class metrics", body)
 
 
@@ -511,11 +559,57 @@ pre{background:#f3f5f8;padding:10px;overflow:auto;font-size:.85em}details{margin
 """
 
 
+def section_reconstruction(ctx: RunContext) -> str:
+    """Reconstructions, VAE samples and interpolations, the anomaly histogram (tfcnn.vis.reconstruction)."""
+    from tfcnn.vis import reconstruction as recon_vis
+
+    return _guard(lambda: recon_vis.section_body(ctx.run, None, img_tag, note, table, kv_table))
+
+
+def section_reconstruction_export(ctx: RunContext) -> str:
+    """Each export version's verification in the reconstruction task's terms."""
+    dirs = export_dirs(ctx)
+    if not dirs:
+        return note(f"not exported yet: run `tfcnn export {ctx.root}`")
+    out = ""
+    for vdir in dirs:
+        ver = ctx.json(vdir / _VERIFICATION_FILE)
+        out += f"<h3>{esc(vdir)}</h3>"
+        if not ver:
+            out += note(f"not verified yet: run `tfcnn verify {vdir}`")
+            continue
+        verdict = '<span class="ok">passed</span>' if ver.get("passed") else '<span class="bad">FAILED</span>'
+        out += f"<p>{verdict} on {esc(ver.get('samples', '?'))} test images; Keras ROC-AUC {esc(fmt(ver.get('keras', {}).get('roc_auc')))}.</p>"
+        rows = [
+            [name, _Raw(_verdict(r.get("passed"))), r.get("max_abs_diff"), r.get("mean_abs_diff"), r.get("psnr_vs_keras"),
+             r.get("flag_agreement"), r.get("roc_auc"), size_text(r.get("bytes")), r.get("latency_ms_median"),
+             "; ".join(map(str, r.get("failures") or [])) or r.get("predictions", "")]
+            for name, r in ver.get("formats", {}).items()
+        ]
+        out += table(["format", "passed", "max |Δr|", "mean |Δr|", "PSNR vs Keras (dB)", "flag agreement", "ROC-AUC", "size",
+                      "p50 ms", "notes"], rows, "num")
+    return out
+
+
+def _sections(ctx: RunContext) -> list[tuple[str, str, Callable[[RunContext], str]]]:
+    """The sections of this run's task: a classifier's SECTIONS, or another task's own list."""
+    return TASK_SECTIONS.get(ctx.config.get("task", "classification"), SECTIONS)
+
+
+# Tasks other than classification: the generic sections plus their own (no confusion matrix,
+# calibration or Grad-CAM for a model without classes).
+TASK_SECTIONS: dict[str, list[tuple[str, str, Callable[[RunContext], str]]]] = {
+    "reconstruction": [s for s in SECTIONS if s[0] in ("summary", "config", "training")]
+    + [("reconstruction", "Reconstruction", section_reconstruction), ("export", "Exports", section_reconstruction_export)],
+}
+
+
 def render(ctx: RunContext) -> str:
     name = ctx.config.get("name") or ctx.root.name
     built = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in SECTIONS)
-    body = "\n".join(fn(ctx) for _, _, fn in SECTIONS)
+    sections = _sections(ctx)
+    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in sections)
+    body = "\n".join(fn(ctx) for _, _, fn in sections)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -525,10 +619,20 @@ def render(ctx: RunContext) -> str:
     )
 
 
-def build_report(run: "Run | Path | str") -> Path:
-    """Render the run's figures, then write its report.html atomically and return the path."""
+def build_report(run: "Run | Path | str", problems: list[str] | None = None) -> Path:
+    """Render the run's figures, then write its report.html atomically and return the path.
+
+    A run file that exists but cannot be read (corrupt JSON, another schema) is shown in the
+    report where its section would be, and appended to ``problems`` when a list is given, so
+    ``tfcnn report`` can exit non-zero instead of presenting an incomplete report as complete.
+    """
     run = run if isinstance(run, Run) else Run.open(run, need=())
     figures = render_figures(run)
     path = run.path("report")
-    write_text(path, render(RunContext(run, figures)))
+    ctx = RunContext(run, figures)
+    write_text(path, render(ctx))
+    for message in ctx.problems:
+        log.warning("report: %s", message)
+    if problems is not None:
+        problems.extend(ctx.problems)
     return path

@@ -105,6 +105,18 @@ class ExportFormat:
         return any(fnmatch.fnmatchcase(rel, pat) for pat in self.files)
 
 
+PRIMARY_OUTPUT = "probabilities"
+
+
+def runner_result(named: dict[str, np.ndarray]) -> "np.ndarray | dict[str, np.ndarray]":
+    """What a runner's ``predict`` returns from an artifact's named outputs: a classifier's
+    probabilities (what verify and predict compare), or, for an artifact without them (another
+    task, e.g. reconstruction), every numeric output by name for the task's ``compare``."""
+    if PRIMARY_OUTPUT in named:
+        return named[PRIMARY_OUTPUT]
+    return {k: v for k, v in named.items() if np.asarray(v).dtype.kind in "fiub"}
+
+
 FORMATS: Registry = Registry("export format", "export.formats")
 PREREQUISITES: Registry = Registry("export prerequisite", "export prerequisite")
 
@@ -153,8 +165,9 @@ def thresholds_for(fmt: str, entry: dict[str, Any], overrides: dict[str, Any] | 
     return limits
 
 
-def check_threshold_overrides(overrides: dict[str, Any]) -> None:
-    """`export.thresholds` must name registered formats and their limit keys, with numbers in range."""
+def check_threshold_overrides(overrides: dict[str, Any], extra_keys: Sequence[str] = ()) -> None:
+    """`export.thresholds` must name registered formats and their limit keys (or the task's,
+    ``extra_keys``), with numbers in range."""
     import math
 
     for fmt, limits in overrides.items():
@@ -162,14 +175,14 @@ def check_threshold_overrides(overrides: dict[str, Any]) -> None:
             raise ConfigError(FORMATS.unknown_message(fmt).replace("export.formats", "export.thresholds key"))
         if not isinstance(limits, dict):
             raise ConfigError(f"export.thresholds.{fmt} must be a table such as {{agreement = 0.99}}, got {limits!r}")
-        allowed = FORMATS[fmt].limit_keys
+        allowed = tuple(FORMATS[fmt].limit_keys) + tuple(k for k in extra_keys if k not in FORMATS[fmt].limit_keys)
         for key, value in limits.items():
             where = f"export.thresholds.{fmt}.{key}"
             if key not in allowed:
                 raise ConfigError(f"{where} is not a limit of {fmt}; allowed: {', '.join(allowed)}")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{where} must be a finite number, got {value!r}")
-            if key == "agreement" and not 0.0 <= value <= 1.0:
+            if key in ("agreement", "flag_agreement") and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{where} = {value!r} is impossible; it must be within [0, 1]")
             if value < 0:
                 raise ConfigError(f"{where} = {value!r} is impossible; it must be >= 0")

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tfcnn.errors import ExportError
-from tfcnn.export.formats.base import PREREQUISITES, BuildContext, ExportFormat, Prerequisite, register
+from tfcnn.export.formats.base import PREREQUISITES, PRIMARY_OUTPUT, BuildContext, ExportFormat, Prerequisite, register, runner_result
 from tfcnn.util import format_bytes
 
 FILE = "onnx/model.onnx"
@@ -98,14 +98,21 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def _interface_problems(got: dict[str, Any], h: int, w: int, num_classes: int) -> list[str]:
+def _expected_outputs(output_contract: dict[str, Any]) -> tuple[str, ...]:
+    """The graph's output names: a classifier's three, or the tensors another task's contract lists."""
+    return tuple(output_contract.get("tensors") or OUTPUTS)
+
+
+def _interface_problems(got: dict[str, Any], h: int, w: int, num_classes: int, expected: tuple[str, ...] = OUTPUTS) -> list[str]:
     fails = []
     inp = got["inputs"][0] if len(got["inputs"]) == 1 else None
     if inp is None or inp["name"] != INPUT or inp["dtype"] != "uint8" or inp["shape"][1:] != [h, w, 3]:
         fails.append(f"input is {got['inputs']}, expected one uint8 {INPUT!r} of shape [N, {h}, {w}, 3]")
     outs = {o["name"]: o for o in got["outputs"]}
-    if sorted(outs) != sorted(OUTPUTS):
-        fails.append(f"outputs are {sorted(outs)}, expected {', '.join(OUTPUTS)}")
+    if sorted(outs) != sorted(expected):
+        fails.append(f"outputs are {sorted(outs)}, expected {', '.join(expected)}")
+    elif "probabilities" not in expected:
+        pass  # another task's outputs: their names are what the contract promises
     elif outs["probabilities"]["shape"][-1:] != [num_classes] or outs["probabilities"]["dtype"] != "float32":
         fails.append(f"probabilities output is {outs['probabilities']}, expected float32 [N, {num_classes}]")
     if got["opset"] != OPSET:
@@ -118,12 +125,14 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     convert(ctx.need("serving_savedmodel"), path)
     got = read_back(path)
     g = ctx.geometry
-    fails = _interface_problems(got, g.height, g.width, len(ctx.labels))
-    # The label op must map class ids exactly like labels.txt (the table came from that file).
-    probe = np.random.default_rng(0).integers(0, 256, size=(4, g.height, g.width, 3), dtype=np.uint8)
-    probs, class_id, label = _session(path, 1).run(list(OUTPUTS), {INPUT: probe})
-    if not np.array_equal(class_id, probs.argmax(1)) or [str(x) for x in label] != [ctx.labels[i] for i in class_id]:
-        fails.append(f"class_id/label outputs {list(class_id)} / {list(label)} do not match argmax and labels.txt")
+    expected = _expected_outputs(ctx.task.output_contract(ctx.labels))
+    fails = _interface_problems(got, g.height, g.width, len(ctx.labels), expected)
+    if expected == OUTPUTS:
+        # The label op must map class ids exactly like labels.txt (the table came from that file).
+        probe = np.random.default_rng(0).integers(0, 256, size=(4, g.height, g.width, 3), dtype=np.uint8)
+        probs, class_id, label = _session(path, 1).run(list(OUTPUTS), {INPUT: probe})
+        if not np.array_equal(class_id, probs.argmax(1)) or [str(x) for x in label] != [ctx.labels[i] for i in class_id]:
+            fails.append(f"class_id/label outputs {list(class_id)} / {list(label)} do not match argmax and labels.txt")
     if fails:
         raise ExportError(f"{FILE}: " + "; ".join(fails))
     return {
@@ -147,7 +156,8 @@ def static_check(version_dir: Path, entry: dict[str, Any], card: dict[str, Any])
     except Exception as exc:  # a damaged file is a verification failure, not a crash
         return [f"{entry['file']}: cannot read the ONNX model ({type(exc).__name__}: {exc})"]
     c = card["contract"]["input"]
-    fails = _interface_problems(got, c["height"], c["width"], len(card["labels"]))
+    expected = _expected_outputs(card["contract"].get("output") or {})
+    fails = _interface_problems(got, c["height"], c["width"], len(card["labels"]), expected)
     if got["opset"] != entry.get("opset"):
         fails.append(f"opset is {got['opset']}, contract.json says {entry.get('opset')}")
     return fails
@@ -159,14 +169,19 @@ class OnnxRuntimeRunner:
     def __init__(self, version_dir: Path, entry: dict[str, Any], threads: int):
         self.session = _session(Path(version_dir) / entry["file"], threads)
         self.threads = threads
+        names = [o.name for o in self.session.get_outputs() if o.type != "tensor(string)"]
+        # A classifier's probabilities, or every numeric output of another task's graph.
+        self.names = [PRIMARY_OUTPUT] if PRIMARY_OUTPUT in names else names
 
-    def predict(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
-        out = [self.session.run(["probabilities"], {INPUT: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+    def predict(self, images: np.ndarray, batch: int = 256) -> "np.ndarray | dict[str, np.ndarray]":
+        parts = [self.session.run(self.names, {INPUT: images[i : i + batch]}) for i in range(0, len(images), batch)]
+        if not parts:
+            return np.zeros((0, 0), np.float32)
+        return runner_result({n: np.concatenate([p[j] for p in parts]).astype(np.float32) for j, n in enumerate(self.names)})
 
     def one(self, image: np.ndarray) -> Callable[[], object]:
         feed = {INPUT: np.ascontiguousarray(image[None])}
-        return lambda: self.session.run(["probabilities"], feed)
+        return lambda: self.session.run(self.names[:1], feed)
 
 
 def _versions() -> dict[str, str]:
@@ -189,6 +204,7 @@ register(
         thresholds=lambda entry: {"max_abs_diff": 1e-5, "agreement": 1.0},
         needs=("serving_savedmodel",),
         order=50,
+        tasks=("classification", "reconstruction"),
         static_check=static_check,
         card_settings=lambda ctx: {"onnx": {"opset": OPSET, "tools": _versions()}},
     )

@@ -36,7 +36,7 @@ def _build(variant: str) -> Callable[[BuildContext], dict[str, Any]]:
             height=ctx.geometry.height,
             width=ctx.geometry.width,
             input_description=ctx.input_text,
-            output_description="Softmax probability per class, in the order of the packed labels.txt",
+            output_description=ctx.task.output_text(ctx.labels),
             contract={"input": ctx.contract_input, "output": ctx.task.output_contract(ctx.labels)},
         )
         labels_text = "\n".join(ctx.labels) + "\n"
@@ -56,7 +56,13 @@ class LiteRTFileRunner:
     """The LiteRT interpreter on one variant's file, batch 1, fixed threads."""
 
     def __init__(self, version_dir: Path, entry: dict[str, Any], threads: int):
-        self.runner = tflite_mod.LiteRTRunner(Path(version_dir) / entry["file"], threads)
+        path = Path(version_dir) / entry["file"]
+        names = tflite_mod.signature_outputs(path)
+        # A classifier's one probabilities tensor; another task's outputs by signature name.
+        if not names or "probabilities" in names:
+            self.runner = tflite_mod.LiteRTRunner(path, threads)
+        else:
+            self.runner = tflite_mod.LiteRTSignatureRunner(path, threads)
         self.threads = threads
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -129,6 +135,7 @@ for _order, _variant in enumerate(tflite_mod.VARIANTS, start=20):
             thresholds=lambda entry, v=_variant: dict(_LIMITS[v]),
             needs=("mobile_float32", "representative") if _variant == "tflite_int8" else ("mobile_uint8",),
             order=_order,
+            tasks=("classification", "reconstruction"),
             client_checks=(mediapipe_check,) if _variant in ("tflite_int8", "tflite_float32") else (),
             changes_key="int8_changed" if _variant == "tflite_int8" else None,
             card_settings=lambda ctx, v=_variant: {
