@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tfcnn.config import DataConfig
 from tfcnn.data.augment import Augmenter, augment_dataset, build_augmenter
+from tfcnn.data.mixing import Mixer, build_mixer
 from tfcnn.data.info import DataInfo
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -24,7 +25,8 @@ class DataBundle:
     """The three splits as batched datasets plus the arrays behind them.
 
     ``train`` is shuffled (reshuffled every epoch, seeded) and augmented; ``val`` and ``test`` are
-    deterministic. Elements are ``(uint8[B, H, W, C], int32[B])``.
+    deterministic. Elements are ``(uint8[B, H, W, C], int32[B])``, except that with mixup or
+    CutMix on (``data.augment``) the train split's labels are ``float32[B, K]`` probability vectors.
     """
 
     info: DataInfo
@@ -135,13 +137,14 @@ def make_bundle(
         notes=list(notes or []),
     )
     if augment is None:
-        augment = build_augmenter(cfg.augment, fill=mean)
+        augment = build_augmenter(cfg.augment, fill=mean, channels=info.input_shape[-1])
     elif isinstance(augment, keras.layers.Layer):
         augment = _layer_augmenter(augment)
+    mix = build_mixer(cfg.augment, len(class_names))
     arrays = {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
     return DataBundle(
         info=info,
-        train=_pipeline(x_train, y_train, cfg, training=True, augment=augment),
+        train=_pipeline(x_train, y_train, cfg, training=True, augment=augment, mix=mix),
         val=_pipeline(x_val, y_val, cfg, training=False),
         test=_pipeline(x_test, y_test, cfg, training=False),
         arrays=arrays,
@@ -159,7 +162,13 @@ def _layer_augmenter(layer: keras.layers.Layer) -> Augmenter:
 
 
 def _pipeline(
-    x: np.ndarray, y: np.ndarray, cfg: DataConfig, *, training: bool, augment: Augmenter | None = None
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: DataConfig,
+    *,
+    training: bool,
+    augment: Augmenter | None = None,
+    mix: Mixer | None = None,
 ) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
     if cfg.cache:
@@ -167,6 +176,6 @@ def _pipeline(
     if training:
         ds = ds.shuffle(min(cfg.shuffle_buffer, max(len(y), 1)), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size)
-    if training and augment is not None:
-        ds = augment_dataset(ds, augment, cfg.seed)
+    if training and (augment is not None or mix is not None):
+        ds = augment_dataset(ds, augment, cfg.seed, mix)
     return ds.prefetch(AUTOTUNE)

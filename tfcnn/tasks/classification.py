@@ -19,15 +19,43 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def _is_soft(y, outputs) -> bool:
+    """Probability-vector labels (mixup / CutMix) rather than class ids: known from the static rank."""
+    return y.shape.rank is not None and y.shape.rank == outputs.shape.rank
+
+
+def _argmax_accuracy(y_true, y_pred):
+    """1.0 where the predicted class is the label's class: the id itself, or the argmax of a
+    probability vector (a mixed label's larger share; a tie goes to the lower class id)."""
+    import tensorflow as tf
+
+    pred = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
+    if _is_soft(y_true, y_pred):
+        true = tf.argmax(y_true, axis=-1, output_type=tf.int32)
+    else:
+        true = tf.reshape(tf.cast(y_true, tf.int32), tf.shape(pred))
+    return tf.cast(tf.equal(true, pred), tf.float32)
+
+
 class Classification(Task):
     name = "classification"
     metric_names = ("accuracy",)
+    soft_labels = True  # mixup / CutMix: cross-entropy on probability vectors, accuracy on their argmax
+    class_weighted = True  # train.class_weight
+    predicts_labels = True  # tfcnn predict
 
     def loss_fn(self, num_outputs: int, label_smoothing: float = 0.0, *, from_logits: bool = True):
+        """Class ids (sparse, or one-hot when smoothing) and probability vectors (categorical,
+        smoothing applied on top: y * (1 - s) + s / K) alike, decided per call from the label
+        rank, so the tape engine's mixed train batches and plain validation batches share it."""
         import keras
         import tensorflow as tf
 
         def loss(y, outputs):
+            if _is_soft(y, outputs):
+                return keras.losses.categorical_crossentropy(
+                    tf.cast(y, outputs.dtype), outputs, from_logits=from_logits, label_smoothing=label_smoothing
+                )
             if label_smoothing > 0:
                 onehot = tf.one_hot(tf.cast(y, tf.int32), num_outputs, dtype=outputs.dtype)
                 return keras.losses.categorical_crossentropy(
@@ -37,24 +65,33 @@ class Classification(Task):
 
         return loss
 
-    def keras_loss(self, label_smoothing: float = 0.0):
+    def keras_loss(self, label_smoothing: float = 0.0, *, soft: bool = False):
+        """``soft``: the fit engine trains on probability vectors (its validation labels are
+        one-hot encoded by :meth:`prepare_labels`), so the categorical loss it is."""
         import keras
 
-        if label_smoothing > 0:
+        if label_smoothing > 0 or soft:
             return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    def keras_metrics(self, label_smoothing: float = 0.0) -> list:
+    def keras_metrics(self, label_smoothing: float = 0.0, *, soft: bool = False) -> list:
+        """``soft``: one accuracy that takes class ids and probability vectors (the tape engine
+        feeds mixed train batches and plain validation batches to the same metric objects)."""
         import keras
 
+        if soft:
+            return [keras.metrics.MeanMetricWrapper(_argmax_accuracy, name="accuracy")]
         if label_smoothing > 0:
             return [keras.metrics.CategoricalAccuracy(name="accuracy")]
         return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
-    def prepare_labels(self, y, num_outputs: int, label_smoothing: float = 0.0):
+    def prepare_labels(self, y, num_outputs: int, label_smoothing: float = 0.0, *, soft: bool = False):
+        """One-hot when smoothing or ``soft`` (probability vectors pass through as float32)."""
         import tensorflow as tf
 
-        return tf.one_hot(tf.cast(y, tf.int32), num_outputs) if label_smoothing > 0 else y
+        if y.dtype.is_floating and y.shape.rank == 2:
+            return tf.cast(y, tf.float32)
+        return tf.one_hot(tf.cast(y, tf.int32), num_outputs) if (label_smoothing > 0 or soft) else y
 
     def outputs_to_scores(self, outputs: np.ndarray) -> np.ndarray:
         return softmax(outputs)
@@ -66,12 +103,12 @@ class Classification(Task):
     def output_contract(self, labels: Sequence[str]) -> dict[str, Any]:
         return {"kind": "probabilities", "activation": "softmax", "num_classes": len(labels)}
 
-    def mobile_outputs(self, outputs) -> dict:
+    def mobile_outputs(self, outputs, inputs=None) -> dict:
         import tensorflow as tf
 
         return {"probabilities": tf.nn.softmax(tf.cast(outputs, tf.float32), axis=-1)}
 
-    def serving_outputs(self, outputs, label_lookup) -> dict:
+    def serving_outputs(self, outputs, label_lookup, inputs=None) -> dict:
         import tensorflow as tf
 
         p = tf.nn.softmax(tf.cast(outputs, tf.float32), axis=-1)

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfcnn.train import guard
+from tfcnn.train.class_weights import example_weights
 from tfcnn.train.optim import build_optimizer, build_schedule, current_lr
 from tfcnn.train.records import RunRecord, check_fingerprint, finite
 from tfcnn.train.session import Session
@@ -199,16 +200,17 @@ def run(s: Session) -> RunRecord:
         optimizer = build_optimizer(tc, build_schedule(tc, s.steps_per_epoch), clipnorm=True)
         s.model.compile(
             optimizer=optimizer,
-            loss=s.task.keras_loss(smoothing),
-            metrics=s.task.keras_metrics(smoothing),
+            loss=s.task.keras_loss(smoothing, **s.label_options),
+            metrics=s.task.keras_metrics(smoothing, **s.label_options),
             steps_per_execution=steps_per_execution,
             jit_compile=tc.jit_compile,
         )
 
     def prepare(ds: tf.data.Dataset) -> tf.data.Dataset:
         # Keras casts the uint8 images to the model's float32 input itself; the task shapes the
-        # labels for its loss (classification: one-hot only with label smoothing).
-        return ds.map(lambda x, y: (x, s.task.prepare_labels(y, k, smoothing)), num_parallel_calls=tf.data.AUTOTUNE)
+        # labels for its loss (classification: one-hot with label smoothing or mixed train labels).
+        opts = s.label_options
+        return ds.map(lambda x, y: (x, s.task.prepare_labels(y, k, smoothing, **opts)), num_parallel_calls=tf.data.AUTOTUNE)
 
     # Replay the shuffle passes the interrupted run made (see tape.TapeTrainer.restore).
     for _ in range(resume_epoch):
@@ -218,9 +220,14 @@ def run(s: Session) -> RunRecord:
     # whole steps_per_execution blocks, so this is only exact when they tile the epoch; otherwise a
     # new iterator per epoch it is (the stall hit 1 of 7 epochs of a 190-step fit run with 16 per block).
     repeat = s.steps_per_epoch % steps_per_execution == 0
-    train_ds = prepare(s.bundle.train)
+    # The task turns the bundle's (images, labels) into what the model learns (identity for classifiers).
+    train_ds = prepare(s.task.feed(s.bundle.train, s.cfg, training=True))
+    weights = s.class_weights
+    if weights is not None:  # Keras' sample_weight, from the prepared labels (tfcnn.train.class_weights)
+        w = tf.constant(weights, tf.float32)
+        train_ds = train_ds.map(lambda x, y: (x, y, example_weights(y, w)), num_parallel_calls=tf.data.AUTOTUNE)
     train_ds = train_ds.repeat() if repeat else train_ds
-    val_ds = prepare(s.bundle.val) if s.has_validation else None
+    val_ds = prepare(s.task.feed(s.bundle.val, s.cfg, training=False)) if s.has_validation else None
 
     rules_cb = RulesCallback(
         rules, run.path("best_weights"), es.enabled and es.restore_best, guard.advice_for(tc.learning_rate, tc.clipnorm)

@@ -55,6 +55,26 @@ class Session:
     def label_smoothing(self) -> float:
         return float(self.cfg.train.label_smoothing)
 
+    @property
+    def soft_labels(self) -> bool:
+        """The train split yields probability vectors (mixup / CutMix) and the task learns from
+        them: the engines then ask the task for its ``soft=True`` loss and metrics."""
+        labels = self.bundle.train.element_spec[1]
+        return bool(self.task.soft_labels and labels.dtype.is_floating and labels.shape.rank == 2)
+
+    @property
+    def class_weights(self) -> list[float] | None:
+        """``train.class_weight`` as one weight per class (None: unweighted), from the training labels."""
+        from tfcnn.train.class_weights import class_weights
+
+        return class_weights(self.cfg.train.class_weight, self.bundle.info.class_names, self.bundle.arrays["train"][1])
+
+    @property
+    def label_options(self) -> dict:
+        """Keyword arguments for the task's loss / metrics / prepare_labels: ``soft=True`` only
+        when soft labels are on, so a task without them needs no ``soft`` parameter."""
+        return {"soft": True} if self.soft_labels else {}
+
     def new_record(self) -> RunRecord:
         return RunRecord(
             engine=self.cfg.train.engine,
