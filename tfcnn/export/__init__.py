@@ -5,22 +5,46 @@ Modules: `formats/` (one module per format, registered; the exporter, verify, be
 and config validation iterate the registry), `exporter` (atomic, versioned export), `verify`
 (integrity, thresholds, external clients), `benchmark` (latency), `card` (contract and model
 card). Every artifact follows the one input contract built in `card.input_contract`.
+
+Its public names load on first use (PEP 562), so a light reader such as ``tfcnn runs`` can use
+:mod:`tfcnn.export.card` helpers without importing TensorFlow and every converter.
 """
 
+from typing import Any as _Any
+
 from tfcnn import config as _config
-from tfcnn.export.formats import FORMATS, check_formats, check_threshold_overrides
-from tfcnn.export.benchmark import benchmark_version
-from tfcnn.export.exporter import export_run
-from tfcnn.export.savedmodel import predict_savedmodel, rest_predict
-from tfcnn.export.verify import verify_version
 from tfcnn.errors import ConfigError
+
+_PUBLIC = {
+    "FORMATS": "tfcnn.export.formats",
+    "check_formats": "tfcnn.export.formats",
+    "check_threshold_overrides": "tfcnn.export.formats",
+    "benchmark_version": "tfcnn.export.benchmark",
+    "export_run": "tfcnn.export.exporter",
+    "predict_savedmodel": "tfcnn.export.savedmodel",
+    "rest_predict": "tfcnn.export.savedmodel",
+    "verify_version": "tfcnn.export.verify",
+}
+
+
+def __getattr__(name: str) -> _Any:
+    """The public names, imported on first use."""
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'tfcnn.export' has no attribute {name!r}")
 
 
 def _check(cfg) -> None:
     """`export.formats` and `export.thresholds` name registered formats (no I/O)."""
+    from tfcnn.export.formats import check_formats, check_threshold_overrides
+
+    from tfcnn.tasks import get_task
+
     if cfg.export.formats is not None:
         check_formats(cfg.export.formats, cfg.task, error=ConfigError)
-    check_threshold_overrides(cfg.export.thresholds)
+    check_threshold_overrides(cfg.export.thresholds, get_task(cfg.task).limit_keys)
 
 
 _config.register_check("export", _check)

@@ -3,7 +3,9 @@
 Converted straight from the TF wrapper (coremltools no longer goes through ONNX). The input is
 an ImageType: CoreML hands the model float pixels computed as scale * pixel + bias, and our
 wrapper wants 0..255 RGB, so scale = 1 and bias = 0. coremltools cannot run predictions off
-macOS, so on Linux `check_spec` verifies what can be read from the package itself.
+macOS: `check_spec` verifies what can be read from the package itself everywhere, `predict` runs
+coremltools on macOS, and elsewhere verify runs the program with
+:mod:`tfcnn.export.formats.coreml_eval` (tfcnn's numpy MIL evaluator).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ PRECISIONS = ("float16", "float32")
 LABEL_OUTPUT = "classLabel"
 PROBS_OUTPUT = "classLabel_probs"
 PRECISION_KEY = "com.tfcnn.compute_precision"
-SKIP_REASON = "skipped: coremltools cannot run predictions off macOS"
+SKIP_REASON = "coremltools can run CoreML predictions only on macOS; elsewhere use tfcnn.export.formats.coreml_eval.CoreMLEvaluator"
 
 
 def _ct():
@@ -49,27 +51,53 @@ def convert(
     version: str,
     description: str,
     input_description: str,
+    outputs: list[str] | None = None,
+    output_description: str = "",
 ) -> dict[str, Any]:
-    """Write `out_path` (.mlpackage) and return what the spec check reads back from it."""
+    """Write `out_path` (.mlpackage) and return what the spec check reads back from it.
+
+    ``outputs`` (a task other than classification): plain multiarray outputs with these names
+    (the wrapper signature's keys) instead of the classifier's label and probabilities.
+    """
     if precision not in PRECISIONS:
         raise ExportError(f"export.coreml_precision = {precision!r}; choose float16 or float32")
     ct = _ct()
     # coremltools draws tqdm bars on stderr for every pass; the export prints its own step lines.
     with contextlib.redirect_stderr(io.StringIO()):
-        model = _convert(ct, float_saved_model, height, width, labels, precision)
+        model = _convert(ct, float_saved_model, height, width, None if outputs else labels, precision)
+    if outputs:
+        model = _rename_outputs(ct, model, outputs)
     model.author = author
     model.license = license
     model.version = version
     model.short_description = description
     model.input_description["image"] = input_description
-    model.output_description[LABEL_OUTPUT] = "most likely class label"
-    model.output_description[PROBS_OUTPUT] = "class label -> softmax probability"
+    if outputs:
+        for name in outputs:
+            model.output_description[name] = output_description or name
+    else:
+        model.output_description[LABEL_OUTPUT] = "most likely class label"
+        model.output_description[PROBS_OUTPUT] = "class label -> softmax probability"
     model.user_defined_metadata[PRECISION_KEY] = precision
     model.save(str(out_path))
     return read_spec(out_path)
 
 
-def _convert(ct, saved_model: Path, height: int, width: int, labels: list[str], precision: str):
+def _rename_outputs(ct, model, names: list[str]):
+    """coremltools names a TF2 signature's outputs Identity, Identity_1, ... in the signature's
+    flattening order (its keys sorted); give them the signature's names back."""
+    spec = model.get_spec()
+    got = [o.name for o in spec.description.output]
+    want = sorted(names)
+    if len(got) != len(want):
+        raise ExportError(f"CoreML conversion produced outputs {got}, expected {len(want)} ({', '.join(want)})")
+    for old, new in zip(got, want):
+        if old != new:
+            ct.utils.rename_feature(spec, old, new)
+    return ct.models.MLModel(spec, weights_dir=model.weights_dir, skip_model_load=True)
+
+
+def _convert(ct, saved_model: Path, height: int, width: int, labels: list[str] | None, precision: str):
     return ct.convert(
         str(saved_model),
         source="tensorflow",
@@ -78,7 +106,7 @@ def _convert(ct, saved_model: Path, height: int, width: int, labels: list[str], 
                 name="image", shape=(1, height, width, 3), scale=1.0, bias=[0.0, 0.0, 0.0], color_layout=ct.colorlayout.RGB
             )
         ],
-        classifier_config=ct.ClassifierConfig(list(labels), predicted_feature_name=LABEL_OUTPUT),
+        classifier_config=ct.ClassifierConfig(list(labels), predicted_feature_name=LABEL_OUTPUT) if labels is not None else None,
         convert_to="mlprogram",
         minimum_deployment_target=ct.target.iOS15,
         compute_precision=ct.precision.FLOAT16 if precision == "float16" else ct.precision.FLOAT32,
@@ -164,9 +192,13 @@ def check_spec(path: Path, expected: dict[str, Any]) -> list[str]:
         if inp.get(k) != v:
             fails.append(f"input {k} is {inp.get(k)!r}, expected {v!r}")
     names = {o["name"]: o["type"] for o in got["outputs"]}
-    if names.get(LABEL_OUTPUT) != "stringType" or names.get(PROBS_OUTPUT) != "dictionaryType":
+    if expected.get("outputs"):  # a task other than classification: plain multiarrays by name
+        want_out = {n: "multiArrayType" for n in expected["outputs"]}
+        if names != want_out:
+            fails.append(f"outputs are {names}, expected {want_out}")
+    elif names.get(LABEL_OUTPUT) != "stringType" or names.get(PROBS_OUTPUT) != "dictionaryType":
         fails.append(f"classifier outputs are {names}, expected {LABEL_OUTPUT} (string) and {PROBS_OUTPUT} (dictionary)")
-    if got["labels"] != list(expected["labels"]):
+    if not expected.get("outputs") and got["labels"] != list(expected["labels"]):
         fails.append(f"class labels {got['labels']} differ from labels.txt {expected['labels']}")
     if got["compute_precision"] != expected["precision"]:
         fails.append(f"compute precision is {got['compute_precision']} (tensor types {got['tensor_float_types']}), expected {expected['precision']}")
@@ -179,15 +211,15 @@ def check_spec(path: Path, expected: dict[str, Any]) -> list[str]:
     return fails
 
 
-def predict(path: Path, images: np.ndarray) -> np.ndarray:
-    """macOS only: probabilities in label order for uint8 RGB images."""
+def predict(path: Path, images: np.ndarray, labels: list[str] | None = None) -> np.ndarray:
+    """macOS only: probabilities for uint8 RGB images, in ``labels`` order (default: the package's)."""
     if sys.platform != "darwin":
         raise ExportError(SKIP_REASON)
     ct = _ct()
     from PIL import Image
 
     model = ct.models.MLModel(str(path))
-    labels = read_spec(path)["labels"]
+    labels = list(labels) if labels is not None else read_spec(path)["labels"]
     out = []
     for img in images:
         res = model.predict({"image": Image.fromarray(img, mode="RGB")})

@@ -1,4 +1,5 @@
-"""SavedModel for TF Serving: writing it, the models.config, and calling it like a client would.
+"""SavedModel for TF Serving: writing it and calling it like a client would (models.config, the
+warm-up file and TF Serving's own loader are in :mod:`tfcnn.export.serving`).
 
 What TF itself does with a bad request, and why `predict_savedmodel` checks first:
 * wrong dtype (e.g. float32 pixels) -> ``InvalidArgumentError: cannot compute ... as input #0
@@ -33,28 +34,6 @@ def write_savedmodel(model, labels_file: Path, out_dir: Path, task=None) -> None
     archive.write_out(str(out_dir), options=tf.saved_model.SaveOptions(), verbose=False)
     if not (out_dir / "assets" / labels_file.name).is_file():
         raise ExportError(f"SavedModel in {out_dir} has no assets/{labels_file.name}; the label table did not export")
-
-
-def write_models_config(name_dir: Path, name: str) -> Path:
-    """`tensorflow_model_server --model_config_file` for every complete version under name_dir."""
-    versions = sorted(int(p.name) for p in name_dir.iterdir() if p.is_dir() and p.name.isdigit())
-    lines = [
-        "model_config_list {",
-        "  config {",
-        f"    name: {json.dumps(name)}",
-        f"    base_path: {json.dumps(str(name_dir.resolve()))}",
-        '    model_platform: "tensorflow"',
-        "    model_version_policy {",
-        "      specific {",
-        *[f"        versions: {v}" for v in versions],
-        "      }",
-        "    }",
-        "  }",
-        "}",
-    ]
-    path = name_dir / "models.config"
-    write_text(path, "\n".join(lines) + "\n")
-    return path
 
 
 def load_savedmodel(version_dir: Path):

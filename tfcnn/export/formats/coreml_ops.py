@@ -1,0 +1,436 @@
+"""The ML Program ops the numpy MIL evaluator (:mod:`coreml_eval`) knows, one function each.
+
+Kept apart from the program reader so each stays readable: this module is the op table
+(:data:`OPS`, filled by ``@_op(...)``) and the numpy arithmetic behind it (convolution and
+pooling with MIL's padding rules, reductions, layout ops, casts, ``classify``); the reader
+walks the program, feeds each op its inputs and checks each result's declared dtype and shape.
+An op missing here is refused by the reader, by name, before any image runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from tfcnn.errors import ExportError
+
+CAST_DTYPES = {"fp16": np.float16, "fp32": np.float32, "int32": np.int32, "int16": np.int16, "uint16": np.uint16,
+               "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
+
+
+
+class NoBatch(Exception):
+    """An op cannot be evaluated for several images at once; the caller runs them one by one."""
+
+
+@dataclass
+class Var:
+    """A value flowing through the program; ``batched`` marks tensors whose axis 0 holds the images."""
+
+    value: Any
+    batched: bool = False
+
+
+# --------------------------------------------------------------------------- helpers for ops
+
+
+def _spatial_pads(pad_type: str, pad: np.ndarray | None, sizes: tuple[int, ...], kernel: tuple[int, ...],
+                  strides: tuple[int, ...], dilations: tuple[int, ...], op: str) -> list[tuple[int, int]]:
+    """(before, after) per spatial axis for MIL's valid / same / same_lower / custom padding."""
+    if pad_type == "valid":
+        return [(0, 0)] * len(sizes)
+    if pad_type == "custom":
+        p = [int(v) for v in (pad if pad is not None else [0] * (2 * len(sizes)))]
+        return [(p[2 * i], p[2 * i + 1]) for i in range(len(sizes))]
+    if pad_type in ("same", "same_lower"):
+        out = []
+        for n, k, s, d in zip(sizes, kernel, strides, dilations):
+            total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+            small, big = total // 2, total - total // 2
+            out.append((small, big) if pad_type == "same" else (big, small))
+        return out
+    raise ExportError(f"op {op}: pad_type {pad_type!r} is not valid, same, same_lower or custom")
+
+
+def _taps(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], dilations: tuple[int, int]):
+    """Yield ((i, j), x[..., window tap (i, j) of every output position]) for a padded [..., H, W] array.
+
+    Looping over the kh*kw taps with strided slices keeps each step one vectorised numpy call
+    on the whole batch (no 6-D window tensor to copy), which is what makes the evaluator fast.
+    """
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
+    h, w = x.shape[-2:]
+    ho, wo = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"padded input {list(x.shape)} is smaller than the {(kh - 1) * dh + 1}x{(kw - 1) * dw + 1} window")
+    for i in range(kh):
+        for j in range(kw):
+            yield (i, j), x[..., i * dh: i * dh + (ho - 1) * sh + 1: sh, j * dw: j * dw + (wo - 1) * sw + 1: sw]
+
+
+def _conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, strides: tuple[int, int], pads: list[tuple[int, int]],
+          dilations: tuple[int, int], groups: int) -> np.ndarray:
+    """2-D convolution (cross-correlation, as in MIL) as a sum over kernel taps of channel matmuls."""
+    n, cin = x.shape[:2]
+    cout, cin_g, kh, kw = w.shape
+    if cin != cin_g * groups or cout % groups:
+        raise ValueError(f"input channels {cin} and weight {list(w.shape)} do not fit groups={groups}")
+    xp = np.pad(x, [(0, 0), (0, 0), *pads])
+    depthwise = cin_g == 1 and cout == groups
+    if depthwise:  # one filter per channel: multiply-accumulate in NCHW
+        y = None
+        for (i, j), tap in _taps(xp, (kh, kw), strides, dilations):
+            term = tap * w[:, 0, i, j].reshape(1, -1, 1, 1)
+            y = term if y is None else y + term
+    else:  # im2col in channels-last memory (contiguous Cin runs), then one GEMM per group
+        nhwc = np.moveaxis(np.ascontiguousarray(xp.transpose(0, 2, 3, 1)), 3, 1)  # [N, C, H, W] view of NHWC memory
+        taps = [np.moveaxis(tap, 1, 3) for _, tap in _taps(nhwc, (kh, kw), strides, dilations)]  # [N, Ho, Wo, Cin] each
+        ho, wo = taps[0].shape[1:3]
+        og = cout // groups
+        outs = []
+        for g in range(groups):
+            cols = np.concatenate([t[..., g * cin_g:(g + 1) * cin_g] for t in taps], axis=-1).reshape(n * ho * wo, -1)
+            wg = w[g * og:(g + 1) * og].transpose(2, 3, 1, 0).reshape(kh * kw * cin_g, og)  # (i, j, c) order, as cols
+            outs.append(cols @ wg)
+        y = (outs[0] if groups == 1 else np.concatenate(outs, axis=1)).reshape(n, ho, wo, cout).transpose(0, 3, 1, 2)
+    if bias is not None:
+        y = y + bias.reshape(1, -1, 1, 1)
+    return y
+
+
+def _pool(x: np.ndarray, kind: str, kernel: tuple[int, int], strides: tuple[int, int], pads: list[tuple[int, int]],
+          ceil_mode: bool, exclude_padding: bool) -> np.ndarray:
+    """Max / average pooling; ceil_mode adds windows that run past the (padded) input's end."""
+    h, w = x.shape[2:]
+    extra = []
+    for n, k, s, (a, b) in zip((h, w), kernel, strides, pads):
+        span = n + a + b
+        out = (math.ceil if ceil_mode else math.floor)((span - k) / s) + 1
+        if ceil_mode and (out - 1) * s >= n + a:  # the last window must start inside input or leading pad
+            out -= 1
+        extra.append(max((out - 1) * s + k - span, 0))
+    fill = -np.inf if kind == "max" else 0.0
+    full = [(0, 0), (0, 0), (pads[0][0], pads[0][1] + extra[0]), (pads[1][0], pads[1][1] + extra[1])]
+    xp = np.pad(x, full, constant_values=fill)
+    acc = None
+    for _, tap in _taps(xp, kernel, strides, (1, 1)):
+        acc = tap.copy() if acc is None else (np.maximum(acc, tap) if kind == "max" else acc + tap)
+    if kind == "max":
+        return acc
+    ones = np.zeros((1, 1) + xp.shape[2:], x.dtype)
+    if exclude_padding:  # count only real input elements
+        ones[:, :, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w] = 1
+    else:  # count input and explicit padding, never the ceil-mode overhang
+        ones[:, :, : xp.shape[2] - extra[0], : xp.shape[3] - extra[1]] = 1
+    count = sum(tap for _, tap in _taps(ones, kernel, strides, (1, 1)))
+    return acc / np.maximum(count, 1)
+
+
+def _axes(axes: Any, rank: int) -> tuple[int, ...]:
+    return tuple(int(a) % rank for a in np.atleast_1d(axes))
+
+
+def _no_batch_axis(v: Var, axes: tuple[int, ...], op: str) -> None:
+    if v.batched and 0 in axes:
+        raise NoBatch(op)
+
+
+# --------------------------------------------------------------------------- the ops
+
+
+OpFn = Callable[["Ctx", dict[str, Var]], list[Var]]
+OPS: dict[str, OpFn] = {}
+
+
+def _op(*names: str) -> Callable[[OpFn], OpFn]:
+    def deco(fn: OpFn) -> OpFn:
+        for n in names:
+            OPS[n] = fn
+        return fn
+
+    return deco
+
+
+class Ctx:
+    """What an op needs besides its inputs: its type and name, so an error names the op."""
+
+    def __init__(self, op_type: str, name: str):
+        self.op = op_type
+        self.name = name
+
+    def where(self) -> str:
+        return f"op {self.op} ({self.name!r})"
+
+
+def _arr(v: Var | None) -> Any:
+    return None if v is None else v.value
+
+
+def _f32(v: Var) -> np.ndarray:
+    """Compute dtype: float16/float32 tensors become float32 (float16 results are rounded after)."""
+    a = np.asarray(v.value)
+    return a.astype(np.float32) if a.dtype == np.float16 else a
+
+
+def _b(*vs: Var | None) -> bool:
+    return any(v is not None and v.batched for v in vs)
+
+
+_BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "real_div": np.divide,
+    "maximum": np.maximum, "minimum": np.minimum, "pow": np.power,
+    "floor_div": np.floor_divide, "mod": np.mod,
+    # comparisons (the reconstruction task's anomaly flag: score > threshold)
+    "greater": np.greater, "greater_equal": np.greater_equal, "less": np.less, "less_equal": np.less_equal,
+}
+_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "relu": lambda x: np.maximum(x, 0),
+    "relu6": lambda x: np.clip(x, 0, 6),
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "silu": lambda x: x / (1.0 + np.exp(-x)),
+    "tanh": np.tanh,
+    "exp": np.exp,
+    "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1.0 / np.sqrt(x),
+    "square": np.square,
+    "abs": np.abs,
+    "identity": lambda x: x,
+}
+
+
+@_op(*_BINARY)
+def _binary(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    x, y = a["x"], a["y"]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return [Var(_BINARY[c.op](_f32(x), _f32(y)), _b(x, y))]
+
+
+@_op(*_UNARY)
+def _unary(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return [Var(_UNARY[c.op](_f32(a["x"])), a["x"].batched)]
+
+
+@_op("leaky_relu")
+def _leaky(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    x = _f32(a["x"])
+    alpha = float(_arr(a.get("alpha")) if "alpha" in a else 0.01)
+    return [Var(np.where(x >= 0, x, alpha * x), a["x"].batched)]
+
+
+@_op("clip")
+def _clip(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    return [Var(np.clip(_f32(a["x"]), float(_arr(a["alpha"])), float(_arr(a["beta"]))), a["x"].batched)]
+
+
+@_op("softmax")
+def _softmax(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    x = _f32(a["x"])
+    axis = int(_arr(a["axis"])) if "axis" in a else -1
+    _no_batch_axis(a["x"], _axes(axis, x.ndim), c.op)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return [Var(e / e.sum(axis=axis, keepdims=True), a["x"].batched)]
+
+
+@_op("conv")
+def _conv_op(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    x, w = _f32(a["x"]), _f32(a["weight"])
+    if x.ndim != 4 or w.ndim != 4:
+        raise ExportError(f"{c.where()}: only 2-D convolution is evaluated (x {list(x.shape)}, weight {list(w.shape)})")
+    if a["weight"].batched:
+        raise ExportError(f"{c.where()}: weights computed from the input are not supported")
+    strides = tuple(int(s) for s in _arr(a["strides"])) if "strides" in a else (1, 1)
+    dil = tuple(int(s) for s in _arr(a["dilations"])) if "dilations" in a else (1, 1)
+    groups = int(_arr(a["groups"])) if "groups" in a else 1
+    pad_type = str(_arr(a["pad_type"])) if "pad_type" in a else "valid"
+    pads = _spatial_pads(pad_type, _arr(a.get("pad")), x.shape[2:], w.shape[2:], strides, dil, c.where())
+    bias = _f32(a["bias"]) if "bias" in a else None
+    return [Var(_conv(x, w, bias, strides, pads, dil, groups), a["x"].batched)]
+
+
+def _pool_op(kind: str) -> OpFn:
+    def run(c: Ctx, a: dict[str, Var]) -> list[Var]:
+        x = _f32(a["x"])
+        if x.ndim != 4:
+            raise ExportError(f"{c.where()}: only 2-D pooling is evaluated (x {list(x.shape)})")
+        kernel = tuple(int(k) for k in _arr(a["kernel_sizes"]))
+        strides = tuple(int(s) for s in _arr(a["strides"])) if "strides" in a else (1, 1)
+        pad_type = str(_arr(a["pad_type"]))
+        pads = _spatial_pads(pad_type, _arr(a.get("pad")), x.shape[2:], kernel, strides, (1, 1), c.where())
+        ceil_mode = bool(_arr(a["ceil_mode"])) if "ceil_mode" in a else False
+        exclude = bool(_arr(a["exclude_padding_from_average"])) if "exclude_padding_from_average" in a else False
+        return [Var(_pool(x, kind, kernel, strides, pads, ceil_mode, exclude), a["x"].batched)]
+
+    return run
+
+
+OPS["max_pool"] = _pool_op("max")
+OPS["avg_pool"] = _pool_op("avg")
+
+
+@_op("batch_norm")
+def _batch_norm(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    x = _f32(a["x"])
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean, var = _f32(a["mean"]).reshape(shape), _f32(a["variance"]).reshape(shape)
+    gamma = _f32(a["gamma"]).reshape(shape) if "gamma" in a else 1.0
+    beta = _f32(a["beta"]).reshape(shape) if "beta" in a else 0.0
+    eps = float(_arr(a["epsilon"])) if "epsilon" in a else 1e-5
+    return [Var((x - mean) / np.sqrt(var + eps) * gamma + beta, a["x"].batched)]
+
+
+def _reduce(fn: Callable[..., np.ndarray]) -> OpFn:
+    def run(c: Ctx, a: dict[str, Var]) -> list[Var]:
+        x = _f32(a["x"])
+        axes = _axes(_arr(a["axes"]), x.ndim) if "axes" in a and _arr(a["axes"]) is not None else tuple(range(x.ndim))
+        _no_batch_axis(a["x"], axes, c.op)
+        keep = bool(_arr(a["keep_dims"])) if "keep_dims" in a else False
+        return [Var(fn(x, axis=axes, keepdims=keep), a["x"].batched)]
+
+    return run
+
+
+OPS["reduce_mean"] = _reduce(np.mean)
+OPS["reduce_sum"] = _reduce(np.sum)
+OPS["reduce_max"] = _reduce(np.max)
+OPS["reduce_min"] = _reduce(np.min)
+
+
+@_op("matmul")
+def _matmul(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    x, y = _f32(a["x"]), _f32(a["y"])
+    if bool(_arr(a["transpose_x"])) if "transpose_x" in a else False:
+        x = np.swapaxes(x, -1, -2)
+    if bool(_arr(a["transpose_y"])) if "transpose_y" in a else False:
+        y = np.swapaxes(y, -1, -2)
+    if a["y"].batched and y.ndim < 3 or a["x"].batched and x.ndim < 2:
+        raise NoBatch(c.op)
+    return [Var(x @ y, _b(a["x"], a["y"]))]
+
+
+@_op("linear")
+def _linear(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    x, w = _f32(a["x"]), _f32(a["weight"])
+    if a["weight"].batched or ("bias" in a and a["bias"].batched):
+        raise ExportError(f"{c.where()}: weights computed from the input are not supported")
+    y = x @ w.T
+    if "bias" in a:
+        y = y + _f32(a["bias"])
+    if a["x"].batched and x.ndim < 2:
+        raise NoBatch(c.op)
+    return [Var(y, a["x"].batched)]
+
+
+@_op("reshape")
+def _reshape(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    x = np.asarray(a["x"].value)
+    shape = [int(s) for s in np.atleast_1d(_arr(a["shape"]))]
+    if 0 in shape:
+        if len(shape) != x.ndim:
+            raise ExportError(f"{c.where()}: shape {shape} has 0 but its rank differs from x {list(x.shape)}")
+        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    if a["x"].batched and x.shape[0] != 1:
+        if not shape or shape[0] != 1:
+            raise NoBatch(c.op)  # the batch axis would merge with others
+        shape = [x.shape[0]] + shape[1:]
+    try:
+        return [Var(x.reshape(shape), a["x"].batched)]
+    except ValueError:
+        raise ExportError(f"{c.where()}: cannot reshape {list(x.shape)} to {shape}") from None
+
+
+@_op("transpose")
+def _transpose(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    x = np.asarray(a["x"].value)
+    perm = [int(p) % x.ndim for p in _arr(a["perm"])]
+    if a["x"].batched and perm[0] != 0:
+        raise NoBatch(c.op)
+    return [Var(np.transpose(x, perm), a["x"].batched)]
+
+
+@_op("squeeze")
+def _squeeze(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    x = np.asarray(a["x"].value)
+    if "axes" in a and _arr(a["axes"]) is not None:
+        axes = _axes(_arr(a["axes"]), x.ndim)
+    else:
+        axes = tuple(i for i, d in enumerate(x.shape) if d == 1)
+        if a["x"].batched:
+            axes = tuple(i for i in axes if i != 0) if x.shape[0] != 1 else axes
+    _no_batch_axis(a["x"], axes, c.op)
+    return [Var(np.squeeze(x, axis=axes), a["x"].batched)]
+
+
+@_op("expand_dims")
+def _expand_dims(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    x = np.asarray(a["x"].value)
+    out_rank = x.ndim + len(np.atleast_1d(_arr(a["axes"])))
+    axes = _axes(_arr(a["axes"]), out_rank)
+    _no_batch_axis(a["x"], axes, c.op)
+    return [Var(np.expand_dims(x, axes), a["x"].batched)]
+
+
+@_op("tile")
+def _tile(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    """np.tile with MIL's reps (one per axis); Keras' nearest UpSampling2D is expand_dims + tile + reshape."""
+    reps = [int(r) for r in np.atleast_1d(_arr(a["reps"]))]
+    if a["x"].batched and reps and reps[0] != 1:
+        raise ValueError("tile along the batch axis is not supported")
+    return [Var(np.tile(np.asarray(a["x"].value), reps), a["x"].batched)]
+
+
+@_op("concat")
+def _concat(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    vs: list[Var] = a["values"].value  # variadic: a list of Vars
+    arrs = [_f32(v) if np.asarray(v.value).dtype == np.float16 else np.asarray(v.value) for v in vs]
+    axis = int(_arr(a["axis"])) % arrs[0].ndim
+    batched = any(v.batched for v in vs)
+    if batched and (axis == 0 or not all(v.batched for v in vs)):
+        raise NoBatch(c.op)
+    if "interleave" in a and bool(_arr(a["interleave"])):
+        raise ExportError(f"{c.where()}: concat with interleave=True is not evaluated")
+    return [Var(np.concatenate(arrs, axis=axis), batched)]
+
+
+@_op("pad")
+def _pad(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    x = _f32(a["x"])
+    p = [int(v) for v in np.atleast_1d(_arr(a["pad"]))]
+    k = len(p) // 2
+    widths = [(0, 0)] * (x.ndim - k) + [(p[2 * i], p[2 * i + 1]) for i in range(k)]
+    if a["x"].batched and widths[0] != (0, 0):
+        raise NoBatch(c.op)
+    mode = str(_arr(a["mode"])) if "mode" in a else "constant"
+    if mode == "constant":
+        val = float(_arr(a["constant_val"])) if "constant_val" in a else 0.0
+        return [Var(np.pad(x, widths, constant_values=val), a["x"].batched)]
+    if mode in ("reflect", "replicate"):
+        return [Var(np.pad(x, widths, mode="reflect" if mode == "reflect" else "edge"), a["x"].batched)]
+    raise ExportError(f"{c.where()}: pad mode {mode!r} is not constant, reflect or replicate")
+
+
+@_op("cast")
+def _cast(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    name = str(_arr(a["dtype"]))
+    if name not in CAST_DTYPES:
+        raise ExportError(f"{c.where()}: cast to {name!r} is not evaluated; known: {', '.join(CAST_DTYPES)}")
+    x = np.asarray(a["x"].value)
+    dt = CAST_DTYPES[name]
+    if np.issubdtype(dt, np.integer) and np.issubdtype(x.dtype, np.floating):
+        x = np.trunc(x)  # MIL casts float -> int by truncation toward zero
+    return [Var(x.astype(dt), a["x"].batched)]
+
+
+@_op("classify")
+def _classify(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    probs = np.asarray(a["probabilities"].value, np.float32)
+    classes = list(a["classes"].value)
+    rows = probs.reshape(-1, probs.shape[-1]) if a["probabilities"].batched else probs.reshape(1, -1)
+    if rows.shape[-1] != len(classes):
+        raise ExportError(f"{c.where()}: {rows.shape[-1]} probabilities for {len(classes)} classes")
+    labels = [classes[int(i)] for i in rows.argmax(axis=1)]
+    dicts = [dict(zip(classes, (float(v) for v in row))) for row in rows]
+    return [Var(labels, True), Var(dicts, True)]
