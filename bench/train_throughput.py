@@ -9,7 +9,11 @@ timed from their epoch hooks); the course's loop (shared/seeds/000, lines 628-72
 short warm-up.
 
 A fourth variant, ``plain_fit``, is model.fit as the course writes it (compile defaults, so
-steps_per_execution=1, no callbacks), next to tfcnn's fit engine.
+steps_per_execution=1, no callbacks), next to tfcnn's fit engine. A fifth, ``torch``, is the
+course's PyTorch loop (shared/seeds/000, lines 843-930: the same two-conv CNN as seed_cnn, Adam
+1e-3 with weight_decay 1e-4, batch 64, a shuffled DataLoader over the same uint8 images scaled to
+[0, 1], ``loss.item()`` every step) when ``torch`` is importable (``pip install '.[bench]'``
+pins the CPU wheel); it uses torch's default intra-op threads (all cores), as the course's does.
 
 The variants alternate for --rounds rounds and each keeps its best round. Prints images/s for
 each (median over its timed windows) and images per CPU-second of this process (steadier on a
@@ -141,6 +145,53 @@ def bench_eager(args, synthetic: bool) -> dict[str, float]:
     return rates(window * args.batch, wall, cpu)
 
 
+def bench_torch(args, synthetic: bool) -> dict[str, float]:
+    """The course's PyTorch loop on the same training images (NCHW float in [0, 1])."""
+    import torch
+    from torch import nn
+
+    cfg = make_config(args, "tape")
+    bundle = bundle_for(cfg, synthetic)
+    x, y = bundle.arrays["train"]
+    torch.manual_seed(0)
+    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float() / 255.0
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=args.batch, shuffle=True)
+    classes = bundle.info.num_classes
+    channels, h, w = images.shape[1:]
+    model = nn.Sequential(
+        nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 128), nn.ReLU(), nn.Linear(128, classes),
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    wall: list[float] = []
+    cpu: list[float] = []
+    for epoch in range(1 + args.epochs):  # epoch 0 warms up, like the engines' first epoch
+        t0, c0 = time.perf_counter(), time.process_time()
+        model.train()
+        epoch_loss = 0.0
+        for batch_x, batch_y in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(batch_x), batch_y)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += loss.item()
+        if epoch:
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    return rates(len(labels), wall, cpu)
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=150, help="steps per epoch (train_subset = batch * steps)")
@@ -156,12 +207,17 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--synthetic", action="store_true", help="random images instead of Fashion-MNIST")
     ap.add_argument(
-        "--only", choices=["tape", "fit", "plain_fit", "eager"], action="append", help="run only these (repeatable)"
+        "--only", choices=["tape", "fit", "plain_fit", "eager", "torch"], action="append", help="run only these (repeatable)"
     )
     args = ap.parse_args(argv)
 
     synthetic = args.synthetic or not (FASHION / "train-images-idx3-ubyte.gz").exists()
-    which = args.only or ["tape", "fit", "plain_fit", "eager"]
+    which = args.only or ["tape", "fit", "plain_fit", "eager", *(["torch"] if torch_available() else [])]
+    if "torch" in which and not torch_available():
+        print("train_throughput: error: --only torch needs PyTorch (pip install '.[bench]')", file=sys.stderr)
+        sys.exit(2)
+    if "torch" not in which:
+        print("torch is not installed: the PyTorch variant is skipped (pip install '.[bench]')", flush=True)
     print(f"machine: {describe()}", flush=True)
     print(
         f"data: {'synthetic 28x28x1' if synthetic else FASHION}, seed_cnn l2=1e-4, batch {args.batch}, "
@@ -174,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
             t = time.perf_counter()
             if name == "eager":
                 r = bench_eager(args, synthetic)
+            elif name == "torch":
+                r = bench_torch(args, synthetic)
             elif name == "plain_fit":
                 r = bench_plain_fit(args, synthetic)
             else:
@@ -207,6 +265,10 @@ def main(argv: list[str] | None = None) -> dict:
         "tape_vs_fit_cpu": ratio("tape", "fit", "ips_cpu"),
         "tape_vs_eager_cpu": ratio("tape", "eager", "ips_cpu"),
         "tape_vs_plain_fit_cpu": ratio("tape", "plain_fit", "ips_cpu"),
+        "torch_ips": val("torch"),
+        "torch_ips_cpu": val("torch", "ips_cpu"),
+        "tape_vs_torch": ratio("tape", "torch"),
+        "tape_vs_torch_cpu": ratio("tape", "torch", "ips_cpu"),
         "machine": describe(),
         "synthetic": synthetic,
     }

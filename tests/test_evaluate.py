@@ -126,6 +126,35 @@ def test_metrics_match_sklearn(evaluated):
     assert res["ece"] == pytest.approx(_ece_by_loop(probs, y, 15), abs=1e-5)
 
 
+def _pairwise_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """ROC-AUC as the Mann-Whitney statistic: P(score of a positive > score of a negative), ties half."""
+    pos, neg = scores[positive], scores[~positive]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def test_per_class_roc_auc_is_the_pairwise_ranking_statistic(evaluated):
+    probs, y = _independent(evaluated)
+    ev = json.loads((evaluated["run_dir"] / "evaluation.json").read_text())
+    for k, row in enumerate(ev["per_class"]):
+        assert row["roc_auc"] == pytest.approx(_pairwise_auc(probs[:, k], y == k), abs=1e-4)
+        assert 0 < row["pr_auc"] <= 1
+    macro = ev["averages"]["macro"]
+    assert macro["roc_auc"] == pytest.approx(np.mean([r["roc_auc"] for r in ev["per_class"]]))
+
+
+def test_per_class_auc_edge_cases():
+    from tfcnn.evaluate.metrics import per_class_auc
+
+    labels = np.array([0, 0, 1, 1])
+    perfect = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.3, 0.7, 0.0], [0.1, 0.9, 0.0]])
+    rows = per_class_auc(perfect, labels)
+    assert rows[0] == {"roc_auc": 1.0, "pr_auc": 1.0} and rows[1] == {"roc_auc": 1.0, "pr_auc": 1.0}
+    assert rows[2] == {"roc_auc": None, "pr_auc": None}  # no test image of class 2: no curve, not NaN
+    constant = per_class_auc(np.full((4, 2), 0.5), labels)
+    assert constant[0]["roc_auc"] == 0.5 and constant[0]["pr_auc"] == 0.5  # no ranking: chance level
+
+
 FIGURES = ("confusion_matrix", "reliability", "misclassified", "confident_mistakes", "embedding_pca",
            "embedding_tsne", "learning_curves", "gradient_norms", "weight_histograms")
 

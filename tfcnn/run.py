@@ -40,6 +40,7 @@ FILES: dict[str, str] = {
     "inspect": "inspect.json",  # per-layer shapes, params, MACs, receptive fields
     "summary": "summary.json",  # RunSummary record of one `tfcnn run`
     "exports": "exports.json",  # export version directories made from this run
+    "lr_find": "lr_find.json",  # LRFind record of `tfcnn lr-find` (loss against learning rate)
     "report": "report.html",
     "fit_state": "checkpoints/fit_state.json",  # fit engine's resume state
     "best_weights": "checkpoints/best_weights.npz",  # fit engine's best epoch so far
@@ -131,6 +132,14 @@ class Run:
     def save_config(self, cfg: PipelineConfig) -> None:
         write_json(self.path("config"), config_mod.to_dict(cfg))
         self._config = cfg
+
+    def use_config(self, cfg: PipelineConfig) -> "Run":
+        """Work with ``cfg`` in this process without writing config.json: for tools such as
+        ``tfcnn lr-find`` that read a pipeline's data into a directory they must not claim (a
+        later ``tfcnn run`` with other settings would be refused as a rerun)."""
+        self._config = cfg
+        self.forget("data_bundle")
+        return self
 
     def config(self) -> PipelineConfig:
         """The run's resolved config (config.json), read once per Run."""
@@ -421,6 +430,29 @@ class Verification(Record):
         if "mediapipe" in d:
             d["clients"] = d.pop("mediapipe")
         return super().from_dict(d, where=where)
+
+
+@dataclass
+class LRFind(Record):
+    """lr_find.json: an LR range test (``tfcnn lr-find``): the loss at each step as the learning
+    rate grows geometrically, and the rate it suggests."""
+
+    KIND: ClassVar[str] = "lr_find"
+    SCHEMA: ClassVar[str] = "tfcnn.lr_find/1"
+
+    start_lr: float = 0.0
+    end_lr: float = 0.0
+    steps: int = 0
+    lr: list[float] = field(default_factory=list)  # one per step run
+    loss: list[float | None] = field(default_factory=list)  # raw training loss per step (None: non-finite)
+    smoothed: list[float | None] = field(default_factory=list)  # bias-corrected EMA of the loss
+    suggested_lr: float | None = None  # steepest descent of the smoothed loss (per log10 of lr)
+    min_loss_lr: float | None = None  # where the smoothed loss was lowest
+    stopped: str = ""  # why it ended: "diverged" (4x the best smoothed loss), "non-finite", or "completed"
+    model: str = ""
+    optimizer: str = ""
+    batch_size: int = 0
+    seconds: float = 0.0
 
 
 @dataclass

@@ -45,3 +45,31 @@ def ece_from_bins(b: dict[str, list]) -> float:
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     """ECE in [0, 1]; 0 for a perfectly calibrated classifier (up to sampling noise)."""
     return ece_from_bins(reliability_bins(probs, labels, bins))
+
+
+def nll_at_temperature(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean negative log-likelihood of softmax(logits / T) (stable log-sum-exp)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(z)), np.asarray(labels, dtype=np.int64)].mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T) on held-out data (Guo et al. 2017).
+
+    One scalar, so accuracy (the argmax) never changes; only the confidence does. The NLL is
+    convex in 1/T (a log-sum-exp of a linear function minus a linear one), so a bounded scalar
+    search over 1/T finds the global minimum.
+    """
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if logits.ndim != 2 or len(logits) != len(labels) or len(labels) == 0:
+        raise ValueError(f"logits must be [N, classes] with N > 0 labels; got {logits.shape} and {labels.shape}")
+    if not np.isfinite(logits).all():
+        raise ValueError("logits must be finite to fit a temperature")
+    res = minimize_scalar(lambda inv: nll_at_temperature(logits, labels, 1.0 / inv), bounds=(1.0 / hi, 1.0 / lo),
+                          method="bounded", options={"xatol": 1e-6})
+    return float(1.0 / res.x)

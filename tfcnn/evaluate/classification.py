@@ -16,7 +16,7 @@ from tfcnn.errors import TfcnnError
 from tfcnn.evaluate.base import EVALUATIONS, as_run, save_npz
 from tfcnn.evaluate.calibration import ece_from_bins, reliability_bins
 from tfcnn.evaluate.embedding import penultimate_features, project, sample_indices
-from tfcnn.evaluate.metrics import Predictions, confusion_matrix, per_class_metrics, predict_split
+from tfcnn.evaluate.metrics import Predictions, confusion_matrix, per_class_auc, per_class_metrics, predict_split
 from tfcnn.evaluate.training import read_record, stop_epochs
 from tfcnn.run import Diagnostics, Evaluation, Metrics, Run
 from tfcnn.util import log
@@ -59,6 +59,11 @@ def evaluate_classification(
 
     cm = confusion_matrix(labels, predicted, info.num_classes)
     table = per_class_metrics(cm, names)
+    for row, auc in zip(table["per_class"], per_class_auc(probs, labels)):
+        row.update(auc)
+    for key in ("roc_auc", "pr_auc"):
+        defined = [r[key] for r in table["per_class"] if r[key] is not None]
+        table["averages"]["macro"][key] = float(np.mean(defined)) if defined else None
     bins = reliability_bins(probs, labels, calibration_bins)
     ece = ece_from_bins(bins)
     log.info(f"evaluate: accuracy {preds.accuracy:.4f}, loss {preds.loss:.4f}, top-{preds.top_k} {preds.top_k_accuracy:.4f}, ECE {ece:.4f}")

@@ -73,6 +73,30 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
     return tf.math.confusion_matrix(labels, predicted, num_classes=num_classes, dtype=tf.int64).numpy()
 
 
+def per_class_auc(probs: np.ndarray, labels: np.ndarray) -> list[dict[str, float | None]]:
+    """One-vs-rest ROC-AUC and PR-AUC (average precision) of each class's probability column.
+
+    Why both: on imbalanced data ROC-AUC stays high while a rare class's precision collapses;
+    PR-AUC shows that. A class with no positive (or no negative) test image has no curve:
+    None, never NaN, since the record is strict JSON and NaN must not read as a number.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    out: list[dict[str, float | None]] = []
+    for k in range(probs.shape[1]):
+        positive = labels == k
+        if positive.all() or not positive.any():
+            out.append({"roc_auc": None, "pr_auc": None})
+            continue
+        out.append({
+            "roc_auc": float(roc_auc_score(positive, probs[:, k])),
+            "pr_auc": float(average_precision_score(positive, probs[:, k])),
+        })
+    return out
+
+
 def per_class_metrics(cm: np.ndarray, class_names: Sequence[str]) -> dict:
     """Precision/recall/F1/support per class plus macro and support-weighted averages.
 

@@ -23,6 +23,15 @@ def check_train_config(cfg: PipelineConfig) -> None:
     allowed = monitors(get_task(cfg.task).metric_names)
     if es.monitor not in allowed:
         raise monitor_error(es.monitor, allowed)
+    if tc.class_weight is not None and not get_task(cfg.task).class_weighted:
+        raise ConfigError(f"train.class_weight weighs classes, which the {cfg.task!r} task does not have; remove it")
+    if tc.use_ema and es.enabled and es.restore_best:
+        raise ConfigError(
+            "train.use_ema averages the weights over the whole run, which restoring the best epoch's raw weights "
+            "would undo; set train.early_stopping.restore_best = false (or turn train.use_ema off)"
+        )
+    if tc.nesterov and tc.optimizer != "sgd":
+        raise ConfigError(f"train.nesterov applies to optimizer = 'sgd' only (got {tc.optimizer!r})")
     if tc.reduce_lr_on_plateau and (tc.schedule != "constant" or tc.warmup_epochs > 0):
         raise ConfigError(
             f"train.reduce_lr_on_plateau needs schedule = 'constant' without warm-up (got schedule = {tc.schedule!r}, "

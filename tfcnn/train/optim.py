@@ -58,7 +58,9 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 def build_schedule(tc: TrainConfig, steps_per_epoch: int) -> Schedule:
     """The learning rate as a float (constant) or a schedule over optimizer steps."""
     lr = tc.learning_rate
-    spe = max(int(steps_per_epoch), 1)
+    # With gradient accumulation the optimizer (and its step counter) moves once per
+    # accumulated group of batches, so the schedule counts those updates.
+    spe = max(math.ceil(int(steps_per_epoch) / max(tc.gradient_accumulation_steps, 1)), 1)
     total = max(tc.epochs * spe, 1)
     warm = int(round(tc.warmup_epochs * spe))
     if warm >= total and tc.schedule != "constant":
@@ -78,6 +80,14 @@ def build_schedule(tc: TrainConfig, steps_per_epoch: int) -> Schedule:
             warmup_target=lr if warm else None,
             warmup_steps=warm,
         )
+    if tc.schedule == "cosine_restarts":
+        # SGDR (Loshchilov & Hutter) as Keras builds it; warm-up, if any, ramps into the first cycle.
+        first = int(round(tc.restart_epochs * spe)) if tc.restart_epochs else max((total - warm) // 3, 1)
+        sched = keras.optimizers.schedules.CosineDecayRestarts(
+            initial_learning_rate=lr, first_decay_steps=max(first, 1), t_mul=tc.restart_mult,
+            m_mul=tc.restart_decay, alpha=tc.min_lr_fraction,
+        )
+        return LinearWarmup(sched, warm) if warm > 0 else sched
     if tc.schedule == "onecycle":
         # Leslie Smith's one-cycle as Keras builds it: linear ramp from lr/25 to lr over the warm-up
         # (30% of training unless warmup_epochs says otherwise), then cosine annealing to the floor.
@@ -110,7 +120,8 @@ def build_schedule(tc: TrainConfig, steps_per_epoch: int) -> Schedule:
 
 
 def build_optimizer(tc: TrainConfig, schedule: Schedule, *, clipnorm: bool = True) -> keras.optimizers.Optimizer:
-    """Adam/AdamW/SGD/RMSprop with decoupled weight decay and (optionally) per-variable clipnorm.
+    """Adam/AdamW/SGD/RMSprop/Adagrad/Lion with decoupled weight decay, (optionally) per-variable
+    clipnorm, and Keras' own weight EMA and gradient accumulation when ``[train]`` asks for them.
 
     The tape engine passes ``clipnorm=False`` and clips after its own cross-replica sum, because
     Keras clips inside ``apply`` before summing replicas' partial gradients.
@@ -118,14 +129,24 @@ def build_optimizer(tc: TrainConfig, schedule: Schedule, *, clipnorm: bool = Tru
     kwargs: dict = {"learning_rate": schedule}
     if clipnorm and tc.clipnorm:
         kwargs["clipnorm"] = tc.clipnorm
+    if tc.use_ema:
+        kwargs.update(use_ema=True, ema_momentum=tc.ema_momentum)
+    if tc.gradient_accumulation_steps > 1:
+        kwargs["gradient_accumulation_steps"] = tc.gradient_accumulation_steps
     if tc.optimizer == "adam":
         opt = keras.optimizers.Adam(weight_decay=tc.weight_decay or None, **kwargs)
     elif tc.optimizer == "adamw":
         opt = keras.optimizers.AdamW(weight_decay=tc.weight_decay, **kwargs)
     elif tc.optimizer == "sgd":
-        opt = keras.optimizers.SGD(momentum=tc.momentum, weight_decay=tc.weight_decay or None, **kwargs)
+        opt = keras.optimizers.SGD(momentum=tc.momentum, nesterov=tc.nesterov, weight_decay=tc.weight_decay or None, **kwargs)
     elif tc.optimizer == "rmsprop":
         opt = keras.optimizers.RMSprop(momentum=tc.momentum, weight_decay=tc.weight_decay or None, **kwargs)
+    elif tc.optimizer == "adagrad":
+        opt = keras.optimizers.Adagrad(weight_decay=tc.weight_decay or None, **kwargs)
+    elif tc.optimizer == "lion":
+        # Lion's sign update is ~10x larger per step than Adam's at the same rate (Chen et al.
+        # suggest a 3-10x lower learning rate); tfcnn takes learning_rate as given.
+        opt = keras.optimizers.Lion(weight_decay=tc.weight_decay or None, **kwargs)
     else:  # pragma: no cover
         raise ConfigError(f"train.optimizer = {tc.optimizer!r} is unknown")
     if tc.weight_decay:

@@ -122,7 +122,13 @@ def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
     """The settings a checkpoint depends on (model, data, training minus RESUMABLE_KEYS)."""
     train = {k: v for k, v in to_dict(cfg.train).items() if k not in RESUMABLE_KEYS}
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("path", "cache")}  # where, not what
-    return {"data": data, "model": to_dict(cfg.model), "train": train}
+    fp = {"data": data, "model": to_dict(cfg.model), "train": train}
+    section = getattr(cfg, cfg.task, None)  # a task's own settings (e.g. [reconstruction]: loss, noise)
+    if cfg.task != "classification":
+        fp["task"] = cfg.task
+        if section is not None:
+            fp[cfg.task] = to_dict(section)
+    return fp
 
 
 def check_fingerprint(

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from tfcnn.errors import TfcnnError
 from tfcnn.train import guard
+from tfcnn.train.class_weights import example_weights
 from tfcnn.train.optim import build_optimizer, build_schedule, current_lr
 from tfcnn.train.records import RunRecord, check_fingerprint
 from tfcnn.train.session import Session
@@ -104,6 +105,7 @@ class TapeSpec:
     fingerprint_fix: str = "use a new run directory or delete its checkpoints/ to start over"
     # What a non-finite loss says to try (guard.advice_for).
     nan_advice: str = "lower the learning rate or clip the gradients (clipnorm)"
+    class_weights: Sequence[float] | None = None  # train.class_weight: training loss only (tfcnn.train.class_weights)
 
 
 class TapeLoop:
@@ -115,6 +117,7 @@ class TapeLoop:
         self.strategy = spec.strategy
         self.replicas = int(spec.strategy.num_replicas_in_sync)
         self.loss_fn = spec.loss_fn
+        self.class_weights = tf.constant(spec.class_weights, tf.float32) if spec.class_weights is not None else None
         self.restore_best = spec.restore_best
         self.kernels = kernels(self.model) if spec.l2 else []
         tvars = self.model.trainable_variables
@@ -206,6 +209,8 @@ class TapeLoop:
         with tf.GradientTape() as tape:
             logits = tf.cast(self.model(x, training=True), tf.float32)
             per_example = self._per_example_loss(y, logits)
+            if self.class_weights is not None:
+                per_example = per_example * example_weights(y, self.class_weights)
             reg = self._regularization()
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_n)
             loss += tf.nn.scale_regularization_loss(reg)
@@ -455,6 +460,12 @@ class TapeLoop:
         elif self.restore_best and self.rules.best_epoch is not None and self.rules.best_epoch != self.record.epochs_done:
             self._load_best()
             log.info(f"train: restored the weights of epoch {self.rules.best_epoch} (best {self.rules.patience.monitor})")
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        if getattr(inner, "use_ema", False) and self.record.epochs_done:
+            # as model.fit does: the averaged weights replace the raw ones for evaluation and export
+            with self.spec.strategy.scope():
+                inner.finalize_variable_values(self.model.trainable_variables)
+            log.info(f"train: weights replaced by their exponential moving average (momentum {inner.ema_momentum})")
         if not guard.all_finite(self.model.get_weights()):  # a callback broke them after the last epoch
             self.record.stop_reason = self.rules.reason = "non_finite_loss"
             self.record.stopped_epoch = self.rules.stopped_epoch = self.record.epochs_done
@@ -567,14 +578,17 @@ def spec_from_session(s: Session) -> TapeSpec:
     return TapeSpec(
         model=s.model,
         strategy=s.strategy,
-        train=s.bundle.train,
-        val=s.bundle.val if s.has_validation else None,
+        # The task turns the bundle's (images, labels) into what the model learns (identity for classifiers).
+        train=s.task.feed(s.bundle.train, s.cfg, training=True),
+        val=s.task.feed(s.bundle.val, s.cfg, training=False) if s.has_validation else None,
         steps_per_epoch=s.steps_per_epoch,
         epochs=tc.epochs,
         # The loop feeds the dataset's labels as they are: the task's loss takes them raw (it
-        # one-hot encodes for label smoothing itself), so its metrics are the plain-label ones.
+        # one-hot encodes for label smoothing itself, and takes mixed probability vectors as
+        # they come), so its metrics are the plain-label ones, or with soft labels ones that take both.
         loss_fn=s.task.loss_fn(s.num_outputs, s.label_smoothing),
-        make_metrics=lambda: s.task.keras_metrics(0.0),
+        class_weights=s.class_weights,
+        make_metrics=lambda: s.task.keras_metrics(0.0, **s.label_options),  # soft: mixed train labels
         make_optimizer=make_optimizer,
         rules=s.new_rules(),
         record=s.new_record(),
