@@ -114,8 +114,9 @@ def write_idx(path: Path, arr: np.ndarray, *, gz: bool) -> Path:
 def write_idx_dir(d: Path, *, gz: bool, n_train: int = 60, n_test: int = 30) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     sfx = ".gz" if gz else ""
-    xtr, ytr = synthetic_arrays(n_train, size=12, seed=4)
-    xte, yte = synthetic_arrays(n_test, size=12, seed=5)
+    # 10 classes (Fashion-MNIST's names), each with training images: a named class without any is refused
+    xtr, ytr = synthetic_arrays(n_train, size=12, classes=10, seed=4)
+    xte, yte = synthetic_arrays(n_test, size=12, classes=10, seed=5)
     write_idx(d / f"train-images-idx3-ubyte{sfx}", xtr[..., 0], gz=gz)
     write_idx(d / f"train-labels-idx1-ubyte{sfx}", ytr.astype(np.uint8), gz=gz)
     write_idx(d / f"t10k-images-idx3-ubyte{sfx}", xte[..., 0], gz=gz)
@@ -127,7 +128,7 @@ def write_idx_dir(d: Path, *, gz: bool, n_train: int = 60, n_test: int = 30) -> 
 def test_idx_round_trip(tmp_path, gz):
     d = write_idx_dir(tmp_path / "idx", gz=gz)
     (xtr, ytr), (xte, yte) = idx.load_idx_dir(d)
-    exp_x, exp_y = synthetic_arrays(60, size=12, seed=4)
+    exp_x, exp_y = synthetic_arrays(60, size=12, classes=10, seed=4)
     assert np.array_equal(xtr, exp_x[..., 0]) and np.array_equal(ytr, exp_y)
     assert xte.shape == (30, 12, 12) and xtr.dtype == np.uint8
     b = load_data(data_cfg(source=f"idx:{d}", val_fraction=0.0))
@@ -227,10 +228,13 @@ def test_real_fashion_mnist_subset():
 def test_tfds_source_with_mock_data(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.setattr(tfds_source, "online", lambda: True)  # mock_data replaces the download itself
-    with tfds.testing.mock_data(num_examples=24):
+    with tfds.testing.mock_data(num_examples=24):  # random labels: class 8 gets no training image
+        with pytest.raises(DataError, match=r"1 of 10 classes have no training images: '8' \(id 8\)"):
+            load_data(data_cfg(source="tfds:cifar10", val_fraction=0.25))
+    with tfds.testing.mock_data(num_examples=80):
         b = load_data(data_cfg(source="tfds:cifar10", val_fraction=0.25))
         assert b.info.input_shape == (32, 32, 3) and b.info.num_classes == 10
-        assert (b.info.num_train, b.info.num_val, b.info.num_test) == (18, 6, 24)
+        assert (b.info.num_train, b.info.num_val, b.info.num_test) == (60, 20, 80)
         flowers = load_data(data_cfg(source="tfds:tf_flowers", image_size=[20, 24], channels=1, val_fraction=0.0))
     assert flowers.info.class_names == ["dandelion", "daisy", "tulips", "sunflowers", "roses"]
     assert flowers.info.input_shape == (20, 24, 1)
@@ -428,6 +432,7 @@ def test_numpy_nhw_without_test_split_and_names(tmp_path):
         ({"x_train": lambda x: x.astype(np.float32) / 255}, r"x_train has dtype float32; images must be uint8"),
         ({"y_train": lambda y: y.astype(np.float32)}, r"y_train has dtype float32; labels must be integer"),
         ({"y_train": lambda y: np.zeros_like(y)}, r"every training image is in one class \('class_0'\)"),
+        ({"y_train": lambda y: np.where(y == 2, 1, y)}, r"1 of 3 classes have no training images: 'class_2' \(id 2\)"),
         ({"x_test": lambda x: x[:, :, :, :1].repeat(2, axis=-1)}, r"x_test has shape .*C = 1 or 3"),
     ],
 )

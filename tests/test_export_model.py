@@ -138,6 +138,7 @@ def test_scale_normalization_runs_in_graph(data, tmp_path):
         ({"formats": ["tflite_int9"]}, "did you mean 'tflite_int8'"),
         ({"outputs": "softmax"}, "outputs = 'softmax'"),
         ({"normalization": {"std": 0}}, "std > 0"),
+        ({"outputs": "logits"}, "every row of the model's outputs is a probability distribution"),
     ],
 )
 def test_bad_input_is_one_error_line(softmax_model, data, tmp_path, kwargs, message):
@@ -194,3 +195,19 @@ def test_a_model_built_for_any_size_exports_at_input_size(data, tmp_path):
     contract = json.loads((vd / "contract.json").read_text())
     assert (contract["input"]["height"], contract["input"]["width"]) == (16, 16)
     assert json.loads((vd / "verification.json").read_text())["passed"]
+
+
+def test_logits_model_exported_as_probabilities_is_refused_before_writing(data, tmp_path):
+    """Every format would reproduce the same wrong scores and verify perfectly: only the scores show it."""
+    import keras
+
+    import tfcnn
+
+    _, (xt, yt) = data
+    inputs = keras.Input(xt.shape[1:])
+    h = keras.layers.Rescaling(1 / 255)(inputs)
+    logits = keras.layers.Dense(3)(keras.layers.Flatten()(h))
+    model = keras.Model(inputs, logits)
+    with pytest.raises(ExportError, match=r"outputs = 'probabilities' .* but the model's outputs are not probabilities"):
+        tfcnn.export_model(model, labels=["a", "b", "c"], test=(xt, yt), out=tmp_path, name="m", outputs="probabilities")
+    assert not (tmp_path / "m").exists()

@@ -251,3 +251,34 @@ def test_library_progress_lines_are_plain(capsys, tiny_run, image_dir):
     assert "\x1b[" not in err and "\r" not in err
     predict_images(tiny_run, image_files(image_dir), progress=False)
     assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--top-k", "0"], "argument --top-k: must be at least 1, got 0"),
+    (["--threads", "0"], "argument --threads: must be at least 1, got 0"),
+    (["--batch-size", "x"], "argument --batch-size: expected a whole number, got 'x'"),
+])
+def test_count_options_are_one_usage_line(capsys, tiny_run, image_dir, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(tiny_run), str(image_files(image_dir)[0]), *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_top_k_above_the_class_count_is_refused(capsys, tiny_run, image_dir):
+    code, out, err = run_cli(capsys, "predict", tiny_run, image_files(image_dir)[0], "--top-k", "4")
+    assert code == 2 and out == "" and "--top-k 4 must be between 1 and the model's 3 classes" in err
+
+
+def test_a_model_with_nan_weights_predicts_nothing(capsys, tiny_run, image_dir, tmp_path):
+    """"nan%" rows would look like an answer: non-finite scores are one error line, exit 2."""
+    import keras
+
+    run = tmp_path / "nan_run"
+    shutil.copytree(tiny_run, run)
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    model.save(run / "model.keras")
+    code, out, err = run_cli(capsys, "predict", run, image_files(image_dir)[0])
+    assert code == 2 and out == ""
+    assert "outputs are not finite (NaN or inf) for 1 of 1 images" in err

@@ -147,6 +147,21 @@ def test_report_missing_run_dir_is_one_clear_error(tmp_path):
         build_report(tmp_path / "nope")
 
 
+def test_report_with_an_unreadable_record_says_so_and_exits_1(report_run, tmp_path, capsys):
+    """The report is still written (with the reason where the section goes), but not called complete."""
+    import shutil
+
+    from tfcnn.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(report_run, run)
+    (run / "metrics.json").write_text("{broken")
+    assert main(["report", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "1 run file(s) could not be read" in err and "metrics.json is not valid JSON" in err
+    assert "metrics.json is not valid JSON" in (run / "report.html").read_text()
+
+
 def test_report_lists_every_skipped_data_file_with_its_reason(report_run, tmp_path):
     """data.json's `skipped` list is in the report, collapsible, each file with its reason (escaped)."""
     from tfcnn.config import from_dict, save

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 
 import keras
 import numpy as np
@@ -324,3 +325,16 @@ def test_bad_input_is_one_clear_line_before_training(error, pattern, model, data
     message = str(err.value)
     assert message.startswith("train_model: ") and "\n" not in message, message
     assert spy.events == []  # nothing started
+
+
+def test_labels_outside_the_model_classes_are_one_line():
+    """TensorFlow finds label 5 inside the compiled step, as a multi-line InvalidArgumentError."""
+    from tfcnn.errors import TrainingError
+
+    train, _, _ = datasets()
+    bad = train.map(lambda x, y: (x, y + 3))
+    with pytest.raises(TrainingError) as err:
+        train_model(functional(), bad, epochs=1)
+    msg = str(err.value)
+    assert "\n" not in msg and "train_model: a training step failed" in msg
+    assert re.search(r"label value of \d which is outside the valid range of \[0, 3\)", msg), msg

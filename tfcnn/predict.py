@@ -147,6 +147,8 @@ def classify(
     """
     if batch_size < 1:
         raise TfcnnError(f"batch size must be at least 1, got {batch_size}")
+    if not 1 <= top_k <= len(labels):
+        raise TfcnnError(f"--top-k {top_k} must be between 1 and the model's {len(labels)} classes")
     paths = [Path(p) for p in images]
     bar = _Progress(len(paths), batch_size, what, progress)
     rows: list[dict[str, Any]] = []
@@ -164,11 +166,24 @@ def classify(
             chunk = paths[start : start + batch_size]
             decoded = list(pool.map(decode, chunk))
             ok = [(p, a) for p, (a, _) in zip(chunk, decoded) if a is not None]
-            scored = iter(top_k_rows([p for p, _ in ok], scores(np.stack([a for _, a in ok])), labels, top_k) if ok else [])
+            probs = _finite(scores(np.stack([a for _, a in ok])), what) if ok else None
+            scored = iter(top_k_rows([p for p, _ in ok], probs, labels, top_k) if ok else [])
             for path, (arr, err) in zip(chunk, decoded):
                 rows.append(next(scored) if arr is not None else error_row(path, err or f"{path}: unreadable"))
             bar.update(len(chunk), sum(a is None for a, _ in decoded))
     return rows
+
+
+def _finite(probs: np.ndarray, what: str) -> np.ndarray:
+    """The scores, or one error line when any is NaN/inf: a broken model must not print "nan%"."""
+    probs = np.asarray(probs)
+    if not np.isfinite(probs).all():
+        bad = int((~np.isfinite(probs)).any(axis=-1).sum())
+        raise TfcnnError(
+            f"the {what or 'model'} outputs are not finite (NaN or inf) for {bad} of {len(probs)} images: "
+            "the model's weights are broken; retrain it (tfcnn export refuses such a model)"
+        )
+    return probs
 
 
 def predict_images(
@@ -187,6 +202,11 @@ def predict_images(
     run = Run.open(run_dir, need=("config", "data", "model"))
     info = run.read(DataInfo)
     task = get_task(run.config().task)
+    if not task.predicts_labels:
+        raise TfcnnError(
+            f"tfcnn predict gives class labels, but {run.root} is a {task.name!r} run; "
+            "run its export with the runtime of your choice, or see its report for reconstructions"
+        )
     height, width, channels = info.input_shape
     model = load_trained_model(run)
 

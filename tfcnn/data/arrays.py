@@ -64,7 +64,11 @@ def check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
 
 
 def check_classes(class_names: Sequence[str], y_train: np.ndarray, where: str) -> None:
-    """A classifier needs at least two classes, and at least two of them among the training labels."""
+    """A classifier needs at least two classes, and training images of every class it names.
+
+    A named class without a training image would be an output the model was never taught, and
+    its per-class test numbers would be meaningless, so it is an error rather than a quiet gap.
+    """
     if len(class_names) < 2:
         raise DataError(f"{where} has {len(class_names)} class(es) {list(class_names)}; a classifier needs at least 2")
     present = np.unique(y_train)
@@ -74,6 +78,13 @@ def check_classes(class_names: Sequence[str], y_train: np.ndarray, where: str) -
             "a classifier needs images of at least 2 classes"
             if len(present)
             else f"{where}: there are no training images; add images for at least 2 classes"
+        )
+    missing = sorted(set(range(len(class_names))) - {int(v) for v in present})
+    if missing:
+        names = ", ".join(f"{class_names[i]!r} (id {i})" for i in missing[:5])
+        raise DataError(
+            f"{where}: {len(missing)} of {len(class_names)} classes have no training images: {names}; "
+            "add images for them or remove them from the class names"
         )
 
 

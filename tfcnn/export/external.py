@@ -138,6 +138,31 @@ def _reference_model(model, mean: list[float], std: list[float], outputs: str, g
     return keras.Model(inp, y, name=f"{model.name}_export")
 
 
+def _check_outputs_kind(model, x: np.ndarray, mean: list[float], std: list[float], outputs: str) -> None:
+    """What the model returns on a few test images agrees with ``outputs``, before anything is written.
+
+    A logits model exported as "probabilities" (or the reverse) converts and verifies perfectly,
+    because every format reproduces the same wrong scores; only the scores themselves show it.
+    """
+    sample = (x[:64].astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    raw = np.asarray(model(sample, training=False), dtype=np.float64)
+    if not np.isfinite(raw).all():
+        raise ExportError("the model's outputs on the test images are not finite (NaN or inf); its weights are broken")
+    sums = raw.sum(axis=-1)
+    probabilities = raw.min() >= -1e-6 and raw.max() <= 1 + 1e-6 and np.abs(sums - 1).max() < 1e-3
+    if outputs == "probabilities" and not probabilities:
+        raise ExportError(
+            f"outputs = 'probabilities' (--outputs probabilities), but the model's outputs are not probabilities "
+            f"(values {raw.min():.3g}..{raw.max():.3g}, rows sum to {sums.min():.3g}..{sums.max():.3g}); "
+            "pass outputs='logits' for a model without a softmax"
+        )
+    if outputs == "logits" and probabilities and np.abs(sums - 1).max() < 1e-5:
+        raise ExportError(
+            "outputs = 'logits', but every row of the model's outputs is a probability distribution (it ends in a softmax); "
+            "pass outputs='probabilities' (--outputs probabilities)"
+        )
+
+
 def export_model(
     model,
     *,
@@ -159,6 +184,7 @@ def export_model(
     thresholds: dict[str, dict[str, float]] | None = None,
     input_size: Sequence[int] | None = None,
     channels: int | None = None,
+    serving_base: str | None = None,
 ) -> Path:
     """Export a Keras image classifier to every chosen format, with the same contract, model card
     and verification as a tfcnn run; returns the version directory.
@@ -186,6 +212,7 @@ def export_model(
     x_test, y_test = _images(test, "test", (h, w, c), with_labels=True)
     if y_test.min() < 0 or y_test.max() >= k:
         raise ExportError(f"test labels run from {y_test.min()} to {y_test.max()}; they must be class ids 0..{k - 1}")
+    _check_outputs_kind(model, x_test, mean, std, outputs)
     if representative is None:
         x_cal = x_test
         if "tflite_int8" in chosen:
@@ -208,7 +235,7 @@ def export_model(
             "export": {
                 "name": name, "root": str(root), "formats": list(chosen), "representative_samples": max(1, min(len(x_cal), 300)),
                 "threads": threads, "latency_runs": latency_runs, "description": description, "author": author,
-                "license": license, "thresholds": dict(thresholds or {}),
+                "license": license, "thresholds": dict(thresholds or {}), "serving_base": serving_base,
             },
         }
     )

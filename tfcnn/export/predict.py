@@ -130,7 +130,7 @@ def _check_files(vd: Path, fmt: str) -> None:
 
     card = read_json(vd / CARD, what="the model card", fix="re-export the run with `tfcnn export RUN_DIR`")
     rows = [r for r in card.get("artifacts", []) if r.get("format") in (fmt, "labels", "contract")]
-    problems = check_integrity(vd, rows)
+    problems = check_integrity(vd, rows, whole_version=False)
     if problems:
         p = problems[0]
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -151,6 +151,12 @@ def predict_version(
     the rows are :func:`tfcnn.predict.predict_images`'s, an unreadable file is an error row."""
     vd = Path(version_dir)
     contract = _contract(vd)
+    kind = contract.get("output", {}).get("kind", "probabilities")
+    if kind != "probabilities":
+        raise TfcnnError(
+            f"tfcnn predict gives class labels, but {vd} returns {kind} ({', '.join(contract['output'].get('tensors', [])) or '?'}); "
+            "call its artifacts directly (contract.json names the tensors)"
+        )
     name = choose_format(vd, format)
     labels = _labels(vd, contract)
     height, width = int(contract["input"]["height"]), int(contract["input"]["width"])

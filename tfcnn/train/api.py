@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from tfcnn import config as config_mod
 from tfcnn.config import EarlyStoppingConfig, TrainConfig
-from tfcnn.errors import ConfigError, DataError
+from tfcnn.errors import ConfigError, DataError, TrainingError
 from tfcnn.tasks import get_task
 from tfcnn.train import guard
 from tfcnn.train.distribute import make_strategy
@@ -249,7 +249,12 @@ def train_model(
         ),
     )
     started = time.perf_counter()
-    record = TapeLoop(spec).run()
+    try:
+        record = TapeLoop(spec).run()
+    except tf.errors.InvalidArgumentError as exc:  # e.g. a label outside [0, classes): TF finds it inside the step
+        # (Not pre-checked by reading a batch: a second iterator would shift a reshuffling dataset's
+        # epochs, so the same call would train on other batches than without the check.)
+        raise TrainingError(f"train_model: a training step failed: {_tf_reason(exc)}; check the dataset's labels and shapes") from None
     wall = time.perf_counter() - started
     record.stop_reason = record.stop_reason or "completed"
     log.info(f"train: {record.epochs_done} epochs in {wall:.1f} s ({record.stop_reason})")
@@ -539,6 +544,14 @@ def _check_model(
             f"train_model: the model outputs shape {_shape(out_shape)}; a classifier needs one score per class (2 or more)"
         )
     return dtype, int(classes)
+
+
+def _tf_reason(exc: BaseException) -> str:
+    """The informative line of a TF runtime error (its message, without the op and graph trail)."""
+    lines = [ln.strip() for ln in str(getattr(exc, "message", exc)).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("[[", "Traceback", "File ", "Detected at node", "Graph execution error"))
+              and not ln.endswith(":")]
+    return first_line(Exception(useful[0] if useful else type(exc).__name__), 240)
 
 
 def _reason(exc: BaseException) -> str:
