@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench reliability clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,transfer,transfer-reference,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,6 +28,12 @@ bench: $(STAMP)
 	$(PY) bench/export_formats.py
 	$(PY) bench/onednn.py
 	$(PY) bench/epoch_stall.py
+	$(PY) bench/input_pipeline.py
+	$(PY) bench/reliability.py
+
+# bad inputs and faults, each judged (README: When things go wrong)
+reliability: $(STAMP)
+	$(PY) bench/reliability.py
 
 clean:
 	rm -rf runs build *.egg-info

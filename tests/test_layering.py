@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "vis": 9,
     "pipeline": 10,
     "cli": 10,
+    "tune": 10,
     "__main__": 10,
 }
 LAYER_NAMES = {

@@ -45,14 +45,81 @@ MAX_IMAGE_SIDE = 16_384  # pixels, each side of data.image_size
 
 @dataclass
 class AugmentConfig:
-    """Training-time augmentation, applied in the tf.data pipeline on uint8 images."""
+    """Training-time augmentation, applied in the tf.data pipeline on uint8 images (train split only).
 
+    Order inside a batch: geometric, photometric, a policy (RandAugment and/or AugMix), erasing
+    and cutout, then batch mixing (mixup / CutMix), which turns the labels into probability
+    vectors. Every op is off at its default (0, false), so an empty ``[data.augment]`` changes
+    nothing. The meaning of each key is in tfcnn/data/augment.py, beside the op that reads it.
+    """
+
+    # ---- geometric
     flip: bool = False  # random horizontal flip
+    vflip: bool = False  # random vertical flip
     translate: float = field(default=0.0, metadata=_range(0.0, 0.5))  # fraction of height/width
     rotate: float = field(default=0.0, metadata=_range(0.0, 0.5))  # fraction of a full turn
     zoom: float = field(default=0.0, metadata=_range(0.0, 0.5))
+    shear: float = field(default=0.0, metadata=_range(0.0, 1.0))  # shear factor, both axes
+    crop_padding: int = field(default=0, metadata=_range(0, 1024))  # pixels of zero padding, then a random crop back
+    resized_crop: bool = False  # Inception-style random-resized crop, resized back to the image size
+    resized_crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0], metadata=_range(0.0, 1.0, lo_open=True))
+    resized_crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3], metadata=_range(0.0, 100.0, lo_open=True))
+    # ---- photometric
+    brightness: float = field(default=0.0, metadata=_range(0.0, 1.0))  # +-fraction of the value range
     contrast: float = field(default=0.0, metadata=_range(0.0, 1.0))
-    cutout: float = field(default=0.0, metadata=_range(0.0, 0.9))  # erased square side, fraction of image
+    saturation: float = field(default=0.0, metadata=_range(0.0, 1.0))  # 3 channels only; factor 0.5 -+ saturation/2
+    hue: float = field(default=0.0, metadata=_range(0.0, 1.0))  # 3 channels only; +-hue/2 of the colour circle
+    grayscale: float = field(default=0.0, metadata=_range(0.0, 1.0))  # 3 channels only; probability per image
+    noise: float = field(default=0.0, metadata=_range(0.0, 255.0))  # Gaussian noise std, pixel units
+    blur: float = field(default=0.0, metadata=_range(0.0, 1.0))  # Gaussian blur: probability per image
+    blur_sigma: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))  # its sigma, pixels (Keras takes <= 1)
+    # ---- policies
+    randaugment_ops: int = field(default=0, metadata=_range(0, 11))  # ops per image (0 = off)
+    randaugment_magnitude: float = field(default=0.3, metadata=_range(0.0, 1.0))  # Keras RandAugment factor
+    augmix: bool = False
+    augmix_chains: int = field(default=3, metadata=_range(1, 8))
+    augmix_depth: int = field(default=3, metadata=_range(1, 8))  # each chain has 1..augmix_depth ops
+    augmix_magnitude: float = field(default=0.3, metadata=_range(0.0, 1.0))
+    augmix_alpha: float = field(default=1.0, metadata=_range(0.0, 100.0, lo_open=True))  # Dirichlet/Beta concentration
+    erasing: float = field(default=0.0, metadata=_range(0.0, 1.0))  # random erasing: probability per image
+    erasing_area: list[float] = field(default_factory=lambda: [0.02, 1 / 3], metadata=_range(0.0, 1.0, lo_open=True))
+    erasing_aspect: list[float] = field(default_factory=lambda: [0.3, 1 / 0.3], metadata=_range(0.0, 100.0, lo_open=True))
+    erasing_value: Literal["mean", "zero", "random"] = "mean"  # mean: the training mean (0 after normalisation)
+    cutout: float = field(default=0.0, metadata=_range(0.0, 0.9))  # one square of this side (fraction) on every image
+    # ---- batch mixing (labels become probability vectors; label smoothing composes with them)
+    mixup: float = field(default=0.0, metadata=_range(0.0, 100.0))  # Beta(alpha, alpha) concentration (0 = off)
+    mixup_prob: float = field(default=1.0, metadata=_range(0.0, 1.0))  # probability per batch
+    cutmix: float = field(default=0.0, metadata=_range(0.0, 100.0))  # Beta(alpha, alpha) concentration (0 = off)
+    cutmix_prob: float = field(default=1.0, metadata=_range(0.0, 1.0))  # probability per batch
+
+    def summary(self) -> dict[str, Any]:
+        """Only the settings that do something, each op with its own parameters (model card,
+        report, run listing): a default list such as ``erasing_area`` says nothing while
+        ``erasing`` is 0."""
+        out: dict[str, Any] = {}
+        groups = {
+            "resized_crop": ("resized_crop_scale", "resized_crop_ratio"),
+            "blur": ("blur_sigma",),
+            "randaugment_ops": ("randaugment_magnitude",),
+            "augmix": ("augmix_chains", "augmix_depth", "augmix_magnitude", "augmix_alpha"),
+            "erasing": ("erasing_area", "erasing_aspect", "erasing_value"),
+            "mixup": ("mixup_prob",),
+            "cutmix": ("cutmix_prob",),
+        }
+        dependent = {k for keys in groups.values() for k in keys}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in dependent or not value:
+                continue
+            out[f.name] = value
+            for extra in groups.get(f.name, ()):
+                out[extra] = getattr(self, extra)
+        return out
+
+    @property
+    def mixes_labels(self) -> bool:
+        """True when mixup or CutMix can fire, so training labels are probability vectors."""
+        return bool((self.mixup and self.mixup_prob) or (self.cutmix and self.cutmix_prob))
 
 
 @dataclass
@@ -90,6 +157,10 @@ class ModelConfig:
     batch_norm: bool = True
     se: bool = False  # squeeze-and-excitation blocks where the architecture has them
     block: Literal["basic", "bottleneck"] = "basic"  # resnet only
+    # pretrained models only (efficientnet_lite0, the keras.applications backbones): "imagenet"
+    # (what None means for them), a path to a Keras .weights.h5 file, or "none" (random init);
+    # checked by tfcnn.models.pretrained
+    weights: Optional[str] = None
     options: dict = field(default_factory=dict)  # extra builder keyword arguments
 
 
@@ -114,10 +185,23 @@ class TrainConfig:
 
     engine: Literal["tape", "fit"] = "tape"
     epochs: int = field(default=10, metadata=_range(1, MAX_EPOCHS))
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop", "adagrad", "lion"] = "adam"
     learning_rate: float = field(default=1e-3, metadata=_range(0.0, 10.0, lo_open=True))
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
-    schedule: Literal["constant", "cosine", "exponential", "step", "onecycle"] = "constant"
+    nesterov: bool = False  # sgd: Nesterov momentum
+    # Keras optimizers' weight EMA: evaluation and export use the averaged weights (per-epoch
+    # validation numbers are the raw weights'); needs early_stopping.restore_best = false
+    use_ema: bool = False
+    ema_momentum: float = field(default=0.99, metadata=_range(0.0, 1.0, lo_open=True))
+    # Keras optimizers' gradient accumulation: one update per this many batches (the mean of their
+    # gradients), so an update sees batch_size * steps images; schedules count updates
+    gradient_accumulation_steps: int = field(default=1, metadata=_range(1, 4096))
+    schedule: Literal["constant", "cosine", "cosine_restarts", "exponential", "step", "onecycle"] = "constant"
+    # cosine_restarts (SGDR): the first cycle's length (0 = a third of training), each next cycle
+    # restart_mult times longer and restart_decay times lower at its start
+    restart_epochs: float = field(default=0.0, metadata=_range(0.0, MAX_EPOCHS))
+    restart_mult: float = field(default=2.0, metadata=_range(1.0, 100.0))
+    restart_decay: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
     warmup_epochs: float = field(default=0.0, metadata=_range(0.0, MAX_EPOCHS))
     min_lr_fraction: float = field(default=0.0, metadata=_range(0.0, 1.0))
     decay_rate: float = field(default=0.9, metadata=_range(0.0, 1.0, lo_open=True))  # exponential: lr factor per epoch
@@ -128,6 +212,8 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata=_range(0.0, 10.0))  # decoupled (AdamW-style)
     clipnorm: Optional[float] = field(default=None, metadata=_range(0.0, 1e6, lo_open=True))
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.5))
+    # imbalanced data: "balanced" (n / (K * n_class)) or {class name or id = weight}; training loss only
+    class_weight: Union[Literal["balanced"], dict, None] = None
     reduce_lr_on_plateau: bool = False  # fit engine: keras ReduceLROnPlateau
     strategy: Literal["default", "mirrored", "multi_worker", "tpu"] = "default"
     devices: Optional[list[str]] = None  # for mirrored, e.g. ["/cpu:0", "/cpu:1"]
@@ -162,6 +248,9 @@ class ExportConfig:
     enabled: bool = True
     name: Optional[str] = None  # model name in export/<name>/<version>; default: the run name
     root: str = "export"
+    # The model repository's path as TF Serving sees it (e.g. "/models" in the usual container):
+    # models.config's base_path is <serving_base>/<name>; None = this repository's absolute path.
+    serving_base: Optional[str] = None
     # Registered export formats (tfcnn.export.formats) to write; None = every format the task exports by default.
     formats: Optional[list[str]] = None
     representative_samples: int = field(default=300, metadata=_range(1, 1_000_000))
@@ -179,6 +268,78 @@ class ExportConfig:
 
 
 @dataclass
+class ReconstructionConfig:
+    """The reconstruction task (autoencoders): its loss, input noise and anomaly detection.
+
+    Read only when ``task = "reconstruction"``; the defaults train a plain autoencoder with MSE.
+    """
+
+    loss: Literal["mse", "bce", "ssim"] = "mse"  # per-pixel on [0, 1] images; ssim = 1 - SSIM
+    # Denoising: noise applied in the tf.data pipeline to the input only (the target stays clean).
+    noise: Literal["none", "gaussian", "salt_pepper", "masking"] = "none"
+    # gaussian: std as a fraction of the pixel range; salt_pepper / masking: fraction of pixels hit
+    noise_amount: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    # Anomaly detection: this class is left out of training; it is the anomaly at test time.
+    anomaly_class: Optional[int] = field(default=None, metadata=_range(0, 100_000))
+    # Share of the validation split that is the held-out class (known, labelled; 0 = none there).
+    anomaly_val_fraction: float = field(default=0.05, metadata=_range(0.0, 0.9))
+    # How the threshold is chosen on validation: best F1 (needs anomalies there) or a target FPR.
+    threshold: Literal["f1", "fpr"] = "f1"
+    target_fpr: float = field(default=0.05, metadata=_range(0.0, 1.0, lo_open=True))
+    grid_size: int = field(default=8, metadata=_range(1, 64))  # report grids: images per row
+
+
+# Search-space distributions a [tune] entry may use (tfcnn.tune turns them into KerasTuner's).
+TUNE_DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
+
+
+@dataclass
+class TuneConfig:
+    """`tfcnn tune PIPELINE`: a KerasTuner search over settings of this file (read by tfcnn.tune).
+
+    The search space is written beside these settings with dotted keys, e.g.
+    ``train.learning_rate = {log_uniform = [1e-4, 1e-2]}`` or ``model.width = {choice = [0.5, 1.0]}``
+    under ``[tune]``; :func:`from_dict` collects them into ``space`` (``{"train.learning_rate":
+    {"log_uniform": [...]}}``), and tfcnn.tune checks each key and bound against the config.
+    """
+
+    algorithm: Literal["random", "bayesian", "hyperband"] = "random"
+    max_trials: int = field(default=10, metadata=_range(1, 10_000))  # random / bayesian
+    # the best value of this history column (validation split) ranks the trials
+    objective: str = "val_accuracy"
+    direction: Literal["auto", "max", "min"] = "auto"  # auto: min for *loss, else max
+    hyperband_factor: int = field(default=3, metadata=_range(2, 100))  # hyperband: train.epochs is the max budget
+    seed: int = field(default=42, metadata=_range(0, MAX_SEED))
+    space: dict = field(default_factory=dict)
+
+
+def _collect_tune_space(data: dict) -> dict:
+    """Move ``[tune]``'s dotted search-space entries into ``tune.space`` (see TuneConfig)."""
+    tune = data.get("tune")
+    if not isinstance(tune, dict):
+        return data
+    own = {f.name for f in dataclasses.fields(TuneConfig)}
+    given = tune.get("space", {})
+    if not isinstance(given, dict):
+        return data  # _build names the wrong type of tune.space
+    space = dict(given)
+    rest = {k: v for k, v in tune.items() if k in own}
+
+    def walk(node: Any, path: list[str]) -> None:
+        if isinstance(node, dict) and not (set(node) & set(TUNE_DISTRIBUTIONS)):
+            for k, v in node.items():
+                walk(v, [*path, k])
+        else:
+            space[".".join(path)] = node
+
+    for k, v in tune.items():
+        if k not in own:
+            walk(v, [k])
+    rest["space"] = space
+    return {**data, "tune": rest}
+
+
+@dataclass
 class PipelineConfig:
     """A whole run: config -> data -> model -> train -> evaluate -> export -> verify -> report."""
 
@@ -190,6 +351,8 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     report: bool = True
 
 
@@ -271,6 +434,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _check_meta(value: Any, meta: typing.Mapping, key: str) -> None:
     if value is None:
         return
+    if isinstance(value, list):  # a range such as data.augment.erasing_area: each end in the field's range
+        for i, v in enumerate(value):
+            _check_meta(v, meta, f"{key}[{i}]")
+        return
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{key} = {value!r} is not allowed; choose one of {', '.join(map(repr, meta['choices']))}")
     lo, hi = meta.get("min"), meta.get("max")
@@ -303,8 +470,37 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+# The [low, high] ranges of data.augment, and the ops that need colour images.
+AUGMENT_RANGES = ("resized_crop_scale", "resized_crop_ratio", "erasing_area", "erasing_aspect")
+COLOUR_AUGMENTS = ("saturation", "hue", "grayscale")
+
+
+def _augment_checks(cfg: PipelineConfig) -> None:
+    """[low, high] pairs are pairs in order; colour ops refuse data.channels = 1 (the data stage
+    refuses them again on 1-channel data whatever data.channels says)."""
+    aug = cfg.data.augment
+    for name in AUGMENT_RANGES:
+        pair = getattr(aug, name)
+        if len(pair) != 2 or pair[0] > pair[1]:
+            raise ConfigError(f"data.augment.{name} = {pair!r} is impossible; give [low, high] with low <= high")
+    if cfg.data.channels == 1:
+        for name in COLOUR_AUGMENTS:
+            if getattr(aug, name):
+                raise ConfigError(
+                    f"data.augment.{name} needs colour images but data.channels = 1; "
+                    f"remove data.augment.{name} or set data.channels = 3"
+                )
+
+
 def _cross_checks(cfg: PipelineConfig) -> None:
     """The rules between fields that need no registry (from_dict and validate both run them)."""
+    _augment_checks(cfg)
+    if isinstance(cfg.train.class_weight, dict):
+        if not cfg.train.class_weight:
+            raise ConfigError("train.class_weight = {} weighs nothing; give {class = weight, ...} or 'balanced'")
+        for name, w in cfg.train.class_weight.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+                raise ConfigError(f"train.class_weight.{name} = {w!r} must be a positive finite number")
     size = cfg.data.image_size
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise ConfigError(f"data.image_size = {size!r} is impossible; give [height, width] with both >= 1")
@@ -392,7 +588,7 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
 
 def from_dict(data: dict) -> PipelineConfig:
     """Validate a parsed pipeline mapping into a typed config (raises ConfigError)."""
-    cfg = _build(PipelineConfig, data, "")
+    cfg = _build(PipelineConfig, _collect_tune_space(data), "")
     _cross_checks(cfg)
     return cfg
 
@@ -484,3 +680,58 @@ def _drop_none(d: Any) -> Any:
     if isinstance(d, dict):
         return {k: _drop_none(v) for k, v in d.items() if v is not None}
     return d
+
+
+def _toml_value(v: Any, key: str) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ConfigError(f"{key} = {v} cannot be written to a pipeline file (not a finite number)")
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string literal is a TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x, key) for x in v) + "]"
+    if isinstance(v, dict):
+        items = ", ".join(f"{_toml_key(k)} = {_toml_value(x, f'{key}.{k}')}" for k, x in v.items() if x is not None)
+        return "{" + items + "}"
+    raise ConfigError(f"{key} = {v!r} ({type(v).__name__}) cannot be written to a pipeline file")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def dumps(cfg: PipelineConfig, *, header: str = "", skip: tuple[str, ...] = ()) -> str:
+    """The config as a TOML pipeline file that :func:`load` reads back to an equal config.
+
+    Settings at their defaults are left out, so the file says what was chosen (``tfcnn tune``
+    writes its best trial with this). Sections are tables; dict settings (``model.options``,
+    ``export.thresholds``) are inline tables; None values are omitted (None is every Optional's
+    default here). ``skip`` leaves out whole top-level sections (e.g. ``("tune",)``).
+    """
+    lines: list[str] = [f"# {ln}" if ln else "#" for ln in header.splitlines()]
+
+    def section(obj: Any, prefix: str) -> None:
+        default = type(obj)()
+        scalars, tables = [], []
+        for f in dataclasses.fields(obj):
+            value, base = getattr(obj, f.name), getattr(default, f.name)
+            if dataclasses.is_dataclass(value):
+                tables.append((f.name, value))
+            elif value is not None and value != base:
+                scalars.append(f"{_toml_key(f.name)} = {_toml_value(value, _join(prefix, f.name))}")
+        if scalars:
+            if prefix:
+                lines.extend(["", f"[{prefix}]"])
+            lines.extend(scalars)
+        for name, value in tables:
+            if not prefix and name in skip:
+                continue
+            section(value, _join(prefix, name))
+
+    section(cfg, "")
+    return "\n".join(lines).lstrip("\n") + "\n"
