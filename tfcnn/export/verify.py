@@ -277,6 +277,18 @@ def _fmt(v: Any, spec: str, scale: float = 1.0) -> str:
     return "nan" if not math.isfinite(v) else format(v * scale, spec)
 
 
+def _format_table(report: dict[str, Any], columns: list[tuple[str, Any]]) -> list[str]:
+    """verification.md's per-format table: the task's own columns, then latency and the verdict."""
+    heads = ["format", *[c for c, _ in columns], "p50 ms", "p95 ms", "passed"]
+    align = ["---", *["---:"] * (len(columns) + 2), "---"]
+    rows = [
+        [fmt, *[cell(r) for _, cell in columns], _fmt(r.get("latency_ms_median"), ".3f"), _fmt(r.get("latency_ms_p95"), ".3f"),
+         "yes" if r.get("passed") else "**NO**"]
+        for fmt, r in report["formats"].items()
+    ]
+    return ["| " + " | ".join(line) + " |" for line in [heads, align, *rows]]
+
+
 def _reconstruction_markdown(report: dict[str, Any]) -> str:
     """The per-format table of a reconstruction model (no classes: image differences, PSNR, flags)."""
     keras = report.get("keras", {})
@@ -286,15 +298,12 @@ def _reconstruction_markdown(report: dict[str, Any]) -> str:
         f"{report['samples']} test images, batch-1 latency over {report['latency_runs']} runs with {report['threads']} thread(s). "
         f"Keras ROC-AUC {_fmt(keras.get('roc_auc'), '.4f')}. Overall: **{'PASSED' if report['passed'] else 'FAILED'}**.",
         "",
-        "| format | size | max abs diff | mean abs diff | PSNR vs Keras (dB) | flag agreement | ROC-AUC | p50 ms | p95 ms | passed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for fmt, r in report["formats"].items():
-        lines.append(
-            f"| {fmt} | {format_bytes(r.get('bytes'))} | {_fmt(r.get('max_abs_diff'), '.2e')} | {_fmt(r.get('mean_abs_diff'), '.2e')} | "
-            f"{_fmt(r.get('psnr_vs_keras'), '.1f')} | {_fmt(r.get('flag_agreement'), '.2f', 100)}% | {_fmt(r.get('roc_auc'), '.4f')} | "
-            f"{_fmt(r.get('latency_ms_median'), '.3f')} | {_fmt(r.get('latency_ms_p95'), '.3f')} | {'yes' if r.get('passed') else '**NO**'} |"
-        )
+    lines += _format_table(report, [
+        ("size", lambda r: format_bytes(r.get("bytes"))), ("max abs diff", lambda r: _fmt(r.get("max_abs_diff"), ".2e")),
+        ("mean abs diff", lambda r: _fmt(r.get("mean_abs_diff"), ".2e")), ("PSNR vs Keras (dB)", lambda r: _fmt(r.get("psnr_vs_keras"), ".1f")),
+        ("flag agreement", lambda r: _fmt(r.get("flag_agreement"), ".2f", 100) + "%"), ("ROC-AUC", lambda r: _fmt(r.get("roc_auc"), ".4f")),
+    ])
     notes = [f"- {fmt}: {r['predictions']}" for fmt, r in report["formats"].items() if "predictions" in r]
     if notes:
         lines += ["", *notes]
@@ -313,16 +322,12 @@ def verification_markdown(report: dict[str, Any]) -> str:
         f"{report['latency_runs']} runs with {report['threads']} thread(s). Keras accuracy "
         f"{_fmt(report['keras']['accuracy'], '.2f', 100)}%. Overall: **{'PASSED' if report['passed'] else 'FAILED'}**.",
         "",
-        "| format | size | accuracy | agreement | max abs diff | mean abs diff | p50 ms | p95 ms | passed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for fmt, r in report["formats"].items():
-        size_s = format_bytes(r.get("bytes"))
-        lines.append(
-            f"| {fmt} | {size_s} | {_fmt(r.get('accuracy'), '.2f', 100)}% | {_fmt(r.get('agreement'), '.2f', 100)}% | "
-            f"{_fmt(r.get('max_abs_diff'), '.2e')} | {_fmt(r.get('mean_abs_diff'), '.2e')} | "
-            f"{_fmt(r.get('latency_ms_median'), '.3f')} | {_fmt(r.get('latency_ms_p95'), '.3f')} | {'yes' if r.get('passed') else '**NO**'} |"
-        )
+    lines += _format_table(report, [
+        ("size", lambda r: format_bytes(r.get("bytes"))), ("accuracy", lambda r: _fmt(r.get("accuracy"), ".2f", 100) + "%"),
+        ("agreement", lambda r: _fmt(r.get("agreement"), ".2f", 100) + "%"), ("max abs diff", lambda r: _fmt(r.get("max_abs_diff"), ".2e")),
+        ("mean abs diff", lambda r: _fmt(r.get("mean_abs_diff"), ".2e")),
+    ])
     notes = [f"- {fmt}: {r['predictions']}" for fmt, r in report["formats"].items() if "predictions" in r]
     if notes:
         lines += ["", *notes]

@@ -92,13 +92,7 @@ def _loader_for(app: Application):
         backbone = model.get_layer("backbone")
         if choice != "imagenet":
             path = pretrained.resolve_file(cfg)
-            try:
-                backbone.load_weights(path)
-            except Exception as exc:  # noqa: BLE001 - h5py, shape and layout errors alike
-                raise TfcnnError(
-                    f"{path} is not a Keras weights file of the {app.constructor} backbone "
-                    f"({type(exc).__name__}: {first_line(exc, 160)}); use model.weights = 'imagenet' or 'none'"
-                ) from None
+            pretrained.load_weights_file(backbone, path, f"the {app.constructor} backbone", "use model.weights = 'imagenet' or 'none'")
             log.info("model: %s backbone weights from %s", app.name, path)
             return
         try:

@@ -238,14 +238,16 @@ def _layer_weights(name: str, path: str, mtime_ns: int, size: int) -> "dict[str,
     build_reference = SOURCES[name].build_reference
     assert build_reference is not None, f"{name} loads its own weights"
     reference = build_reference()
-    try:
-        reference.load_weights(path)
-    except Exception as exc:  # noqa: BLE001 - h5py, shape and layout errors alike
-        raise TfcnnError(
-            f"{path} is not a Keras weights file of {name} ({type(exc).__name__}: {first_line(exc, 160)}); "
-            f"use one written by `tfcnn weights {name}` or model.save_weights, or model.weights = 'imagenet'"
-        ) from None
+    load_weights_file(reference, path, name, f"use one written by `tfcnn weights {name}` or model.save_weights, or model.weights = 'imagenet'")
     return {layer.name: layer.get_weights() for layer in reference.layers if layer.weights}
+
+
+def load_weights_file(target: Any, path: "Path | str", what: str, fix: str) -> None:
+    """``target.load_weights(path)``, or one error line naming the file, ``what`` it should hold and the ``fix``."""
+    try:
+        target.load_weights(path)
+    except Exception as exc:  # noqa: BLE001 - h5py, shape and layout errors alike
+        raise TfcnnError(f"{path} is not a Keras weights file of {what} ({type(exc).__name__}: {first_line(exc, 160)}); {fix}") from None
 
 
 def read_torch_state_dict(path: Path) -> "dict[str, Any]":
