@@ -82,7 +82,8 @@ def evaluated(tmp_path_factory):
         "data": {"source": f"numpy:{npz}", "batch_size": 32, "val_fraction": 0.2},
         "model": {"name": "tiny_cnn"},
         "train": {"engine": "tape", "epochs": 3, "learning_rate": 0.02, "histogram_freq": 1},
-        "evaluate": {"top_k": 2, "confident_threshold": 0.6, "embedding_samples": 60, "gallery_size": 8},
+        "evaluate": {"top_k": 2, "confident_threshold": 0.6, "embedding_samples": 60, "gallery_size": 8,
+                     "temperature_scaling": True},
     })
     run = Run.create(root / "run")
     run.save_config(cfg)
@@ -155,7 +156,7 @@ def test_per_class_auc_edge_cases():
     assert constant[0]["roc_auc"] == 0.5 and constant[0]["pr_auc"] == 0.5  # no ranking: chance level
 
 
-FIGURES = ("confusion_matrix", "reliability", "misclassified", "confident_mistakes", "embedding_pca",
+FIGURES = ("confusion_matrix", "reliability", "reliability_scaled", "misclassified", "confident_mistakes", "embedding_pca",
            "embedding_tsne", "learning_curves", "gradient_norms", "weight_histograms")
 
 

@@ -239,6 +239,9 @@ class EvaluateConfig:
     confident_threshold: float = field(default=0.95, metadata=_range(0.5, 1.0))  # "likely mislabeled" mistakes
     embedding_samples: int = field(default=1000, metadata=_range(0, 1_000_000))  # test images for PCA/t-SNE (0 = skip)
     gallery_size: int = field(default=25, metadata=_range(1, 100))  # images per gallery (mistakes, Grad-CAM)
+    # Fit one temperature T on the validation split's logits (min NLL) after training; the exported
+    # softmax and every artifact then return softmax(logits / T) (recorded in contract.json)
+    temperature_scaling: bool = False
 
 
 @dataclass

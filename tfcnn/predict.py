@@ -201,7 +201,7 @@ def predict_images(
 
     run = Run.open(run_dir, need=("config", "data", "model"))
     info = run.read(DataInfo)
-    task = get_task(run.config().task)
+    task = get_task(run.config().task, run.config(), run)  # with a fitted temperature, as the exports
     if not task.predicts_labels:
         raise TfcnnError(
             f"tfcnn predict gives class labels, but {run.root} is a {task.name!r} run; "

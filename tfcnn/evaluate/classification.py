@@ -14,7 +14,7 @@ import numpy as np
 from tfcnn.data.bundle import DataBundle
 from tfcnn.errors import TfcnnError
 from tfcnn.evaluate.base import EVALUATIONS, as_run, save_npz
-from tfcnn.evaluate.calibration import ece_from_bins, reliability_bins
+from tfcnn.evaluate.calibration import ece_from_bins, fit_temperature, reliability_bins
 from tfcnn.evaluate.embedding import penultimate_features, project, sample_indices
 from tfcnn.evaluate.metrics import Predictions, confusion_matrix, per_class_auc, per_class_metrics, predict_split
 from tfcnn.evaluate.training import read_record, stop_epochs
@@ -33,6 +33,7 @@ def evaluate_classification(
     confident_threshold: float = 0.95,
     embedding_samples: int = 1000,
     gallery_size: int = 25,
+    temperature_scaling: bool = False,
 ) -> dict[str, Any]:
     """Evaluate on bundle's test split; write the Evaluation record, predictions and the embedding.
 
@@ -66,6 +67,21 @@ def evaluate_classification(
         table["averages"]["macro"][key] = float(np.mean(defined)) if defined else None
     bins = reliability_bins(probs, labels, calibration_bins)
     ece = ece_from_bins(bins)
+    calibration: dict[str, Any] = {"bins": calibration_bins, **bins}
+    scaled_headline: dict[str, Any] = {}
+    if temperature_scaling:
+        if info.num_val == 0:
+            unavailable["reliability_scaled"] = "no validation split to fit a temperature on (data.val_fraction = 0)"
+            log.warning("evaluate: evaluate.temperature_scaling is on but there is no validation split; not scaled")
+        else:
+            # Fitted on validation only: the test split stays unseen, so the ECE below is honest.
+            val = predict_split(model, bundle.val, info.num_classes, top_k, total=info.num_val)
+            t = fit_temperature(val.logits, val.labels)
+            scaled_bins = reliability_bins(task.outputs_to_scores(preds.logits / t), labels, calibration_bins)
+            ece_scaled = ece_from_bins(scaled_bins)
+            calibration.update(temperature=t, scaled=scaled_bins, ece_scaled=ece_scaled)
+            scaled_headline = {"temperature": t, "ece_scaled": ece_scaled}
+            log.info(f"evaluate: temperature {t:.4f} fitted on {info.num_val} validation images: test ECE {ece:.4f} -> {ece_scaled:.4f}")
     log.info(f"evaluate: accuracy {preds.accuracy:.4f}, loss {preds.loss:.4f}, top-{preds.top_k} {preds.top_k_accuracy:.4f}, ECE {ece:.4f}")
     files = {"predictions": save_npz(run, "predictions", probs=probs, labels=labels, predicted=predicted)}
 
@@ -91,10 +107,11 @@ def evaluate_classification(
         "top_k_accuracy": preds.top_k_accuracy,
         "ece": ece,
         "macro_f1": table["averages"]["macro"]["f1"],
+        **scaled_headline,
     }
     details = {
         "class_names": names,
-        "calibration": {"bins": calibration_bins, **bins},
+        "calibration": calibration,
         "confusion_matrix": cm.tolist(),
         **table,
         "num_errors": int(len(wrong)),

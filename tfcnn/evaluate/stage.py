@@ -51,6 +51,7 @@ def evaluate_options(ev: EvaluateConfig) -> dict[str, Any]:
         "confident_threshold": ev.confident_threshold,
         "embedding_samples": ev.embedding_samples,
         "gallery_size": ev.gallery_size,
+        "temperature_scaling": ev.temperature_scaling,
     }
 
 

@@ -43,6 +43,21 @@ class Classification(Task):
     soft_labels = True  # mixup / CutMix: cross-entropy on probability vectors, accuracy on their argmax
     class_weighted = True  # train.class_weight
     predicts_labels = True  # tfcnn predict
+    # softmax(logits / temperature) is what evaluation reports raw (1.0) and what the artifacts
+    # return once evaluate.temperature_scaling fitted one (configure() reads it from the run)
+    temperature: float = 1.0
+
+    def configure(self, cfg: Any, run: Any = None) -> "Classification":
+        """This task with the run's fitted temperature when evaluate.temperature_scaling is on
+        (stored in its Evaluation record's calibration); 1.0 otherwise or before evaluation."""
+        import copy
+
+        t = _stored_temperature(cfg, run)
+        if t == self.temperature:
+            return self
+        task = copy.copy(self)
+        task.temperature = t
+        return task
 
     def loss_fn(self, num_outputs: int, label_smoothing: float = 0.0, *, from_logits: bool = True):
         """Class ids (sparse, or one-hot when smoothing) and probability vectors (categorical,
@@ -94,26 +109,34 @@ class Classification(Task):
         return tf.one_hot(tf.cast(y, tf.int32), num_outputs) if (label_smoothing > 0 or soft) else y
 
     def outputs_to_scores(self, outputs: np.ndarray) -> np.ndarray:
-        return softmax(outputs)
+        return softmax(np.asarray(outputs, np.float64) / self.temperature)
 
     def headline(self, scores: np.ndarray, labels: np.ndarray, **options: Any) -> dict[str, Any]:
         labels = np.asarray(labels).astype(np.int64)
         return {"test_accuracy": float(np.mean(scores.argmax(1) == labels)) if len(labels) else math.nan}
 
     def output_contract(self, labels: Sequence[str]) -> dict[str, Any]:
-        return {"kind": "probabilities", "activation": "softmax", "num_classes": len(labels)}
+        return {"kind": "probabilities", "activation": "softmax", "num_classes": len(labels), "temperature": self.temperature}
 
     def mobile_outputs(self, outputs, inputs=None) -> dict:
         import tensorflow as tf
 
-        return {"probabilities": tf.nn.softmax(tf.cast(outputs, tf.float32), axis=-1)}
+        return {"probabilities": tf.nn.softmax(self._scaled(outputs), axis=-1)}
 
     def serving_outputs(self, outputs, label_lookup, inputs=None) -> dict:
         import tensorflow as tf
 
-        p = tf.nn.softmax(tf.cast(outputs, tf.float32), axis=-1)
+        p = tf.nn.softmax(self._scaled(outputs), axis=-1)
         class_id = tf.argmax(p, axis=-1)
         return {"probabilities": p, "class_id": tf.cast(class_id, tf.int32), "label": label_lookup(class_id)}
+
+    def _scaled(self, outputs):
+        """The logits the exported softmax takes: divided by the temperature when one was fitted
+        (no op otherwise, so an unscaled export's graph is unchanged)."""
+        import tensorflow as tf
+
+        x = tf.cast(outputs, tf.float32)
+        return x if self.temperature == 1.0 else x / tf.constant(self.temperature, tf.float32)
 
     def compare(self, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """Accuracy, top-1 agreement, max/mean |p - p_keras|; a non-finite output makes every number NaN."""
@@ -151,6 +174,19 @@ class Classification(Task):
             if not (drop <= limits["max_accuracy_drop"] + 1e-12):
                 fails.append(f"accuracy drop {_pts(drop)} points > {100 * limits['max_accuracy_drop']:.2f}")
         return fails
+
+
+def _stored_temperature(cfg: Any, run: Any) -> float:
+    if cfg is None or run is None or not getattr(getattr(cfg, "evaluate", None), "temperature_scaling", False):
+        return 1.0
+    from tfcnn.run import Evaluation, as_run
+
+    try:
+        ev = as_run(run, need=()).read_optional(Evaluation)
+    except Exception:  # noqa: BLE001 - an unreadable evaluation: the stage that reads it reports that
+        return 1.0
+    t = ((ev.details.get("calibration") or {}).get("temperature") if ev is not None else None)
+    return float(t) if isinstance(t, (int, float)) and math.isfinite(t) and t > 0 else 1.0
 
 
 def _num(v: Any) -> str:

@@ -27,6 +27,7 @@ PLOTS = {
     "misclassified": "misclassified.png",
     "confident_mistakes": "confident_mistakes.png",
     "reliability": "reliability.png",
+    "reliability_scaled": "reliability_scaled.png",
     "embedding_pca": "embedding_pca.png",
     "embedding_tsne": "embedding_tsne.png",
     "learning_curves": "learning_curves.png",
@@ -111,6 +112,12 @@ class _Figures:
     def reliability(self):
         ev = self.evaluation()
         return plots.reliability_figure(self.detail("calibration"), float(ev.headline.get("ece", float("nan"))))
+
+    def reliability_scaled(self):
+        cal = self.detail("calibration")
+        if "scaled" not in cal:
+            raise Unavailable("temperature scaling is off (evaluate.temperature_scaling = false)")
+        return plots.reliability_figure(cal["scaled"], float(cal["ece_scaled"]), f"After temperature scaling, T = {cal['temperature']:.3f}")
 
     def misclassified(self):
         ev = self.evaluation()

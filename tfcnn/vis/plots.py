@@ -248,7 +248,7 @@ def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str]) -> Figur
     return fig
 
 
-def reliability_figure(bins: dict, ece: float) -> Figure:
+def reliability_figure(bins: dict, ece: float, title: str = "Reliability diagram") -> Figure:
     """Reliability diagram: accuracy vs confidence per bin, with the bin's share of samples below."""
     edges = np.asarray(bins["edges"], dtype=float)
     acc = np.asarray(bins["accuracy"], dtype=float)
@@ -267,7 +267,7 @@ def reliability_figure(bins: dict, ece: float) -> Figure:
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_title(f"Reliability diagram (ECE = {ece:.4f})")
+    ax.set_title(f"{title} (ECE = {ece:.4f})")
     ax.legend(fontsize=8, loc="upper left")
     total = max(count.sum(), 1.0)
     ax_hist.bar(centers, count / total, width=width, color="gray", edgecolor="black")

@@ -357,7 +357,15 @@ def section_calibration(ctx: RunContext) -> str:
     body = ""
     if "ece" in ev:
         body += f"<p>Expected calibration error: <b>{fmt(ev['ece'])}</b> ({ev.get('calibration', {}).get('bins', '?')} equal-width confidence bins). 0 means the top-1 probability is, on average, the accuracy.</p>"
-    body += ctx.plot("reliability", "reliability diagram")
+    cal = ev.get("calibration", {})
+    if "temperature" in cal:
+        body += (f"<p>Temperature scaling (fitted on the validation split): T = <b>{cal['temperature']:.4f}</b>; test ECE "
+                 f"{fmt(ev.get('ece'))} before, <b>{fmt(cal.get('ece_scaled'))}</b> after. The exported models return "
+                 "softmax(logits / T) (contract.json <code>output.temperature</code>); accuracy is unchanged.</p>")
+        body += '<div class="row">' + ctx.plot("reliability", "reliability diagram") + ctx.plot(
+            "reliability_scaled", "reliability diagram after temperature scaling") + "</div>"
+    else:
+        body += ctx.plot("reliability", "reliability diagram")
     return _section("calibration", "Calibration", body)
 
 
