@@ -264,6 +264,8 @@ def test_every_format_passes_verify(anomaly_export):
             assert row["psnr_vs_keras"] >= row["thresholds"]["min_psnr"]
             assert row["flag_agreement"] >= row["thresholds"]["flag_agreement"]
             assert math.isfinite(row["roc_auc"])
+    limits = " ".join(read_json(Path(summary["export"]) / "model_card.json")["limitations"])
+    assert "anomaly_score is a reconstruction error" in limits and "top-1 class" not in limits  # the task's own caveats
     contract = read_json(Path(summary["export"]) / "contract.json")
     assert contract["output"]["tensors"] == ["reconstruction", "anomaly_score", "anomaly_flag"]
     assert contract["output"]["anomaly"]["threshold"] > 0

@@ -223,6 +223,10 @@ def _training_summary(src: SourceRun) -> dict[str, Any]:
 
 
 def limitations(src: SourceRun, g: Geometry) -> list[str]:
+    """What the card warns about: the data and input size (any task), the task's own caveats
+    (:meth:`Task.card_limitations`), and what the CoreML check can and cannot show."""
+    from tfcnn.tasks import get_task
+
     info = src.info
     chans = "grayscale" if g.model_channels == 1 else "RGB"
     trained = (
@@ -230,14 +234,12 @@ def limitations(src: SourceRun, g: Geometry) -> list[str]:
         if external(src)
         else f"Trained on {info.num_train} {chans} {g.height}x{g.width} images from {info.source}"
     )
+    task = get_task(src.cfg.task, src.cfg, src.run)
     return [
-        f"{trained}; images unlike them "
-        "(photos, other domains, other framing) are out of scope and will still get a confident-looking label.",
+        f"{trained}; images unlike them (photos, other domains, other framing) are out of scope.",
         f"Mobile artifacts take exactly {g.height}x{g.width} RGB uint8 at batch 1; the caller resizes "
         "(bilinear) - only the SavedModel's serving_bytes signature decodes and resizes itself.",
-        "Probabilities are softmax outputs, not calibrated confidences; there is no 'none of these' class.",
-        "Quantized variants (float16, dynamic, int8) can change the top-1 class on borderline images; "
-        "verification.json lists the int8 changes on the test split.",
+        *task.card_limitations(),
         "CoreML predictions are checked with coremltools on macOS and, elsewhere, with tfcnn's numpy evaluator of "
         "the package's ML Program (float16 emulated op by op): that shows the converted program computes what Keras "
         "does in its precision, not the Neural Engine's or GPU's own kernels and rounding.",

@@ -94,6 +94,10 @@ class Task:
         """What the exported outputs are, in one sentence (TFLite metadata, CoreML descriptions)."""
         return "Softmax probability per class, in the order of the packed labels.txt"
 
+    def card_limitations(self) -> list[str]:
+        """The model card's caveats that depend on what the model outputs (export)."""
+        return []
+
     def describe(self, labels: Sequence[str], model_name: str) -> str:
         """One line saying what the exported model is (contract, card, TFLite metadata)."""
         return f"{len(labels)}-class image classifier ({model_name})"

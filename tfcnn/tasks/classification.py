@@ -130,6 +130,20 @@ class Classification(Task):
         class_id = tf.argmax(p, axis=-1)
         return {"probabilities": p, "class_id": tf.cast(class_id, tf.int32), "label": label_lookup(class_id)}
 
+    def card_limitations(self) -> list[str]:
+        calibrated = (
+            f"Probabilities are softmax(logits / {self.temperature:.4g}), the temperature fitted on the validation split "
+            "(calibrated on that data, not on other domains)"
+            if self.temperature != 1.0
+            else "Probabilities are softmax outputs, not calibrated confidences (evaluate.temperature_scaling would fit a temperature)"
+        )
+        return [
+            "An out-of-scope image still gets a confident-looking label: there is no 'none of these' class.",
+            f"{calibrated}.",
+            "Quantized variants (float16, dynamic, int8) can change the top-1 class on borderline images; "
+            "verification.json lists the int8 changes on the test split.",
+        ]
+
     def _scaled(self, outputs):
         """The logits the exported softmax takes: divided by the temperature when one was fitted
         (no op otherwise, so an unscaled export's graph is unchanged)."""

@@ -238,6 +238,19 @@ class Reconstruction(Task):
             text += f"; anomaly_score: mean squared reconstruction error; anomaly_flag: 1.0 when the score > {self.threshold:.6g}"
         return text
 
+    def card_limitations(self) -> list[str]:
+        lines = ["Images unlike the training data reconstruct poorly (what an anomaly score builds on); nothing here is a class label."]
+        if self.anomaly:
+            lines += [
+                f"anomaly_score is a reconstruction error, not a probability; the flag's threshold ({self.threshold:.6g}) was "
+                "chosen on the validation split and trades false alarms against misses there only.",
+                "Quantized variants change the reconstruction slightly and can flip anomaly_flag near the threshold; "
+                "verification.json reports flag agreement and ROC-AUC per format.",
+            ]
+        else:
+            lines.append("Quantized variants change the reconstruction slightly; verification.json reports PSNR against Keras per format.")
+        return lines
+
     def describe(self, labels: Sequence[str], model_name: str) -> str:
         what = "anomaly detector" if self.anomaly else ("denoising autoencoder" if self.noise != "none" else "autoencoder")
         return f"image {what} ({model_name})"
