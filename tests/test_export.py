@@ -127,7 +127,7 @@ def test_contract_matches_artifacts(exported, run_dir):
     assert inp["grayscale"].startswith("in_graph: 0.299*R + 0.587*G + 0.114*B")
     assert inp["normalization"]["mean"] == pytest.approx(info.mean, rel=1e-5)
     assert inp["normalization"]["std"] == pytest.approx(info.std, rel=1e-3)
-    assert c["output"] == {"kind": "probabilities", "activation": "softmax", "num_classes": 3}
+    assert c["output"] == {"kind": "probabilities", "activation": "softmax", "num_classes": 3, "temperature": 1.0}  # not scaled
     assert c["labels"]["names"] == info.class_names
     assert set(c["artifacts"]) == set(ALL)
 
