@@ -123,6 +123,33 @@ class AugmentConfig:
 
 
 @dataclass
+class ScenesConfig:
+    """Generated detection / segmentation scenes (``data.source = "fashion_scenes"`` or ``"shapes"``).
+
+    Read only by those two sources (:mod:`tfcnn.data.scenes`): each scene pastes
+    ``min_objects..max_objects`` items, each scaled by a factor in ``[min_scale, max_scale]``, at
+    random places on a ``size`` x ``size`` canvas of textured noise, no two overlapping by more
+    than ``max_iou``. Train (and validation) scenes use only the source's training items, test
+    scenes only its test items, so no test item is ever seen in training.
+    """
+
+    size: int = field(default=96, metadata=_range(32, 1024))  # canvas side, pixels
+    min_objects: int = field(default=1, metadata=_range(0, 64))
+    max_objects: int = field(default=4, metadata=_range(1, 64))
+    min_scale: float = field(default=0.7, metadata=_range(0.1, 8.0))  # of the item's own 28x28 size
+    max_scale: float = field(default=1.6, metadata=_range(0.1, 8.0))
+    max_iou: float = field(default=0.3, metadata=_range(0.0, 1.0))  # pairwise box IoU limit (0: no overlap)
+    background: float = field(default=0.15, metadata=_range(0.0, 1.0))  # texture amplitude, fraction of 255
+    num_train: int = field(default=6000, metadata=_range(1, MAX_SAMPLES))  # scenes before the validation split
+    num_test: int = field(default=1000, metadata=_range(1, MAX_SAMPLES))
+    # what a scene's label is: boxes (detection) or a per-pixel class mask (segmentation);
+    # "auto" follows the task
+    labels: Literal["auto", "boxes", "masks"] = "auto"
+    mask_classes: Literal["classes", "foreground"] = "classes"  # masks: 0 background + one id per class, or 0/1
+    seed: Optional[int] = field(default=None, metadata=_range(0, MAX_SEED))  # None: data.seed
+
+
+@dataclass
 class DataConfig:
     """Where images come from and how they are split and batched."""
 
@@ -142,6 +169,10 @@ class DataConfig:
     cache: bool = True
     seed: int = field(default=42, metadata=_range(0, MAX_SEED))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # detection / segmentation labels: at most this many objects per image (the padded label
+    # array's length); None: the source's own maximum (scenes: scenes.max_objects)
+    max_objects: Optional[int] = field(default=None, metadata=_range(1, 10_000))
+    scenes: ScenesConfig = field(default_factory=ScenesConfig)
 
 
 @dataclass
@@ -292,6 +323,31 @@ class ReconstructionConfig:
     grid_size: int = field(default=8, metadata=_range(1, 64))  # report grids: images per row
 
 
+@dataclass
+class DetectionConfig:
+    """The detection task: its losses, anchor assignment and post-processing.
+
+    Read only when ``task = "detection"``. Anchor geometry (pyramid levels, sizes, scales,
+    aspect ratios) belongs to the detector model and lives in its ``model.options``; this
+    section holds what the task does with the anchors (:mod:`tfcnn.tasks.detection`).
+    """
+
+    box_loss: Literal["smooth_l1", "iou", "giou"] = "smooth_l1"
+    box_weight: float = field(default=1.0, metadata=_range(0.0, 1000.0))  # lambda of the box term
+    smooth_l1_delta: float = field(default=0.1, metadata=_range(0.0, 10.0, lo_open=True))  # Huber delta on encoded offsets
+    focal_gamma: float = field(default=2.0, metadata=_range(0.0, 10.0))
+    focal_alpha: float = field(default=0.25, metadata=_range(0.0, 1.0))  # weight of positives (negatives: 1 - alpha)
+    positive_iou: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))  # anchor IoU >= this: positive
+    negative_iou: float = field(default=0.4, metadata=_range(0.0, 1.0))  # < this: background; between: ignored
+    # inference (evaluation and every exported format): decode, score threshold, per-class NMS, top-N
+    score_threshold: float = field(default=0.05, metadata=_range(0.0, 1.0))
+    nms_iou: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
+    pre_nms_top_k: int = field(default=1000, metadata=_range(1, 1_000_000))  # candidates (anchor, class) kept before NMS
+    max_detections: int = field(default=100, metadata=_range(1, 10_000))
+    classification_weight: float = field(default=1.0, metadata=_range(0.0, 1000.0))  # single-object models' CE weight
+    report_images: int = field(default=12, metadata=_range(0, 1000))  # test scenes drawn in the report
+
+
 # Search-space distributions a [tune] entry may use (tfcnn.tune turns them into KerasTuner's).
 TUNE_DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
 
@@ -355,6 +411,7 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     report: bool = True
 
@@ -495,6 +552,26 @@ def _augment_checks(cfg: PipelineConfig) -> None:
                 )
 
 
+def _scenes_checks(cfg: PipelineConfig) -> None:
+    """Scene ranges in order, the anchor-assignment band in order, and ``scenes.labels = "auto"``
+    resolved from the task (boxes for detection, masks for segmentation)."""
+    sc = cfg.data.scenes
+    if sc.min_objects > sc.max_objects:
+        raise ConfigError(
+            f"data.scenes.min_objects = {sc.min_objects} > data.scenes.max_objects = {sc.max_objects}; give min <= max"
+        )
+    if sc.min_scale > sc.max_scale:
+        raise ConfigError(f"data.scenes.min_scale = {sc.min_scale} > data.scenes.max_scale = {sc.max_scale}; give min <= max")
+    if sc.labels == "auto":
+        sc.labels = "masks" if cfg.task == "segmentation" else "boxes"
+    det = cfg.detection
+    if det.negative_iou > det.positive_iou:
+        raise ConfigError(
+            f"detection.negative_iou = {det.negative_iou} > detection.positive_iou = {det.positive_iou}; "
+            "anchors between the two are ignored, so give negative_iou <= positive_iou"
+        )
+
+
 def _cross_checks(cfg: PipelineConfig) -> None:
     """The rules between fields that need no registry (from_dict and validate both run them)."""
     _augment_checks(cfg)
@@ -504,6 +581,7 @@ def _cross_checks(cfg: PipelineConfig) -> None:
         for name, w in cfg.train.class_weight.items():
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
                 raise ConfigError(f"train.class_weight.{name} = {w!r} must be a positive finite number")
+    _scenes_checks(cfg)
     size = cfg.data.image_size
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise ConfigError(f"data.image_size = {size!r} is impossible; give [height, width] with both >= 1")

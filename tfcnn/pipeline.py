@@ -146,8 +146,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(header)
         keras_acc = ver.get("keras", {}).get("accuracy")
         if ver.get("task", "classification") != "classification":
-            lines = lines[:-1] + [f"  {'format':<16}{'size':>10}{'max|dr|':>10}{'PSNR dB':>9}{'flags':>9}{'ROC-AUC':>9}{'p50 ms':>8}  ok"]
-            lines += [_reconstruction_row(fmt, row) for fmt, row in ver.get("formats", {}).items()]
+            lines = lines[:-1] + _task_rows(ver)
         elif keras_acc is not None:
             lines.append(f"  {'keras (ref)':<16}{'':>10}{100 * keras_acc:>9.2f}%")
         for fmt, row in ver.get("formats", {}).items() if ver.get("task", "classification") == "classification" else ():
@@ -164,6 +163,8 @@ def _headline(m: dict[str, Any]) -> str:
     denoising PSNR, ELBO, ROC-AUC when it has them)."""
     if "test_accuracy" in m:
         return f"test accuracy {100 * m['test_accuracy']:.2f}%"
+    if "test_map_50" in m:
+        return f"test mAP@0.5 {_pct(m.get('test_map_50'))}, mAP@[.5:.95] {_pct(m.get('test_map'))}, AR@100 {_pct(m.get('test_ar_100'))}"
     parts = [f"test PSNR {m.get('test_psnr', float('nan')):.2f} dB"]
     if "test_psnr_noisy" in m:
         parts.append(f"(noisy input {m['test_psnr_noisy']:.2f} dB)")
@@ -172,6 +173,10 @@ def _headline(m: dict[str, Any]) -> str:
     if "test_roc_auc" in m:
         parts.append(f"ROC-AUC {m['test_roc_auc']:.4f}, PR-AUC {m['test_pr_auc']:.4f}")
     return " ".join(parts)
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
 
 
 def _format_row(fmt: str, row: dict[str, Any]) -> str:
@@ -189,13 +194,21 @@ def _format_row(fmt: str, row: dict[str, Any]) -> str:
     )
 
 
-def _reconstruction_row(fmt: str, row: dict[str, Any]) -> str:
-    def num(key: str, spec: str, scale: float = 1.0) -> str:
-        v = row.get(key)
-        return "-" if v is None else format(v * scale, spec)
+def _task_rows(ver: dict[str, Any]) -> list[str]:
+    """The per-format rows of a task other than classification, in its verify columns."""
+    from tfcnn.tasks import get_task
 
-    ok = {True: "yes", False: "NO"}.get(row.get("passed"), "-")
-    return (
-        f"  {fmt:<16}{format_bytes(row.get('bytes')):>10}{num('max_abs_diff', '.1e'):>10}{num('psnr_vs_keras', '.1f'):>9}"
-        f"{num('flag_agreement', '.2%'):>9}{num('roc_auc', '.4f'):>9}{num('latency_ms_median', '.2f'):>8}  {ok}"
-    )
+    columns = get_task(ver["task"]).verify_columns()
+    widths = [max(len(head), 9) + 1 for head, *_ in columns]
+    head = f"  {'format':<16}{'size':>10}" + "".join(f"{h:>{w}}" for (h, *_), w in zip(columns, widths)) + f"{'p50 ms':>8}  ok"
+    keras = ", ".join(f"{k} {v:.4f}" for k, v in (ver.get("keras") or {}).items() if v is not None)
+    lines = [head] + ([f"  {'keras (ref)':<16}{keras}"] if keras else [])
+    for fmt, row in ver.get("formats", {}).items():
+        cells = []
+        for (_, key, spec, scale), w in zip(columns, widths):
+            v = row.get(key)
+            cells.append(f"{'-' if v is None else format(v * scale, spec):>{w}}")
+        p50 = row.get("latency_ms_median")
+        ok = {True: "yes", False: "NO"}.get(row.get("passed"), "-")
+        lines.append(f"  {fmt:<16}{format_bytes(row.get('bytes')):>10}" + "".join(cells) + f"{'-' if p50 is None else format(p50, '.2f'):>8}  {ok}")
+    return lines

@@ -1,12 +1,15 @@
 """Turn in-memory uint8 images into the train/val/test tf.data pipelines every engine consumes.
 
 Images stay uint8 all the way to the model (4x less memory in `cache`, and the model's own
-Normalization layer owns the maths), labels are int32.
+Normalization layer owns the maths), labels are int32 class ids, or for detection / segmentation
+(``label_kind``) padded float32 box rows or uint8 masks, which splits stratify through
+:func:`label_strata` and the train split augments with :mod:`tfcnn.data.box_augment`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -16,6 +19,9 @@ from tfcnn.config import DataConfig
 from tfcnn.data.augment import Augmenter, augment_dataset, build_augmenter
 from tfcnn.data.mixing import Mixer, build_mixer
 from tfcnn.data.info import DataInfo
+
+if TYPE_CHECKING:
+    from tfcnn.data.box_augment import LabelledAugmenter
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -27,13 +33,15 @@ class DataBundle:
     ``train`` is shuffled (reshuffled every epoch, seeded) and augmented; ``val`` and ``test`` are
     deterministic. Elements are ``(uint8[B, H, W, C], int32[B])``, except that with mixup or
     CutMix on (``data.augment``) the train split's labels are ``float32[B, K]`` probability vectors.
+    With ``info.label_kind == "boxes"`` labels are ``float32[B, M, 5]`` (PAD rows -1 last), with
+    ``"masks"`` ``uint8[B, H, W]``, in every split.
     """
 
     info: DataInfo
     train: tf.data.Dataset
     val: tf.data.Dataset
     test: tf.data.Dataset
-    arrays: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (images uint8 NHWC, labels int32)
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (images uint8 NHWC, labels int32 | boxes | masks)
 
     def unbatched(self, split: str) -> tf.data.Dataset:
         """Un-shuffled, un-augmented examples of one split (representative data, verification)."""
@@ -72,6 +80,27 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return keep_idx, held_idx
 
 
+LABEL_KINDS = ("classes", "boxes", "masks")
+
+
+def label_strata(labels: np.ndarray, kind: str = "classes") -> np.ndarray:
+    """The class each image is stratified by: its class id ("classes"), its first object's class
+    ("boxes"; -1 for an image without objects, its own stratum) or its most frequent foreground
+    mask value minus one ("masks"; -1 for an all-background mask; ties go to the lower id)."""
+    if kind == "classes":
+        return labels
+    if kind == "boxes":
+        return np.asarray(labels)[:, 0, 4].astype(np.int64) if len(labels) and labels.shape[1] else np.full(len(labels), -1)
+    if kind == "masks":
+        flat = np.asarray(labels).reshape(len(labels), -1)
+        top = int(flat.max(initial=0))
+        counts = np.stack([(flat == v).sum(1) for v in range(1, top + 1)], 1) if top else np.zeros((len(flat), 0))
+        if counts.shape[1] == 0:
+            return np.full(len(flat), -1, np.int64)
+        return np.where(counts.max(1) > 0, counts.argmax(1), -1).astype(np.int64)
+    raise ValueError(f"label kind {kind!r} is not one of {LABEL_KINDS}")
+
+
 def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     """Indices of at most n examples keeping class proportions (for fast runs and tests)."""
     if n is None or n >= len(labels):
@@ -105,22 +134,29 @@ def make_bundle(
     skipped: list[dict[str, str]] | None = None,
     augment: "Augmenter | keras.layers.Layer | None" = None,
     notes: list[str] | None = None,
+    *,
+    label_kind: str = "classes",
 ) -> DataBundle:
     """Split, subset, compute statistics and build the pipelines from already-decoded arrays.
 
     Arrays must already be validated uint8 NHWC / int labels (the sources and `from_arrays` do
-    that). `augment` defaults to the seeded augmenter built from ``cfg.augment``; a Keras layer
-    is also accepted (called on float pixels, result rounded back to uint8).
+    that; box and mask labels: :func:`tfcnn.data.inmemory.from_label_arrays`). `augment`
+    defaults to the seeded augmenter built from ``cfg.augment``; a Keras layer is also accepted
+    (called on float pixels, result rounded back to uint8). With `label_kind` "boxes" or
+    "masks" splits stratify by :func:`label_strata` and the train split is augmented by
+    :mod:`tfcnn.data.box_augment` (a caller's `augment` is refused: it could not move the labels).
     """
+    if label_kind not in LABEL_KINDS:
+        raise ValueError(f"label_kind {label_kind!r} is not one of {LABEL_KINDS}")
     x_train, y_train = train
     x_test, y_test = test
     seed = cfg.seed
-    sub = stratified_subset(y_train, cfg.train_subset, seed)
+    sub = stratified_subset(label_strata(y_train, label_kind), cfg.train_subset, seed)
     x_train, y_train = x_train[sub], y_train[sub]
-    keep, held = stratified_split(y_train, cfg.val_fraction, seed)
+    keep, held = stratified_split(label_strata(y_train, label_kind), cfg.val_fraction, seed)
     x_val, y_val = x_train[held], y_train[held]
     x_train, y_train = x_train[keep], y_train[keep]
-    tsub = stratified_subset(y_test, cfg.test_subset, seed)
+    tsub = stratified_subset(label_strata(y_test, label_kind), cfg.test_subset, seed)
     x_test, y_test = x_test[tsub], y_test[tsub]
 
     mean, std = channel_stats(x_train)
@@ -135,7 +171,23 @@ def make_bundle(
         source=source,
         skipped=list(skipped or []),
         notes=list(notes or []),
+        label_kind=label_kind,
+        max_objects=int(y_train.shape[1]) if label_kind == "boxes" else None,
     )
+    if label_kind != "classes":
+        from tfcnn.data import box_augment
+
+        if augment is not None:
+            raise ValueError("make_bundle: a custom augment cannot move box / mask labels; leave it None")
+        labelled = box_augment.build_box_augmenter(cfg.augment, label_kind, fill=mean, channels=info.input_shape[-1])
+        arrays = {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+        return DataBundle(
+            info=info,
+            train=_pipeline(x_train, y_train, cfg, training=True, label_kind=label_kind, labelled=labelled),
+            val=_pipeline(x_val, y_val, cfg, training=False, label_kind=label_kind),
+            test=_pipeline(x_test, y_test, cfg, training=False, label_kind=label_kind),
+            arrays=arrays,
+        )
     if augment is None:
         augment = build_augmenter(cfg.augment, fill=mean, channels=info.input_shape[-1])
     elif isinstance(augment, keras.layers.Layer):
@@ -169,13 +221,20 @@ def _pipeline(
     training: bool,
     augment: Augmenter | None = None,
     mix: Mixer | None = None,
+    label_kind: str = "classes",
+    labelled: "LabelledAugmenter | None" = None,
 ) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+    dtype = {"classes": np.int32, "boxes": np.float32, "masks": np.uint8}[label_kind]
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(dtype)))
     if cfg.cache:
         ds = ds.cache()
     if training:
         ds = ds.shuffle(min(cfg.shuffle_buffer, max(len(y), 1)), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size)
-    if training and (augment is not None or mix is not None):
+    if training and labelled is not None:
+        from tfcnn.data.box_augment import augment_labelled_dataset
+
+        ds = augment_labelled_dataset(ds, labelled, cfg.seed)
+    elif training and (augment is not None or mix is not None):
         ds = augment_dataset(ds, augment, cfg.seed, mix)
     return ds.prefetch(AUTOTUNE)

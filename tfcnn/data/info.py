@@ -33,6 +33,11 @@ class DataInfo(Record):
     skipped: list[dict[str, str]] = field(default_factory=list)  # [{"file": ..., "reason": ...}]
     # Decisions the loader took on the user's behalf (default size/channels, alpha, resizes).
     notes: list[str] = field(default_factory=list)
+    # What a label is: "classes" (int32 [N] class ids), "boxes" (float32 [N, M, 5] rows ymin, xmin,
+    # ymax, xmax, class id; PAD rows -1) or "masks" (uint8 [N, H, W]; 0 background, class id + 1).
+    # Defaults keep data.json files written before detection loading as classification records.
+    label_kind: str = "classes"
+    max_objects: int | None = None  # boxes: M, the padded label rows per image; None otherwise
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(d) for d in self.input_shape)  # type: ignore[assignment]  # JSON gives a list

@@ -9,7 +9,12 @@ how it loads. Loaders import their readers (numpy, Pillow, TensorFlow) when call
 Every loader ends in :func:`tfcnn.data.inmemory.from_arrays`; the layouts each reader accepts are
 described in its module: :mod:`tfcnn.data.builtin` (``fashion_mnist``, ``mnist``),
 :mod:`tfcnn.data.idx`, :mod:`tfcnn.data.tfds_source`, :mod:`tfcnn.data.folder` and
-:mod:`tfcnn.data.npz`.
+:mod:`tfcnn.data.npz`. Detection / segmentation loaders (``fashion_scenes``, ``shapes``:
+:mod:`tfcnn.data.scenes`; ``coco:<file.json>``: :mod:`tfcnn.data.coco_format`;
+``tfds_detection:<name>``: :mod:`tfcnn.data.tfds_detection`) end in
+:func:`tfcnn.data.inmemory.from_label_arrays` instead, and :func:`check_data` refuses the
+``data.augment`` keys their labels cannot follow (:func:`label_kind_of` says which labels a
+config's source gives).
 """
 
 from __future__ import annotations
@@ -102,9 +107,31 @@ def check_source(cfg: DataConfig) -> Source:
     return source
 
 
+SCENE_SOURCES = ("fashion_scenes", "shapes")
+BOX_SOURCES = ("coco", "tfds_detection")
+
+
+def label_kind_of(cfg: DataConfig, task: str | None = None) -> str:
+    """"classes", "boxes" or "masks": what the labels of ``cfg.source`` are. Scene sources follow
+    ``data.scenes.labels`` (resolved from the task by config validation; `task` resolves "auto"
+    here too), COCO and TFDS detection sources are boxes, every other source classes."""
+    kind = cfg.source.partition(":")[0]
+    if kind in SCENE_SOURCES:
+        labels = cfg.scenes.labels
+        if labels == "auto":
+            labels = "masks" if task == "segmentation" else "boxes"
+        return labels
+    return "boxes" if kind in BOX_SOURCES else "classes"
+
+
 def check_data(cfg: PipelineConfig) -> None:
-    """The "data" check of :func:`tfcnn.config.validate`."""
+    """The "data" check of :func:`tfcnn.config.validate` (source, then augment keys vs. labels)."""
     check_source(cfg.data)
+    kind = label_kind_of(cfg.data, cfg.task)
+    if kind != "classes":
+        from tfcnn.data.boxes import check_label_augments
+
+        check_label_augments(cfg.data.augment, kind)
 
 
 config_mod.register_check("data", check_data)
@@ -248,3 +275,105 @@ def _load_reference(cfg: DataConfig, arg: str | None) -> "DataBundle":
     # keeps the bundle's shape (train = calibration, no validation split) without inventing classes.
     y_cal = np.zeros(len(x_cal), np.int32)
     return make_bundle(cfg, (x_cal, y_cal), (x_test, y_test.astype(np.int32)), names, f"reference:{path.resolve()}")
+
+
+# --------------------------------------------------------------------------- detection / segmentation
+
+
+def _check_scenes(cfg: DataConfig, arg: str | None) -> None:
+    kind = cfg.source
+    if cfg.path is not None and kind == "shapes":
+        raise ConfigError(f"data.path = {cfg.path!r} is not read by the shapes source (it draws its scenes); remove data.path")
+    _path_is_a_directory_name(cfg, arg)
+    sc = cfg.scenes
+    if cfg.max_objects is not None and cfg.max_objects < sc.max_objects:
+        raise ConfigError(
+            f"data.max_objects = {cfg.max_objects} < data.scenes.max_objects = {sc.max_objects}; "
+            "raise data.max_objects or lower data.scenes.max_objects"
+        )
+
+
+def _scene_bundle(cfg: DataConfig, name: str) -> "DataBundle":
+    import time
+
+    from tfcnn.data import scenes
+    from tfcnn.data.builtin import FASHION_MNIST_CLASSES
+    from tfcnn.data.inmemory import from_label_arrays
+    from tfcnn.util import log
+
+    sc = cfg.scenes
+    labels = sc.labels if sc.labels != "auto" else "boxes"
+    m = cfg.max_objects or sc.max_objects
+    start = time.perf_counter()
+    if name == "fashion_scenes":
+        train_items, test_items = scenes.load_fashion_items(cfg.path)
+        train, test = scenes.fashion_scenes(sc, cfg.seed, train_items, test_items, m)
+        names = list(FASHION_MNIST_CLASSES)
+    else:
+        train, test = scenes.shapes_scenes(sc, cfg.seed, m)
+        names = list(scenes.SHAPE_CLASSES)
+    took = time.perf_counter() - start
+    log.info("data: generated %d + %d %s scenes in %.1f s", len(train.images), len(test.images), name, took)
+    if labels == "masks" and sc.mask_classes == "foreground":
+        names = ["object"]  # mask value 1 = class_names[0]: any object
+    pick = (lambda s: s.boxes) if labels == "boxes" else (lambda s: s.mask_labels(sc.mask_classes))
+    seed = sc.seed if sc.seed is not None else cfg.seed
+    source = f"{name} ({sc.num_train}+{sc.num_test} scenes {sc.size}x{sc.size}, {labels}, seed {seed})"
+    return from_label_arrays(
+        cfg, (train.images, pick(train)), (test.images, pick(test)), names, label_kind=labels, source=source
+    )
+
+
+@register_source("fashion_scenes", check=_check_scenes, summary="generated scenes of Fashion-MNIST items (boxes or masks)")
+def _load_fashion_scenes(cfg: DataConfig, arg: str | None) -> "DataBundle":
+    return _scene_bundle(cfg, "fashion_scenes")
+
+
+@register_source("shapes", check=_check_scenes, summary="generated scenes of circles, squares and triangles (boxes or masks)")
+def _load_shapes(cfg: DataConfig, arg: str | None) -> "DataBundle":
+    return _scene_bundle(cfg, "shapes")
+
+
+def _check_coco(cfg: DataConfig, arg: str | None) -> None:
+    _path_is_a_directory_name(cfg, arg)
+    if Path(arg or "").suffix.lower() != ".json":
+        raise ConfigError(
+            f"data.source = {cfg.source!r}: a COCO source names its annotations file; use 'coco:<annotations.json>'"
+        )
+
+
+@register_source(
+    "coco",
+    arg="annotations.json",
+    check=_check_coco,
+    summary="COCO-format detection JSON (images relative to it or data.path)",
+)
+def _load_coco(cfg: DataConfig, arg: str | None) -> "DataBundle":
+    from tfcnn.data import coco_format
+    from tfcnn.data.inmemory import from_label_arrays
+
+    path = Path(arg or "")
+    d = coco_format.read_coco(path, cfg.path, cfg.max_objects, cfg.image_size, cfg.channels)
+    return from_label_arrays(
+        cfg, (d.images, d.labels), None, d.class_names, label_kind="boxes", source=f"coco:{path.resolve()}", notes=d.notes
+    )
+
+
+@register_source(
+    "tfds_detection", arg="name", check=_check_tfds, summary="a TensorFlow Datasets detection set (voc/2007, coco/2017)"
+)
+def _load_tfds_detection(cfg: DataConfig, arg: str | None) -> "DataBundle":
+    from tfcnn.data import tfds_detection
+    from tfcnn.data.inmemory import from_label_arrays
+    from tfcnn.data.tfds_source import to_one_size
+
+    d = tfds_detection.load_tfds_detection(arg or "", data_dir=cfg.path, max_objects=cfg.max_objects)
+    size = tuple(cfg.image_size) if cfg.image_size else None
+    splits = {}
+    for key in ("train", "test"):
+        part = d.get(key)
+        if part is not None:
+            stack, size, _ = to_one_size(part[0], size)  # type: ignore[arg-type]
+            part = (stack, part[1])
+        splits[key] = part
+    return from_label_arrays(cfg, splits["train"], splits["test"], d["class_names"], label_kind="boxes", source=d["source"])

@@ -270,8 +270,8 @@ def build_card(
                 else f"{info.num_classes}-class image classifier ({src.cfg.model.name}) trained with tfcnn on {info.source}."
             )
             if contract.get("output", {}).get("kind", "probabilities") == "probabilities"
-            # another task (reconstruction): what its outputs are, from the contract
-            else f"image {contract['output']['kind']} model ({model_name(src)}) trained with tfcnn on {info.source}; "
+            # another task (reconstruction, detection): the task's own words, and its outputs from the contract
+            else f"{_task_of(src).describe(labels, model_name(src))} trained with tfcnn on {info.source}; "
             f"outputs {', '.join(contract['output'].get('tensors', []))}."
         ),
         "author": src.cfg.export.author,
@@ -285,13 +285,24 @@ def build_card(
             "skipped_files": len(info.skipped),
         },
         "training": _training_summary(src),
-        "metrics": {"keras_test_accuracy": src.metrics.get("test_accuracy"), "formats": {}},
+        "metrics": {
+            "keras_test_accuracy": src.metrics.get("test_accuracy"),
+            # every headline test number of the run (a detector's mAP, an autoencoder's PSNR, ...)
+            "keras_test": {k: v for k, v in src.metrics.items() if k.startswith("test_") and isinstance(v, (int, float))},
+            "formats": {},
+        },
         "export": export_settings,
         "contract": {"file": "contract.json", **contract},
         "labels": list(labels),
         "artifacts": artifacts,
         "limitations": limitations(src, g),
     }
+
+
+def _task_of(src: SourceRun):
+    from tfcnn.tasks import get_task
+
+    return get_task(src.cfg.task, src.cfg, src.run)
 
 
 def card_markdown(card: dict[str, Any]) -> str:

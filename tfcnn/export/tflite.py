@@ -50,11 +50,16 @@ def representative_images(images: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.concatenate([rgb, pin])
 
 
-def convert(variant: str, source: Path, representative: np.ndarray | None) -> bytes:
+def convert(variant: str, source: Path, representative: np.ndarray | None, float_names: tuple[str, ...] = ()) -> bytes:
     """Convert one variant from a batch-1 archive written by wrapper.mobile_archive.
 
     ``source`` is the uint8-input archive for the float variants and the float32-input one for
-    full-integer int8 (whose converter turns the input into uint8 itself).
+    full-integer int8 (whose converter turns the input into uint8 itself). ``float_names`` (a
+    task whose graph ends in post-processing, e.g. a detector's decoding and NMS: fragments of
+    the tensor names to keep float, its first being the tail's name scope): full-integer int8
+    keeps the uint8 input and the int8 model, but those ops and the outputs stay float32, so
+    class ids stay whole numbers and boxes are not rounded to 1/255 steps (see
+    :func:`_quantize_keeping_float`).
     """
     import tensorflow as tf
 
@@ -76,13 +81,43 @@ def convert(variant: str, source: Path, representative: np.ndarray | None) -> by
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = gen
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
+        if float_names:
+            data = _quantize_keeping_float(converter, tuple(float_names))
+            _check_int8_interface(data)
+            return data
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_output_type = tf.uint8
     data = converter.convert()
     if variant == "tflite_int8":
         _check_int8_interface(data)
     return data
+
+
+def _quantize_keeping_float(converter, names: tuple[str, ...]) -> bytes:
+    """Full-integer quantization except for the tensors whose names contain one of ``names``
+    (the first: the post-processing's name scope) and the outputs.
+
+    The converter alone quantizes every float tensor it has a range for, post-processing
+    included (a detector's class ids came out as 0.996). This is TensorFlow's selective
+    quantization, the mechanism behind ``tf.lite.experimental.QuantizationDebugger``'s
+    ``denylisted_nodes``: calibrate once, then quantize with the tail's tensors (matched by
+    their name scope) and the output tensors denylisted, uint8 in and float32 out.
+    """
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tflite_convert
+
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter._experimental_calibrate_only = True  # noqa: SLF001  (the debugger's calibration step)
+    calibrated = converter.convert()
+    it = interpreter(calibrated)
+    outputs = {d["name"] for d in it.get_output_details()}
+    keep = [d["name"] for d in it.get_tensor_details() if any(n in d["name"] for n in names) or d["name"] in outputs]
+    if not any(names[0] in name for name in keep):
+        raise ExportError(f"no tensor of the graph is named like {names[0]!r}; the post-processing would be quantized")
+    return bytes(
+        tflite_convert.mlir_quantize(calibrated, input_data_type=tf.uint8, output_data_type=tf.float32, denylisted_nodes=keep)
+    )
 
 
 def _check_int8_interface(data: bytes) -> None:

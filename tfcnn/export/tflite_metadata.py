@@ -9,6 +9,28 @@ schema from ai_edge_litert. The packing follows the TFLite metadata convention e
 * the metadata flatbuffer (file identifier ``M001``) becomes a new model buffer, referenced from
   the model's ``metadata`` list under the name ``TFLITE_METADATA``;
 * associated files (``labels.txt``) are appended to the model file as an uncompressed zip.
+
+Two output layouts are written. A classifier: one ``probabilities`` tensor with labels.txt as
+TENSOR_AXIS_LABELS (what MediaPipe's ImageClassifier reads). A detector: the four tensors of
+TFLite's SSD post-processing convention, described the way MediaPipe Tasks' ObjectDetector
+(``DetectionPostprocessingGraph``) reads them:
+
+* the subgraph must have exactly 4 outputs (2 would mean "NMS outside the model") and exactly 4
+  output TensorMetadata; MediaPipe finds each by *name* ("location", "category", "score",
+  "number of detections") and uses that entry's position in the list as the index into the
+  interpreter's output tensors, so the list must follow the flatbuffer's output order, which
+  for a converted multi-output signature is not the signature's (alphabetical) order;
+* "location" needs BoundingBoxProperties, type BOUNDARIES, coordinate type RATIO, and ``index``
+  giving where left, top, right, bottom sit in each box row: [1, 0, 3, 2] for our
+  (ymin, xmin, ymax, xmax);
+* the label file must hang off "category" as TENSOR_VALUE_LABELS (the classifier's
+  TENSOR_AXIS_LABELS is for the out-of-model-NMS layout and is ignored here); without it
+  MediaPipe fills only the category index;
+* no ScoreThresholdingOptions: the model already applied its threshold, and MediaPipe's default
+  without one is -FLT_MAX (keep everything the model returns);
+* the "detection_result" output tensor group over location, category and score is what
+  MediaPipe's own metadata writer adds; the C++ reader does not need it, Android Studio's
+  model viewer shows it.
 """
 
 from __future__ import annotations
@@ -33,6 +55,17 @@ MODEL_IDENTIFIER = b"TFL3"
 CONTRACT_METADATA_NAME = "tfcnn_contract"
 # CustomMetadata (the JSON contract) needs parser 1.5.0; everything else we write is 1.0.0.
 MIN_PARSER_VERSION = "1.5.0"
+
+# Our detection output names -> the TensorMetadata names MediaPipe's ObjectDetector looks up.
+DETECTION_TENSOR_NAMES: dict[str, str] = {
+    "boxes": "location",
+    "classes": "category",
+    "scores": "score",
+    "num_detections": "number of detections",
+}
+# Positions of left (xmin), top (ymin), right (xmax), bottom (ymax) in a (ymin, xmin, ymax, xmax) row.
+BOX_CORNER_INDEX = (1, 0, 3, 2)
+DETECTION_GROUP_NAME = "detection_result"  # the group name MediaPipe's metadata writer uses
 
 
 def _load_by_path(package: str, relative: str, module_name: str) -> ModuleType:
@@ -83,12 +116,59 @@ class MetadataSpec:
     output_description: str
     contract: dict[str, Any] = field(default_factory=dict)
     labels_file: str = "labels.txt"
+    # "classification" (one probabilities tensor) or "detection" (the four SSD-style tensors).
+    kind: str = "classification"
+    # Detection only: our output names (boxes, classes, scores, num_detections) in the converted
+    # flatbuffer's output tensor order, from :func:`output_tensor_order`.
+    output_order: tuple[str, ...] = ()
 
 
 def build_metadata(spec: MetadataSpec) -> bytes:
-    """Serialise ModelMetadata for a single-input image classifier with an axis-label file."""
+    """Serialise ModelMetadata for a single-input image model: a classifier with an axis-label
+    file, or (``spec.kind == "detection"``) a detector with the four SSD-style outputs."""
     fb = metadata_fb()
+    if spec.kind == "detection":
+        outputs = _detection_outputs(spec)
+        subgraph_name, subgraph_description = "object_detector", "uint8 RGB image in, boxes, classes, scores and count out"
+    elif spec.kind == "classification":
+        outputs = [_classifier_output(spec)]
+        subgraph_name, subgraph_description = "image_classifier", "uint8 RGB image in, softmax probabilities out"
+    else:
+        raise ExportError(f"no TFLite metadata layout for output kind {spec.kind!r}; expected classification or detection")
 
+    subgraph = fb.SubGraphMetadataT()
+    subgraph.name = subgraph_name
+    subgraph.description = subgraph_description
+    subgraph.inputTensorMetadata = [_image_input(spec)]
+    subgraph.outputTensorMetadata = outputs
+    if spec.kind == "detection":
+        group = fb.TensorGroupT()
+        group.name = DETECTION_GROUP_NAME
+        group.tensorNames = [DETECTION_TENSOR_NAMES[k] for k in ("boxes", "classes", "scores")]
+        subgraph.outputTensorGroups = [group]
+    if spec.contract:
+        custom = fb.CustomMetadataT()
+        custom.name = CONTRACT_METADATA_NAME
+        custom.data = list(json.dumps(spec.contract, sort_keys=True).encode())
+        subgraph.customMetadata = [custom]
+
+    model = fb.ModelMetadataT()
+    model.name = spec.name
+    model.description = spec.description
+    model.version = spec.version
+    model.author = spec.author
+    model.license = spec.license
+    model.subgraphMetadata = [subgraph]
+    model.minParserVersion = MIN_PARSER_VERSION
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=METADATA_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def _image_input(spec: MetadataSpec) -> Any:
+    """The uint8 RGB image input, the same for every task."""
+    fb = metadata_fb()
     image_props = fb.ImagePropertiesT()
     image_props.colorSpace = fb.ColorSpaceType.RGB
     size = fb.ImageSizeT()
@@ -116,48 +196,123 @@ def build_metadata(spec: MetadataSpec) -> bytes:
     inp.content = in_content
     inp.processUnits = [unit]
     inp.stats = in_stats
+    return inp
 
+
+def _label_file(spec: MetadataSpec, file_type: int, description: str) -> Any:
+    fb = metadata_fb()
+    label_file = fb.AssociatedFileT()
+    label_file.name = spec.labels_file
+    label_file.description = description
+    label_file.type = file_type
+    return label_file
+
+
+def _classifier_output(spec: MetadataSpec) -> Any:
+    fb = metadata_fb()
     out_content = fb.ContentT()
     out_content.contentPropertiesType = fb.ContentProperties.FeatureProperties
     out_content.contentProperties = fb.FeaturePropertiesT()
     out_stats = fb.StatsT()
     out_stats.max = [1.0]
     out_stats.min = [0.0]
-    label_file = fb.AssociatedFileT()
-    label_file.name = spec.labels_file
-    label_file.description = "Class labels, one per line, in output order."
-    label_file.type = fb.AssociatedFileType.TENSOR_AXIS_LABELS
 
     out = fb.TensorMetadataT()
     out.name = "probabilities"
     out.description = spec.output_description
     out.content = out_content
     out.stats = out_stats
-    out.associatedFiles = [label_file]
+    out.associatedFiles = [
+        _label_file(spec, fb.AssociatedFileType.TENSOR_AXIS_LABELS, "Class labels, one per line, in output order.")
+    ]
+    return out
 
-    subgraph = fb.SubGraphMetadataT()
-    subgraph.name = "image_classifier"
-    subgraph.description = "uint8 RGB image in, softmax probabilities out"
-    subgraph.inputTensorMetadata = [inp]
-    subgraph.outputTensorMetadata = [out]
-    if spec.contract:
-        custom = fb.CustomMetadataT()
-        custom.name = CONTRACT_METADATA_NAME
-        custom.data = list(json.dumps(spec.contract, sort_keys=True).encode())
-        subgraph.customMetadata = [custom]
 
-    model = fb.ModelMetadataT()
-    model.name = spec.name
-    model.description = spec.description
-    model.version = spec.version
-    model.author = spec.author
-    model.license = spec.license
-    model.subgraphMetadata = [subgraph]
-    model.minParserVersion = MIN_PARSER_VERSION
+def _detection_outputs(spec: MetadataSpec) -> list[Any]:
+    """The four detection TensorMetadata, in the flatbuffer's output order (MediaPipe indexes the
+    interpreter's outputs by each entry's position in this list)."""
+    fb = metadata_fb()
+    order = tuple(spec.output_order)
+    if sorted(order) != sorted(DETECTION_TENSOR_NAMES):
+        raise ExportError(
+            f"detection metadata needs the converted model's output order of "
+            f"{', '.join(DETECTION_TENSOR_NAMES)}; got {list(order)}"
+        )
 
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=METADATA_IDENTIFIER)
-    return bytes(builder.Output())
+    def value_range() -> Any:
+        # The dimension that runs over detections (dimension 1 of [1, D, ...]), as the SSD writers say.
+        rng = fb.ValueRangeT()
+        rng.min, rng.max = 2, 2
+        return rng
+
+    def feature_content() -> Any:
+        content = fb.ContentT()
+        content.contentPropertiesType = fb.ContentProperties.FeatureProperties
+        content.contentProperties = fb.FeaturePropertiesT()
+        return content
+
+    def tensor(key: str, description: str, content: Any) -> Any:
+        md = fb.TensorMetadataT()
+        md.name = DETECTION_TENSOR_NAMES[key]
+        md.description = description
+        md.content = content
+        return md
+
+    made: dict[str, Any] = {}
+    box = fb.BoundingBoxPropertiesT()
+    box.index = list(BOX_CORNER_INDEX)
+    box.type = fb.BoundingBoxType.BOUNDARIES
+    box.coordinateType = fb.CoordinateType.RATIO
+    location = fb.ContentT()
+    location.contentPropertiesType = fb.ContentProperties.BoundingBoxProperties
+    location.contentProperties = box
+    location.range = value_range()
+    made["boxes"] = tensor(
+        "boxes", "Boxes (ymin, xmin, ymax, xmax), normalised to 0..1 of the model input, best first.", location
+    )
+
+    category = feature_content()
+    category.range = value_range()
+    made["classes"] = tensor("classes", "Class id of each box (float), an index into the label file.", category)
+    made["classes"].associatedFiles = [
+        _label_file(spec, fb.AssociatedFileType.TENSOR_VALUE_LABELS, "Class labels, one per line, indexed by the category value.")
+    ]
+
+    score = feature_content()
+    score.range = value_range()
+    made["scores"] = tensor("scores", "Score of each box in 0..1.", score)
+    stats = fb.StatsT()
+    stats.max, stats.min = [1.0], [0.0]
+    made["scores"].stats = stats
+
+    made["num_detections"] = tensor(
+        "num_detections", "How many rows are real detections; the rest is zero padding.", feature_content()
+    )
+    return [made[k] for k in order]
+
+
+def output_tensor_order(model_bytes: bytes, signature: str = "serving_default") -> list[str]:
+    """The converted model's subgraph outputs, by signature output name, in flatbuffer order.
+
+    The converter orders a multi-output signature's tensors its own way (neither the dict's nor
+    alphabetical), while metadata is matched to outputs by position: so the order is read from
+    the file. Outputs outside the signature fall back to their tensor names.
+    """
+    sfb = model_fb()
+    model = sfb.Model.GetRootAs(model_bytes, 0)
+    if model.SubgraphsLength() < 1:
+        raise ExportError("the TFLite model has no subgraph")
+    sub = model.Subgraphs(0)
+    outputs = [int(sub.Outputs(i)) for i in range(sub.OutputsLength())]
+    by_tensor: dict[int, str] = {}
+    for s in range(model.SignatureDefsLength()):
+        sig = model.SignatureDefs(s)
+        if sig.SubgraphIndex() != 0 or (by_tensor and _str(sig.SignatureKey()) != signature):
+            continue
+        by_tensor = {int(sig.Outputs(j).TensorIndex()): _str(sig.Outputs(j).Name()) for j in range(sig.OutputsLength())}
+        if _str(sig.SignatureKey()) == signature:
+            break
+    return [by_tensor.get(t) or _str(sub.Tensors(t).Name()) for t in outputs]
 
 
 def populate(model_bytes: bytes, metadata: bytes, files: dict[str, bytes]) -> bytes:
@@ -190,8 +345,26 @@ def _str(value: Any) -> str:
 
 
 @dataclass
+class OutputMetadata:
+    """One output TensorMetadata as read back (a detector has four, in flatbuffer output order)."""
+
+    name: str
+    content: str  # the ContentProperties type: FeatureProperties, BoundingBoxProperties, ...
+    label_file: str | None = None
+    label_file_type: str | None = None
+    box_index: list[int] | None = None  # BoundingBoxProperties: left, top, right, bottom positions
+    box_type: str | None = None
+    coordinate_type: str | None = None
+
+
+@dataclass
 class ReadMetadata:
-    """The parts of the metadata tests, verify and the report read back."""
+    """The parts of the metadata tests, verify and the report read back.
+
+    ``output_name``, ``label_file`` and ``label_file_type`` keep their classifier meaning (its
+    one output); for a detector ``output_name`` lists the four names in file order and the label
+    fields describe the file attached to "category". ``outputs`` has every output in full.
+    """
 
     name: str
     version: str
@@ -208,6 +381,31 @@ class ReadMetadata:
     label_file_type: str | None
     labels: list[str] | None
     contract: dict[str, Any] | None
+    kind: str = "classification"
+    outputs: list[OutputMetadata] = field(default_factory=list)
+    output_groups: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _enum_name(enum_cls: Any, value: int) -> str:
+    return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_")}.get(value, str(value))
+
+
+def _read_output(out: Any) -> OutputMetadata:
+    fb = metadata_fb()
+    content = "none"
+    box_index = box_type = coord = None
+    if out.content is not None:
+        content = _enum_name(fb.ContentProperties, out.content.contentPropertiesType)
+        if out.content.contentPropertiesType == fb.ContentProperties.BoundingBoxProperties:
+            props = out.content.contentProperties
+            box_index = [int(v) for v in props.index] if props.index is not None else None
+            box_type = _enum_name(fb.BoundingBoxType, props.type)
+            coord = _enum_name(fb.CoordinateType, props.coordinateType)
+    label_file = label_type = None
+    for af in out.associatedFiles or []:
+        label_file = _str(af.name)
+        label_type = _enum_name(fb.AssociatedFileType, af.type)
+    return OutputMetadata(_str(out.name), content, label_file, label_type, box_index, box_type, coord)
 
 
 def read_metadata(tflite_bytes: bytes) -> ReadMetadata:
@@ -225,20 +423,21 @@ def read_metadata(tflite_bytes: bytes) -> ReadMetadata:
         raise ExportError(f"{METADATA_NAME} buffer lacks the M001 identifier")
     meta = fb.ModelMetadataT.InitFromObj(fb.ModelMetadata.GetRootAs(meta_buf, 0))
     sub = meta.subgraphMetadata[0]
-    inp, out = sub.inputTensorMetadata[0], sub.outputTensorMetadata[0]
+    inp = sub.inputTensorMetadata[0]
+    outputs = [_read_output(o) for o in sub.outputTensorMetadata or []]
+    if not outputs:
+        raise ExportError(f"{METADATA_NAME} describes no output tensor")
+    detection = len(outputs) == 4 and {o.name for o in outputs} == set(DETECTION_TENSOR_NAMES.values())
     color = None
     if inp.content is not None and inp.content.contentPropertiesType == fb.ContentProperties.ImageProperties:
-        color = {v: k for k, v in vars(fb.ColorSpaceType).items() if not k.startswith("_")}[
-            inp.content.contentProperties.colorSpace
-        ]
+        color = _enum_name(fb.ColorSpaceType, inp.content.contentProperties.colorSpace)
     normalization = None
     for unit in inp.processUnits or []:
         if unit.optionsType == fb.ProcessUnitOptions.NormalizationOptions:
             normalization = {"mean": [float(v) for v in unit.options.mean], "std": [float(v) for v in unit.options.std]}
-    label_file = label_type = None
-    for af in out.associatedFiles or []:
-        label_file = _str(af.name)
-        label_type = {v: k for k, v in vars(fb.AssociatedFileType).items() if not k.startswith("_")}[af.type]
+    labelled = next((o for o in outputs if o.label_file), None) if detection else outputs[0]
+    label_file = labelled.label_file if labelled else None
+    label_type = labelled.label_file_type if labelled else None
     labels = None
     if label_file:
         zipped = _zipped_files(tflite_bytes)
@@ -248,6 +447,7 @@ def read_metadata(tflite_bytes: bytes) -> ReadMetadata:
     for custom in sub.customMetadata or []:
         if _str(custom.name) == CONTRACT_METADATA_NAME:
             contract = json.loads(bytes(bytearray(custom.data)).decode())
+    groups = {_str(g.name): [_str(n) for n in g.tensorNames or []] for g in sub.outputTensorGroups or []}
     return ReadMetadata(
         name=_str(meta.name),
         version=_str(meta.version),
@@ -259,11 +459,14 @@ def read_metadata(tflite_bytes: bytes) -> ReadMetadata:
         input_description=_str(inp.description),
         color_space=color or "UNKNOWN",
         normalization=normalization,
-        output_name=_str(out.name),
+        output_name=", ".join(o.name for o in outputs) if detection else outputs[0].name,
         label_file=label_file,
         label_file_type=label_type,
         labels=labels,
         contract=contract,
+        kind="detection" if detection else "classification",
+        outputs=outputs,
+        output_groups=groups,
     )
 
 

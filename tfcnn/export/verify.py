@@ -43,6 +43,11 @@ def changed_top1(keras_probs: np.ndarray, probs: np.ndarray, labels: np.ndarray)
     ]
 
 
+def _agreement(client: dict[str, Any]) -> Any:
+    """A client check's agreement with LiteRT: top-1 (classifier) or per detection (detector)."""
+    return client.get("top1_agreement_with_litert", client.get("detection_agreement_with_litert"))
+
+
 def _open_card(vd: Path) -> dict[str, Any]:
     if not vd.is_dir():
         raise VerificationError(f"version directory {str(vd)!r} does not exist")
@@ -113,7 +118,9 @@ def verify_version(
     if tuple(x_test.shape[1:3]) != (h, w):
         raise VerificationError(f"test images are {x_test.shape[1:]} but the contract input is {h}x{w}")
     rgb = np.ascontiguousarray(to_rgb(x_test))
-    y = np.asarray(y_test).astype(np.int64)
+    y = np.asarray(y_test)
+    if y.ndim == 1:  # class ids; other tasks' labels (box rows, masks) are used as they are
+        y = y.astype(np.int64)
 
     log.info("verify: keras reference on %d test images", len(y))
     model = src.load_model()
@@ -182,12 +189,17 @@ def verify_version(
     clients: dict[str, Any] = {}
     for fmt_name in formats:
         for check in FORMATS[fmt_name].client_checks:
-            if fmt_name not in outputs or not isinstance(outputs[fmt_name], np.ndarray):
-                continue  # client checks read a classifier's probabilities
+            if fmt_name not in outputs:
+                continue
             n = min(len(rgb), 200)
             path = vd / entries[fmt_name]["file"]
+            out = outputs[fmt_name]
+            first = {k: v[:n] for k, v in out.items()} if isinstance(out, dict) else out[:n]
             try:
-                clients[fmt_name] = check(path, rgb[:n], outputs[fmt_name][:n], labels)
+                result = check(path, rgb[:n], first, labels)  # None: the check is for another task's outputs
+                if result is None:
+                    continue
+                clients[fmt_name] = result
             except ImportError as exc:
                 clients[fmt_name] = {"passed": None, "skipped": f"client not importable: {exc}"}
                 continue
@@ -196,7 +208,7 @@ def verify_version(
             m = clients[fmt_name]
             log.info(
                 "verify: mediapipe %s: %s (%s agreement, labels from metadata %s)",
-                fmt_name, "ok" if m["passed"] else "FAILED", m.get("top1_agreement_with_litert"), m.get("labels_from_metadata"),
+                fmt_name, "ok" if m["passed"] else "FAILED", _agreement(m), m.get("labels_from_metadata"),
             )
 
     changes: dict[str, list] = {}
@@ -211,7 +223,7 @@ def verify_version(
     failures += [f"{fmt}: not a format this tfcnn knows; re-export with this version" for fmt in unknown]
     failures += [f"integrity: {p['file']}: {p['problem']}" for p in integrity if p["format"] not in results]
     failures += [
-        f"mediapipe {v}: " + "; ".join(m.get("failures") or [f"agreement {m.get('top1_agreement_with_litert')}, labels_from_metadata {m.get('labels_from_metadata')}"])
+        f"mediapipe {v}: " + "; ".join(m.get("failures") or [f"agreement {_agreement(m)}, labels_from_metadata {m.get('labels_from_metadata')}"])
         for v, m in clients.items()
         if m.get("passed") is False
     ]
@@ -289,32 +301,37 @@ def _format_table(report: dict[str, Any], columns: list[tuple[str, Any]]) -> lis
     return ["| " + " | ".join(line) + " |" for line in [heads, align, *rows]]
 
 
-def _reconstruction_markdown(report: dict[str, Any]) -> str:
-    """The per-format table of a reconstruction model (no classes: image differences, PSNR, flags)."""
+def _task_markdown(report: dict[str, Any], columns: list[tuple[str, str, str, float]]) -> str:
+    """The per-format table of a task other than classification, from the task's
+    :meth:`~tfcnn.tasks.base.Task.verify_columns` (header, row key, format spec, scale)."""
     keras = report.get("keras", {})
+    ref = ", ".join(f"{k} {_fmt(v, '.4f')}" for k, v in keras.items()) or "-"
     lines = [
         f"# Verification of `{report['version_dir']}`",
         "",
         f"{report['samples']} test images, batch-1 latency over {report['latency_runs']} runs with {report['threads']} thread(s). "
-        f"Keras ROC-AUC {_fmt(keras.get('roc_auc'), '.4f')}. Overall: **{'PASSED' if report['passed'] else 'FAILED'}**.",
+        f"Keras {ref}. Overall: **{'PASSED' if report['passed'] else 'FAILED'}**.",
         "",
     ]
-    lines += _format_table(report, [
-        ("size", lambda r: format_bytes(r.get("bytes"))), ("max abs diff", lambda r: _fmt(r.get("max_abs_diff"), ".2e")),
-        ("mean abs diff", lambda r: _fmt(r.get("mean_abs_diff"), ".2e")), ("PSNR vs Keras (dB)", lambda r: _fmt(r.get("psnr_vs_keras"), ".1f")),
-        ("flag agreement", lambda r: _fmt(r.get("flag_agreement"), ".2f", 100) + "%"), ("ROC-AUC", lambda r: _fmt(r.get("roc_auc"), ".4f")),
-    ])
+    cells = [("size", lambda r: format_bytes(r.get("bytes")))]
+    cells += [(head, lambda r, k=key, f=spec, m=scale: _fmt(r.get(k), f, m) + ("%" if m == 100 and "agreement" in k else ""))
+              for head, key, spec, scale in columns]
+    lines += _format_table(report, cells)
     notes = [f"- {fmt}: {r['predictions']}" for fmt, r in report["formats"].items() if "predictions" in r]
     if notes:
         lines += ["", *notes]
+    clients = report.get("clients") or report.get("mediapipe") or {}
+    for v, m in clients.items():
+        lines += ["", f"- client check {v}: passed {m.get('passed')}" + (f" ({m['skipped']})" if m.get("skipped") else "")]
     if report["failures"]:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in report["failures"]]
     return "\n".join(lines) + "\n"
 
 
 def verification_markdown(report: dict[str, Any]) -> str:
-    if report.get("task", "classification") == "reconstruction":
-        return _reconstruction_markdown(report)
+    task = report.get("task", "classification")
+    if task != "classification":
+        return _task_markdown(report, get_task(task).verify_columns())
     lines = [
         f"# Verification of `{report['version_dir']}`",
         "",

@@ -8,6 +8,7 @@ through :mod:`tfcnn.models.lazy`, which loads it when the first layer is built.
 from tfcnn.models import compact, mobilenet, resnet, seed, tiny, vgg  # noqa: F401  (register the builders)
 from tfcnn.models import autoencoders  # noqa: F401  (registers the reconstruction task's builders)
 from tfcnn.models import applications, efficientnet_lite  # noqa: F401  (the pretrained builders)
+from tfcnn.models import localizer, retinanet  # noqa: F401  (the detection task's builders)
 from tfcnn.models.registry import (
     MODELS,
     Builder,

@@ -27,6 +27,11 @@ class Body(Protocol):
     def __call__(self, x: keras.KerasTensor, cfg: ModelConfig) -> keras.KerasTensor: ...
 
 
+# A fixed pixel normalisation: (mean, std) per RGB channel, in pixel units. A Builder may instead
+# hold a function of the resolved config giving one or None (a detector takes its backbone's).
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+
+
 @dataclass(frozen=True)
 class Builder:
     """One registered architecture: its body and the ``model.options`` it accepts (name -> default)."""
@@ -40,9 +45,15 @@ class Builder:
     # A pretrained body's own pixel normalisation ((mean, std) per RGB channel, pixel units): the
     # frame's `normalize` layer then holds these instead of the training split's, so the export
     # contract (read from that layer) stays true. None: the training split's statistics.
-    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    normalization: Normalization | Callable[[ModelConfig], Normalization | None] | None = None
     # Called with the finished model (head included) to fill its pretrained weights.
     load_weights: Callable[[Any, ModelConfig], None] | None = None
+    # True (with head=False): the body needs the class count, ``body(x, cfg, num_classes)``, and
+    # ends the model itself (the detectors: their output holds per-class logits).
+    takes_classes: bool = False
+    # Called by resolve_options with the merged config, for checks the option kinds cannot express
+    # (a detector's backbone name and backbone_options); raises ConfigError. Builds nothing.
+    check: Callable[[ModelConfig], None] | None = None
 
 
 MODELS: Registry = Registry("model", "model.name")
@@ -53,19 +64,27 @@ def register(
     options: Mapping[str, Any] | None = None,
     *,
     head: bool = True,
-    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    normalization: Normalization | Callable[[ModelConfig], Normalization | None] | None = None,
     load_weights: Callable[[Any, ModelConfig], None] | None = None,
+    takes_classes: bool = False,
+    check: Callable[[ModelConfig], None] | None = None,
 ) -> Callable[[Body], Body]:
     """Decorator adding an architecture body under `name` (a taken name is refused).
 
     `options` maps every accepted ``model.options`` key to its default; the body then sees
     ``cfg.options`` with all of them filled in and type-checked. The defaults are the type
     declaration too: a value must be of the default's kind (bool, int, number, string, list
-    with elements like the default's), so the check needs no layer built.
+    with elements like the default's, or a dict), so the check needs no layer built.
+    ``takes_classes`` (with ``head=False``): the body is called as ``body(x, cfg, num_classes)``;
+    ``check`` runs on the merged options for what their kinds cannot say.
     """
+    if takes_classes and head:
+        raise ValueError(f"{name}: takes_classes is for builders that end the model themselves (head=False)")
 
     def deco(fn: Body) -> Body:
-        MODELS.register(name, Builder(name, fn, dict(options or {}), head, normalization, load_weights))
+        MODELS.register(
+            name, Builder(name, fn, dict(options or {}), head, normalization, load_weights, takes_classes, check)
+        )
         return fn
 
     return deco
@@ -121,7 +140,8 @@ def _kind_error(value: Any, default: Any) -> str | None:
 def resolve_options(cfg: ModelConfig) -> ModelConfig:
     """`cfg` with its builder's option defaults filled in, after checking the name and every
     ``model.options`` key and kind. Needs no TensorFlow (the "model" check of validate)."""
-    defaults = get_builder(cfg.name).options
+    builder = get_builder(cfg.name)
+    defaults = builder.options
     merged = dict(defaults)
     for key, value in (cfg.options or {}).items():
         if key not in defaults:
@@ -134,7 +154,10 @@ def resolve_options(cfg: ModelConfig) -> ModelConfig:
                 f"expected something like {defaults[key]!r}"
             )
         merged[key] = value
-    return dataclasses.replace(cfg, options=merged)
+    resolved = dataclasses.replace(cfg, options=merged)
+    if builder.check is not None:
+        builder.check(resolved)
+    return resolved
 
 
 def resolve(cfg: ModelConfig) -> ModelConfig:
@@ -169,27 +192,37 @@ def build_model(
     std: list[float] | None = None,
 ) -> keras.Model:
     """Build `cfg.name` inside the common frame (image -> normalize -> body -> logits); a builder
-    registered with ``head=False`` (the autoencoders) ends the model itself, and needs no classes."""
+    registered with ``head=False`` (the autoencoders) ends the model itself, and needs no classes;
+    one that also ``takes_classes`` (the detectors) ends it too, given ``num_classes`` (>= 1)."""
     import numpy as np
 
     cfg = resolve(cfg)
     builder = get_builder(cfg.name)
     if builder.head and num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if builder.takes_classes and num_classes < 1:
+        raise ConfigError(f"{cfg.name} needs at least 1 object class, got {num_classes}")
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ConfigError(f"input_shape must be (height, width, channels), got {tuple(input_shape)}")
     channels = input_shape[-1]
-    if builder.normalization is not None:
-        mean, std = (_fixed_stats(v, channels, cfg.name) for v in builder.normalization)
+    fixed = builder.normalization(cfg) if callable(builder.normalization) else builder.normalization
+    if fixed is not None:
+        mean, std = (_fixed_stats(v, channels, cfg.name) for v in fixed)
     mean_a = np.asarray(mean if mean is not None else [127.5] * channels, dtype="float32")
     std_a = np.asarray(std if std is not None else [127.5] * channels, dtype="float32")
     if mean_a.shape != (channels,) or std_a.shape != (channels,):
         raise ConfigError(f"mean/std must have one value per channel ({channels}), got {mean_a.shape} and {std_a.shape}")
     inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="image")
     x = keras.layers.Normalization(mean=mean_a, variance=np.maximum(std_a, 1e-6) ** 2, name="normalize")(inputs)
-    x = builder.body(x, cfg)
+    if builder.takes_classes:
+        x = builder.body(x, cfg, num_classes)  # type: ignore[call-arg]
+    else:
+        x = builder.body(x, cfg)
     if not builder.head:
-        return keras.Model(inputs, x, name=cfg.name)
+        model = keras.Model(inputs, x, name=cfg.name)
+        if builder.load_weights is not None:
+            builder.load_weights(model, cfg)
+        return model
     logits = keras.layers.Dense(
         num_classes, kernel_regularizer=regularizer(cfg), dtype="float32", name="logits"
     )(x)

@@ -1,4 +1,4 @@
-"""Tasks: what differs between kinds of model (classification and reconstruction now; detection and
+"""Tasks: what differs between kinds of model (classification, reconstruction and detection now;
 segmentation later), so that train, evaluate, export and verify stay task-agnostic.
 
 A task is registered once (:data:`TASKS`); adding one means adding one module here.
@@ -7,6 +7,7 @@ A task is registered once (:data:`TASKS`); adding one means adding one module he
 from tfcnn.tasks.base import TASKS, Task, get_task
 from tfcnn.tasks import classification as _classification  # noqa: F401  (registers "classification")
 from tfcnn.tasks import reconstruction as _reconstruction  # noqa: F401  (registers "reconstruction")
+from tfcnn.tasks import detection as _detection  # noqa: F401  (registers "detection")
 
 __all__ = ["TASKS", "Task", "get_task"]
 
@@ -15,6 +16,7 @@ def _check(cfg) -> None:
     """`task` names a registered task (no I/O), and one that learns from mixed labels when
     data.augment mixes them (mixup / CutMix)."""
     task = get_task(cfg.task)
+    task.check_config(cfg)
     aug = cfg.data.augment
     if aug.mixes_labels and not task.soft_labels:
         key = "mixup" if aug.mixup and aug.mixup_prob else "cutmix"

@@ -38,6 +38,11 @@ class Task:
     class_weighted: bool = False
     # Whether `tfcnn predict` applies: the model answers with top-k class labels.
     predicts_labels: bool = False
+    # What the data's labels must be (DataInfo.label_kind): class ids, box rows or masks.
+    label_kind: str = "classes"
+    # Full-integer TFLite: fragments of the tensor names that stay float32, outputs included (a
+    # detector's post-processing scope first; tfcnn.export.tflite.convert); empty: all int8.
+    int8_float_names: tuple[str, ...] = ()
 
     # ------------------------------------------------------------- train
     def loss_fn(self, num_outputs: int, label_smoothing: float = 0.0, *, from_logits: bool = True):
@@ -61,6 +66,10 @@ class Task:
         """Labels as the loss wants them (e.g. one-hot when smoothing), inside tf.data (fit engine);
         ``soft=True``: as :meth:`keras_loss` with ``soft=True`` wants them."""
         return y
+
+    def check_config(self, cfg: Any) -> None:
+        """Validate: refuse (ConfigError, one line) settings this task cannot train with, before
+        any data is read (the "task" check of :func:`tfcnn.config.validate`)."""
 
     def configure(self, cfg: Any, run: Any = None) -> "Task":
         """This task with what a run decided (its config section; from ``run``: e.g. a stored
@@ -119,6 +128,11 @@ class Task:
         """Verify: the Keras model's headline number (the classifier's accuracy), which the
         formats' drop limits are measured from."""
         return float(self.headline(reference, labels)["test_accuracy"])
+
+    def verify_columns(self) -> list[tuple[str, str, str, float]]:
+        """verification.md's per-format columns besides size and latency: (header, row key,
+        format spec, scale); a classifier's table is written by verify itself."""
+        return [("accuracy", "accuracy", ".2f", 100), ("agreement", "agreement", ".2f", 100), ("max abs diff", "max_abs_diff", ".2e", 1)]
 
     def verify_line(self, row: dict[str, Any]) -> str:
         """Verify's progress line for one compared format."""

@@ -390,6 +390,11 @@ class Reconstruction(Task):
                 fails.append(f"ROC-AUC drop {_num(drop)} > {limits['max_auc_drop']:.3g}")
         return fails
 
+    def verify_columns(self) -> list[tuple[str, str, str, float]]:
+        return [("max abs diff", "max_abs_diff", ".2e", 1), ("mean abs diff", "mean_abs_diff", ".2e", 1),
+                ("PSNR vs Keras (dB)", "psnr_vs_keras", ".1f", 1), ("flag agreement", "flag_agreement", ".2f", 100),
+                ("ROC-AUC", "roc_auc", ".4f", 1)]
+
     def verify_line(self, row: dict[str, Any]) -> str:
         line = (
             f"max|dr| {row['max_abs_diff']:.2e}, mean|dr| {row['mean_abs_diff']:.2e}, "

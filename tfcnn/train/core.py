@@ -158,6 +158,12 @@ def _validate(cfg: PipelineConfig, bundle: DataBundle) -> None:
 
 def _check_model(model: keras.Model, bundle: DataBundle, task) -> None:
     info = bundle.info
+    kind = getattr(info, "label_kind", "classes")
+    if kind != task.label_kind:
+        raise ConfigError(
+            f"the {task.name!r} task learns from {task.label_kind} but {info.source} gives {kind}; "
+            f"choose a task for {kind} (task = ...) or a data.source with {task.label_kind}"
+        )
     task.check_model(model, info)  # the output fits the task (classifier: one logit per class)
     want = tuple(info.input_shape)
     got = tuple(model.inputs[0].shape[1:])

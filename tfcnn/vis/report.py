@@ -571,14 +571,14 @@ def section_reconstruction(ctx: RunContext) -> str:
     """Reconstructions, VAE samples and interpolations, the anomaly histogram (tfcnn.vis.reconstruction)."""
     from tfcnn.vis import reconstruction as recon_vis
 
-    return _guard(lambda: recon_vis.section_body(ctx.run, None, img_tag, note, table, kv_table))
+    return _section("reconstruction", "Reconstruction", _guard(lambda: recon_vis.section_body(ctx.run, None, img_tag, note, table, kv_table)))
 
 
 def section_reconstruction_export(ctx: RunContext) -> str:
     """Each export version's verification in the reconstruction task's terms."""
     dirs = export_dirs(ctx)
     if not dirs:
-        return note(f"not exported yet: run `tfcnn export {ctx.root}`")
+        return _section("export", "Exports", note(f"not exported yet: run `tfcnn export {ctx.root}`"))
     out = ""
     for vdir in dirs:
         ver = ctx.json(vdir / _VERIFICATION_FILE)
@@ -596,7 +596,41 @@ def section_reconstruction_export(ctx: RunContext) -> str:
         ]
         out += table(["format", "passed", "max |Δr|", "mean |Δr|", "PSNR vs Keras (dB)", "flag agreement", "ROC-AUC", "size",
                       "p50 ms", "notes"], rows, "num")
-    return out
+    return _section("export", "Exports", out)
+
+
+def section_detection(ctx: RunContext) -> str:
+    """COCO metrics, per-class AP, PR curves and the gallery scenes with boxes (tfcnn.vis.detection)."""
+    from tfcnn.vis import detection as det_vis
+
+    return _section("detection", "Detection", _guard(lambda: det_vis.section_body(ctx.run, img_tag, note, table, kv_table)))
+
+
+def section_detection_export(ctx: RunContext) -> str:
+    """Each export version's verification in the detection task's terms (mAP, box agreement)."""
+    from tfcnn.vis import detection as det_vis
+
+    dirs = export_dirs(ctx)
+    if not dirs:
+        return _section("export", "Exports", note(f"not exported yet: run `tfcnn export {ctx.root} --verify`"))
+    out = ""
+    for vdir in dirs:
+        out += f"<h3>{esc(vdir)}</h3>"
+        if not vdir.is_dir():
+            out += note(f"{vdir} no longer exists (moved or deleted)")
+            continue
+        ver = ctx.json(vdir / _VERIFICATION_FILE)
+        if not ver or "_error" in ver:
+            out += note(ver.get("_error") if ver else f"not verified yet: run `tfcnn verify {vdir}`")
+            continue
+        verdict = '<span class="ok">passed</span>' if ver.get("passed") else '<span class="bad">FAILED</span>'
+        out += (f"<p>{verdict} on {esc(ver.get('samples', '?'))} test scenes; Keras mAP@0.5 "
+                f"{esc(fmt(ver.get('keras', {}).get('map_50')))}.</p>")
+        rows = det_vis.export_rows(ver, size_text, lambda passed: _Raw(_verdict(passed)))
+        out += table(det_vis.EXPORT_HEADERS, rows, "num")
+        if ver.get("failures"):
+            out += '<h4>Failures</h4><ul class="bad">' + "".join(f"<li>{esc(f)}</li>" for f in ver["failures"]) + "</ul>"
+    return _section("export", "Exports", out)
 
 
 def _sections(ctx: RunContext) -> list[tuple[str, str, Callable[[RunContext], str]]]:
@@ -609,6 +643,8 @@ def _sections(ctx: RunContext) -> list[tuple[str, str, Callable[[RunContext], st
 TASK_SECTIONS: dict[str, list[tuple[str, str, Callable[[RunContext], str]]]] = {
     "reconstruction": [s for s in SECTIONS if s[0] in ("summary", "config", "training")]
     + [("reconstruction", "Reconstruction", section_reconstruction), ("export", "Exports", section_reconstruction_export)],
+    "detection": [s for s in SECTIONS if s[0] in ("summary", "config", "training")]
+    + [("detection", "Detection", section_detection), ("export", "Exports", section_detection_export)],
 }
 
 

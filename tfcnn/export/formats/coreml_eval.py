@@ -179,7 +179,7 @@ class MILProgram:
         if unknown:
             raise ExportError(
                 f"{model_path}: the program uses op(s) {', '.join(unknown)} that the numpy MIL evaluator does not "
-                "implement; add them to tfcnn/export/formats/coreml_eval.py (it never skips an op)"
+                "implement; add them to tfcnn/export/formats/coreml_ops.py (it never skips an op)"
             )
         self.consts: dict[str, Var] = {}
         for op in self.block.operations:

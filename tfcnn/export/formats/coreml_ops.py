@@ -2,7 +2,8 @@
 
 Kept apart from the program reader so each stays readable: this module is the op table
 (:data:`OPS`, filled by ``@_op(...)``) and the numpy arithmetic behind it (convolution and
-pooling with MIL's padding rules, reductions, layout ops, casts, ``classify``); the reader
+pooling with MIL's padding rules, reductions, layout ops, casts, ``classify``, and a detector's
+post-processing: top-k, gather, slicing, select, NMS); the reader
 walks the program, feeds each op its inputs and checks each result's declared dtype and shape.
 An op missing here is refused by the reader, by name, before any image runs.
 """
@@ -434,3 +435,274 @@ def _classify(c: Ctx, a: dict[str, Var]) -> list[Var]:
     labels = [classes[int(i)] for i in rows.argmax(axis=1)]
     dicts = [dict(zip(classes, (float(v) for v in row))) for row in rows]
     return [Var(labels, True), Var(dicts, True)]
+
+
+# --------------------------------------------------------------------------- detection post-processing
+# A detector's exported graph carries its post-processing (top-k, decode, per-class NMS); these
+# are the ops coremltools' TF frontend writes for it (tfcnn/tasks/postprocess.py), evaluated per
+# coremltools' iOS15 op definitions (and the iOS16/17 inputs where a later opset adds some).
+
+
+def _opt(a: dict[str, Var], key: str, default: Any) -> Any:
+    """An optional op input's value, or the MIL default when the program leaves it out."""
+    v = a.get(key)
+    return default if v is None or v.value is None else v.value
+
+
+def _mask(a: dict[str, Var], key: str, rank: int) -> list[bool]:
+    return [bool(m) for m in np.atleast_1d(_opt(a, key, [False] * rank))]
+
+
+def _keep_dtype(v: Var) -> np.ndarray:
+    """Values that are only moved, not computed (gather, slice, select...): their own dtype."""
+    return np.asarray(v.value)
+
+
+@_op("logical_and", "logical_or", "logical_xor")
+def _logical(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    fn = {"logical_and": np.logical_and, "logical_or": np.logical_or, "logical_xor": np.logical_xor}[c.op]
+    return [Var(fn(np.asarray(a["x"].value, np.bool_), np.asarray(a["y"].value, np.bool_)), _b(a["x"], a["y"]))]
+
+
+@_op("logical_not")
+def _logical_not(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    return [Var(np.logical_not(np.asarray(a["x"].value, np.bool_)), a["x"].batched)]
+
+
+@_op("equal", "not_equal")
+def _equal(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    fn = np.equal if c.op == "equal" else np.not_equal
+    return [Var(fn(_f32(a["x"]), _f32(a["y"])), _b(a["x"], a["y"]))]
+
+
+@_op("select")
+def _select(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    """``where(cond, a, b)`` with numpy broadcasting; shapes that do not broadcast are an error
+    (as they are for CoreML), never silently repaired."""
+    cond, x, y = a["cond"], a["a"], a["b"]
+    cv, xv, yv = np.asarray(cond.value, np.bool_), _keep_dtype(x), _keep_dtype(y)
+    try:
+        shape = np.broadcast_shapes(cv.shape, xv.shape, yv.shape)
+    except ValueError:
+        raise ExportError(
+            f"{c.where()}: cond {list(cv.shape)}, a {list(xv.shape)} and b {list(yv.shape)} do not broadcast"
+        ) from None
+    batched = _b(cond, x, y)
+    if batched and any(not v.batched and np.ndim(v.value) == len(shape) and np.shape(v.value)[0] != 1 for v in (cond, x, y)):
+        raise NoBatch(c.op)  # an operand of the program's own axis 0 would meet the images' axis
+    if xv.dtype == np.float16 or yv.dtype == np.float16:
+        xv, yv = _f32(x), _f32(y)
+    return [Var(np.where(cv, xv, yv), batched)]
+
+
+@_op("range_1d")
+def _range_1d(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    """np.arange(start, end, step): empty when end is not past start in the step's direction."""
+    start, end, step = (np.asarray(a[k].value).reshape(()) for k in ("start", "end", "step"))
+    if _b(a["start"], a["end"], a["step"]):
+        raise NoBatch(c.op)
+    if step == 0:
+        raise ExportError(f"{c.where()}: step is 0")
+    dt = np.result_type(start, end, step)
+    return [Var(np.arange(start, end, step, dtype=np.float32 if dt == np.float16 else dt))]
+
+
+@_op("stack")
+def _stack(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    vs: list[Var] = a["values"].value
+    arrs = [_f32(v) if np.asarray(v.value).dtype == np.float16 else np.asarray(v.value) for v in vs]
+    if len({x.shape for x in arrs}) != 1:
+        raise ExportError(f"{c.where()}: values of shapes {[list(x.shape) for x in arrs]} differ")
+    axis = int(_arr(a["axis"]))
+    axis = axis + arrs[0].ndim + 1 if axis < 0 else axis
+    batched = any(v.batched for v in vs)
+    if batched and (axis == 0 or not all(v.batched for v in vs)):
+        raise NoBatch(c.op)
+    return [Var(np.stack(arrs, axis=axis), batched)]
+
+
+@_op("split")
+def _split(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    """``split_sizes`` (uneven, must sum to the axis) or ``num_splits`` equal parts."""
+    x = _keep_dtype(a["x"])
+    axis = int(_arr(a["axis"])) % x.ndim
+    _no_batch_axis(a["x"], (axis,), c.op)
+    sizes = a.get("split_sizes")
+    if sizes is not None and sizes.value is not None:
+        parts = [int(s) for s in np.atleast_1d(sizes.value)]
+        if sum(parts) != x.shape[axis] or min(parts) < 0:
+            raise ExportError(f"{c.where()}: split_sizes {parts} do not add up to axis {axis} of {list(x.shape)}")
+    else:
+        n = int(_arr(a["num_splits"]))
+        if n < 1 or x.shape[axis] % n:
+            raise ExportError(f"{c.where()}: num_splits {n} does not divide axis {axis} of {list(x.shape)}")
+        parts = [x.shape[axis] // n] * n
+    cuts = np.cumsum(parts)[:-1]
+    return [Var(p, a["x"].batched) for p in np.split(x, cuts, axis=axis)]
+
+
+@_op("slice_by_index")
+def _slice_by_index(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    """``x[begin:end:stride, ...]`` per axis, as Python slicing (negative begin/end count from
+    the end, out-of-range ends are clipped); a masked begin/end is left open (so with a
+    negative stride it starts at the axis' end); a squeezed axis takes the single element at
+    ``begin`` and is dropped."""
+    x = _keep_dtype(a["x"])
+    r = x.ndim
+    begin = [int(b) for b in np.atleast_1d(a["begin"].value)]
+    end = [int(e) for e in np.atleast_1d(a["end"].value)]
+    stride = [int(s) for s in np.atleast_1d(_opt(a, "stride", [1] * r))]
+    bmask, emask, smask = (_mask(a, k, r) for k in ("begin_mask", "end_mask", "squeeze_mask"))
+    if not all(len(v) == r for v in (begin, end, stride, bmask, emask, smask)):
+        raise ExportError(f"{c.where()}: begin/end/stride/masks must have one entry per axis of {list(x.shape)}")
+    if 0 in stride:
+        raise ExportError(f"{c.where()}: stride {stride} has a 0")
+    index: list[Any] = []
+    for i in range(r):
+        if smask[i]:
+            b = begin[i] + x.shape[i] if begin[i] < 0 else begin[i]
+            if not 0 <= b < x.shape[i]:
+                raise ExportError(f"{c.where()}: squeezed index {begin[i]} is outside axis {i} of {list(x.shape)}")
+            index.append(b)
+        else:
+            index.append(slice(None if bmask[i] else begin[i], None if emask[i] else end[i], stride[i]))
+    if a["x"].batched and not (isinstance(index[0], slice) and index[0].indices(x.shape[0]) == (0, x.shape[0], 1)):
+        raise NoBatch(c.op)  # the slice would pick among the images, not within each
+    return [Var(np.asarray(x[tuple(index)]), a["x"].batched)]
+
+
+@_op("gather")
+def _gather(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    """``x`` indexed along ``axis`` by ``indices`` (any rank), as tf.gather; ``batch_dims``
+    (iOS16) leading axes of ``x`` and ``indices`` are paired. Negative indices count from the
+    end; an index outside ``[-D, D)`` is an error here (the MIL spec leaves it undefined, or
+    raises with iOS17's ``validate_indices``), never clamped or wrapped."""
+    x, idx = _keep_dtype(a["x"]), np.asarray(a["indices"].value)
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise ExportError(f"{c.where()}: indices are {idx.dtype}, not integers")
+    axis = int(_opt(a, "axis", 0))
+    axis = axis + x.ndim if axis < 0 else axis
+    bd = int(_opt(a, "batch_dims", 0))
+    if not 0 <= axis < x.ndim or not 0 <= bd <= min(axis, idx.ndim):
+        raise ExportError(f"{c.where()}: axis {axis} / batch_dims {bd} do not fit x {list(x.shape)}, indices {list(idx.shape)}")
+    n = x.shape[axis]
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        bad = idx[(idx < -n) | (idx >= n)].reshape(-1)[:3].tolist()
+        raise ExportError(f"{c.where()}: indices {bad} are outside [-{n}, {n}) for axis {axis} of {list(x.shape)}")
+    idx = np.where(idx < 0, idx + n, idx)
+    xb, ib = a["x"].batched, a["indices"].batched
+    if xb and (axis == 0 or bd == 0 and ib or bd > 0 and not ib) or ib and not xb and axis != 0:
+        raise NoBatch(c.op)  # the gather would mix the images' axis with another one
+    if bd == 0:
+        out = np.take(x, idx, axis=axis)
+    else:
+        if x.shape[:bd] != idx.shape[:bd]:
+            raise ExportError(f"{c.where()}: batch_dims {bd}: x {list(x.shape)} and indices {list(idx.shape)} differ there")
+        lead = x.shape[:bd]
+        xs = x.reshape((-1,) + x.shape[bd:])
+        ids = idx.reshape((-1,) + idx.shape[bd:])
+        out = np.stack([np.take(xi, ii, axis=axis - bd) for xi, ii in zip(xs, ids)])
+        out = out.reshape(lead + out.shape[1:])
+    return [Var(out, _b(a["x"], a["indices"]))]
+
+
+@_op("topk")
+def _topk(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    """The k largest (or, ``ascending``, smallest) values along ``axis`` and their indices.
+
+    Ties are broken deterministically by the lower index first (a stable sort), which is what
+    tf.math.top_k does; CoreML does not document its tie order, so on the device tied values
+    may come out in another order (same values, swapped indices). ``sort=False`` (iOS16) allows
+    any order; the evaluator still returns them sorted. With ``return_indices=False`` (iOS16)
+    only the values are returned."""
+    x = _f32(a["x"])
+    axis = int(_opt(a, "axis", -1)) % x.ndim
+    k = int(np.asarray(_opt(a, "k", 1)).reshape(()))
+    _no_batch_axis(a["x"], (axis,), c.op)
+    if not 0 <= k <= x.shape[axis]:
+        raise ExportError(f"{c.where()}: k = {k} is outside [0, {x.shape[axis]}] for axis {axis} of {list(x.shape)}")
+    key = x if bool(_opt(a, "ascending", False)) else -x.astype(np.float64) if x.dtype.kind == "i" else -x
+    order = np.argsort(key, axis=axis, kind="stable")
+    order = np.take(order, np.arange(k), axis=axis)
+    values = np.take_along_axis(x, order, axis=axis)
+    out = [Var(values, a["x"].batched)]
+    if bool(_opt(a, "return_indices", True)):
+        out.append(Var(order.astype(np.int32), a["x"].batched))
+    return out
+
+
+def _nms_one(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, score_threshold: float, max_boxes: int,
+             per_class: bool) -> tuple[list[int], bool]:
+    """Greedy NMS of one batch element: the selected box indices in selection order, and whether
+    the "no box survives" fallback applied.
+
+    ``boxes [N, 4]`` are (x_center, y_center, width, height); a box's score is the max over its
+    K class scores (its class that argmax, for ``per_class``). Candidates are taken by descending
+    score, ties by lower index (TF's order); one is dropped when its IoU with an already selected
+    box (of the same class, for ``per_class``) is above ``iou_threshold``; boxes scoring below
+    ``score_threshold`` never enter. IoU of boxes with no area is 0 (as in TF)."""
+    best = scores.max(axis=1)
+    cls = scores.argmax(axis=1)
+    cx, cy, w, h = (boxes[:, i] for i in range(4))
+    x1, x2 = cx - w / 2, cx + w / 2
+    y1, y2 = cy - h / 2, cy + h / 2
+    lo_x, hi_x, lo_y, hi_y = np.minimum(x1, x2), np.maximum(x1, x2), np.minimum(y1, y2), np.maximum(y1, y2)
+    area = (hi_x - lo_x) * (hi_y - lo_y)
+    order = np.argsort(-best, kind="stable")
+    alive = best >= score_threshold  # "boxes with class scores below this threshold are rejected"
+    if not alive.any():
+        # CoreML's NMS never returns an empty result: it reports 1 box, the highest scoring one.
+        # That is the contract of NeuralNetwork.proto's NonMaximumSuppressionLayerParams (which
+        # coremltools' neuralnetwork backend lowers this MIL op to); the MIL op's own doc is silent.
+        return [int(order[0])], True
+    picked: list[int] = []
+    for i in order:
+        if not alive[i]:
+            continue
+        picked.append(int(i))
+        if len(picked) == max_boxes:
+            break
+        alive[i] = False
+        inter = np.maximum(np.minimum(hi_x, hi_x[i]) - np.maximum(lo_x, lo_x[i]), 0) * np.maximum(
+            np.minimum(hi_y, hi_y[i]) - np.maximum(lo_y, lo_y[i]), 0
+        )
+        union = area + area[i] - inter
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.where((area > 0) & (area[i] > 0), inter / union, 0.0)
+        drop = iou > iou_threshold
+        if per_class:
+            drop &= cls == cls[i]
+        alive &= ~drop
+    return picked, False
+
+
+@_op("non_maximum_suppression")
+def _nms(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    """MIL ``non_maximum_suppression`` (iOS15): boxes ``[n, B, 4]`` in CENTER_SIZE_WIDTH_FIRST
+    (x, y, width, height), scores ``[n, B, K]`` -> selected boxes ``[n, max_boxes, 4]``, their
+    scores ``[n, max_boxes, K]``, indices ``[n, max_boxes]`` (int32) and count ``[n]``.
+
+    Padding as CoreML's NMS layer documents it: 0 for boxes and scores, -1 for indices; and when
+    no box reaches ``score_threshold`` the count is 1 and row 0 is the highest scoring box (CoreML
+    avoids an empty result; TF's NonMaxSuppressionV5 returns 0 there). See :func:`_nms_one`."""
+    boxes, scores = _f32(a["boxes"]), _f32(a["scores"])
+    if boxes.ndim != 3 or boxes.shape[2] != 4 or scores.ndim != 3 or scores.shape[:2] != boxes.shape[:2]:
+        raise ExportError(f"{c.where()}: boxes {list(boxes.shape)} / scores {list(scores.shape)} are not [n, B, 4] / [n, B, K]")
+    iou_t = float(np.asarray(a["iou_threshold"].value, np.float32))
+    score_t = float(np.asarray(a["score_threshold"].value, np.float32))
+    m = int(np.asarray(a["max_boxes"].value).reshape(()))
+    per_class = bool(_opt(a, "per_class_suppression", False))
+    n, _, k = scores.shape
+    out_boxes = np.zeros((n, m, 4), np.float32)
+    out_scores = np.zeros((n, m, k), np.float32)
+    out_idx = np.full((n, m), -1, np.int32)
+    count = np.zeros((n,), np.int32)
+    for b in range(n):
+        picked, _ = _nms_one(boxes[b], scores[b], iou_t, score_t, m, per_class)
+        picked = picked[:m]
+        count[b] = len(picked)
+        out_boxes[b, : len(picked)] = boxes[b, picked]
+        out_scores[b, : len(picked)] = scores[b, picked]
+        out_idx[b, : len(picked)] = picked
+    batched = _b(a["boxes"], a["scores"])
+    return [Var(out_boxes, batched), Var(out_scores, batched), Var(out_idx, batched), Var(count, batched)]

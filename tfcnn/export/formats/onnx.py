@@ -100,7 +100,7 @@ def _session(path: Path, threads: int):
 
 def _expected_outputs(output_contract: dict[str, Any]) -> tuple[str, ...]:
     """The graph's output names: a classifier's three, or the tensors another task's contract lists."""
-    return tuple(output_contract.get("tensors") or OUTPUTS)
+    return tuple(output_contract.get("serving_tensors") or output_contract.get("tensors") or OUTPUTS)
 
 
 def _interface_problems(got: dict[str, Any], h: int, w: int, num_classes: int, expected: tuple[str, ...] = OUTPUTS) -> list[str]:
@@ -204,7 +204,7 @@ register(
         thresholds=lambda entry: {"max_abs_diff": 1e-5, "agreement": 1.0},
         needs=("serving_savedmodel",),
         order=50,
-        tasks=("classification", "reconstruction"),
+        tasks=("classification", "reconstruction", "detection"),
         static_check=static_check,
         card_settings=lambda ctx: {"onnx": {"opset": OPSET, "tools": _versions()}},
     )
