@@ -455,3 +455,36 @@ def test_detect_graph_with_fewer_detections_matches_tf(detector):
     np.testing.assert_array_equal(got["classes"], ref["classes"])
     np.testing.assert_allclose(got["boxes"], ref["boxes"], atol=1e-4)
     np.testing.assert_allclose(got["scores"], ref["scores"], atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_conv_transpose_and_argmax_match_tf(tmp_path, kernel):
+    """The UNet decoder's ops: Keras Conv2DTranspose ('same', stride 2; kernel 2 needs no crop,
+    kernel 3 crops one pixel) and the segmentation mask's argmax, through a converted program."""
+    import keras
+    import tensorflow as tf
+
+    from tfcnn.export import coreml as coreml_mod
+    from tfcnn.export.formats.coreml_eval import CoreMLEvaluator
+
+    inp = keras.Input((8, 8, 3))
+    model = keras.Model(inp, keras.layers.Conv2DTranspose(4, kernel, strides=2, padding="same")(inp))
+
+    class Seg(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.float32, name="image")])
+        def __call__(self, image):
+            out = model(image)
+            return {"y": out, "mask": tf.argmax(out, -1, output_type=tf.int32)}
+
+    mod = Seg()
+    mod.model = model
+    tf.saved_model.save(mod, str(tmp_path / "sm"), signatures={"serving_default": mod.__call__})
+    pkg = tmp_path / "ct.mlpackage"
+    coreml_mod.convert(tmp_path / "sm", pkg, height=8, width=8, labels=["a"], precision="float32", author="t", license="t",
+                       version="1", description="d", input_description="i", outputs=["mask", "y"])
+    x = np.random.default_rng(kernel).integers(0, 256, (3, 8, 8, 3)).astype(np.uint8)
+    got = CoreMLEvaluator(pkg).predict(x)
+    for i in range(len(x)):
+        ref = mod(x[i : i + 1].astype(np.float32))
+        np.testing.assert_allclose(got["y"][i], ref["y"].numpy()[0], rtol=1e-5, atol=1e-3)
+        np.testing.assert_array_equal(got["mask"][i], ref["mask"].numpy()[0])

@@ -348,6 +348,22 @@ class DetectionConfig:
     report_images: int = field(default=12, metadata=_range(0, 1000))  # test scenes drawn in the report
 
 
+@dataclass
+class SegmentationConfig:
+    """The segmentation task: its loss and what its evaluation reports.
+
+    Read only when ``task = "segmentation"`` (:mod:`tfcnn.tasks.segmentation`); the masks come
+    from the data source (``data.scenes.labels = "masks"``: 0 background, class id + 1).
+    """
+
+    loss: Literal["dice", "ce", "dice_ce", "focal"] = "dice_ce"  # soft Dice, cross-entropy, their sum, focal
+    class_weights: Optional[list[float]] = None  # per output class (background first), for rare classes
+    dice_smooth: float = field(default=1.0, metadata=_range(0.0, 1e6))
+    focal_gamma: float = field(default=2.0, metadata=_range(0.0, 10.0))
+    boundary_tolerance: int = field(default=2, metadata=_range(0, 64))  # boundary F-score tolerance, pixels (0: off)
+    report_images: int = field(default=8, metadata=_range(0, 1000))  # best and worst test images drawn
+
+
 # Search-space distributions a [tune] entry may use (tfcnn.tune turns them into KerasTuner's).
 TUNE_DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
 
@@ -412,6 +428,7 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     report: bool = True
 

@@ -163,6 +163,11 @@ def _headline(m: dict[str, Any]) -> str:
     denoising PSNR, ELBO, ROC-AUC when it has them)."""
     if "test_accuracy" in m:
         return f"test accuracy {100 * m['test_accuracy']:.2f}%"
+    if "test_mean_iou" in m:
+        return (
+            f"test mean IoU {_pct(m.get('test_mean_iou'))}, foreground Dice {_pct(m.get('test_mean_dice'))}, "
+            f"pixel accuracy {_pct(m.get('test_pixel_accuracy'))}"
+        )
     if "test_map_50" in m:
         return f"test mAP@0.5 {_pct(m.get('test_map_50'))}, mAP@[.5:.95] {_pct(m.get('test_map'))}, AR@100 {_pct(m.get('test_ar_100'))}"
     parts = [f"test PSNR {m.get('test_psnr', float('nan')):.2f} dB"]

@@ -20,6 +20,7 @@ from tfcnn.data.bundle import DataBundle
 from tfcnn.evaluate import classification as _classification  # noqa: F401  (registers its evaluation)
 from tfcnn.evaluate import reconstruction as _reconstruction  # noqa: F401  (registers its evaluation)
 from tfcnn.evaluate import detection as _detection  # noqa: F401  (registers its evaluation)
+from tfcnn.evaluate import segmentation as _segmentation  # noqa: F401  (registers its evaluation)
 from tfcnn.evaluate.base import as_run, evaluation_for
 from tfcnn.models.saved import load_trained_model
 from tfcnn.run import Metrics, Run

@@ -9,6 +9,7 @@ from tfcnn.models import compact, mobilenet, resnet, seed, tiny, vgg  # noqa: F4
 from tfcnn.models import autoencoders  # noqa: F401  (registers the reconstruction task's builders)
 from tfcnn.models import applications, efficientnet_lite  # noqa: F401  (the pretrained builders)
 from tfcnn.models import localizer, retinanet  # noqa: F401  (the detection task's builders)
+from tfcnn.models import unet  # noqa: F401  (the segmentation task's builder)
 from tfcnn.models.registry import (
     MODELS,
     Builder,

@@ -1,5 +1,5 @@
-"""Tasks: what differs between kinds of model (classification, reconstruction and detection now;
-segmentation later), so that train, evaluate, export and verify stay task-agnostic.
+"""Tasks: what differs between kinds of model (classification, reconstruction, detection and
+segmentation), so that train, evaluate, export and verify stay task-agnostic.
 
 A task is registered once (:data:`TASKS`); adding one means adding one module here.
 """
@@ -8,6 +8,7 @@ from tfcnn.tasks.base import TASKS, Task, get_task
 from tfcnn.tasks import classification as _classification  # noqa: F401  (registers "classification")
 from tfcnn.tasks import reconstruction as _reconstruction  # noqa: F401  (registers "reconstruction")
 from tfcnn.tasks import detection as _detection  # noqa: F401  (registers "detection")
+from tfcnn.tasks import segmentation as _segmentation  # noqa: F401  (registers "segmentation")
 
 __all__ = ["TASKS", "Task", "get_task"]
 

@@ -633,6 +633,40 @@ def section_detection_export(ctx: RunContext) -> str:
     return _section("export", "Exports", out)
 
 
+def section_segmentation(ctx: RunContext) -> str:
+    """Scores, per-class IoU / Dice, confusion matrix and mask overlays (tfcnn.vis.segmentation)."""
+    from tfcnn.vis import segmentation as seg_vis
+
+    return _section("segmentation", "Segmentation", _guard(lambda: seg_vis.section_body(ctx.run, img_tag, note, table, kv_table)))
+
+
+def section_task_export(ctx: RunContext) -> str:
+    """Each export version's verification rows in the run's task's own verify columns."""
+    from tfcnn.tasks import get_task
+
+    dirs = export_dirs(ctx)
+    if not dirs:
+        return _section("export", "Exports", note(f"not exported yet: run `tfcnn export {ctx.root} --verify`"))
+    columns = get_task(ctx.config.get("task", "classification")).verify_columns()
+    out = ""
+    for vdir in dirs:
+        ver = ctx.json(vdir / _VERIFICATION_FILE)
+        out += f"<h3>{esc(vdir)}</h3>"
+        if not ver:
+            out += note(f"not verified yet: run `tfcnn verify {vdir}`")
+            continue
+        verdict = '<span class="ok">passed</span>' if ver.get("passed") else '<span class="bad">FAILED</span>'
+        keras = ", ".join(f"{k} {fmt(v)}" for k, v in (ver.get("keras") or {}).items())
+        out += f"<p>{verdict} on {esc(ver.get('samples', '?'))} test images; Keras {esc(keras)}.</p>"
+        rows = [
+            [name, _Raw(_verdict(r.get("passed"))), *[r.get(key) for _, key, _, _ in columns], size_text(r.get("bytes")),
+             r.get("latency_ms_median"), "; ".join(map(str, r.get("failures") or [])) or r.get("predictions", "")]
+            for name, r in ver.get("formats", {}).items()
+        ]
+        out += table(["format", "passed", *[head for head, *_ in columns], "size", "p50 ms", "notes"], rows, "num")
+    return _section("export", "Exports", out)
+
+
 def _sections(ctx: RunContext) -> list[tuple[str, str, Callable[[RunContext], str]]]:
     """The sections of this run's task: a classifier's SECTIONS, or another task's own list."""
     return TASK_SECTIONS.get(ctx.config.get("task", "classification"), SECTIONS)
@@ -645,6 +679,8 @@ TASK_SECTIONS: dict[str, list[tuple[str, str, Callable[[RunContext], str]]]] = {
     + [("reconstruction", "Reconstruction", section_reconstruction), ("export", "Exports", section_reconstruction_export)],
     "detection": [s for s in SECTIONS if s[0] in ("summary", "config", "training")]
     + [("detection", "Detection", section_detection), ("export", "Exports", section_detection_export)],
+    "segmentation": [s for s in SECTIONS if s[0] in ("summary", "config", "training")]
+    + [("segmentation", "Segmentation", section_segmentation), ("export", "Exports", section_task_export)],
 }
 
 

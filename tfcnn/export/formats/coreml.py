@@ -142,7 +142,7 @@ register(
         thresholds=_thresholds,
         needs=("mobile_float32",),
         order=60,
-        tasks=("classification", "reconstruction", "detection"),
+        tasks=("classification", "reconstruction", "detection", "segmentation"),
         static_check=static_check,
         card_settings=lambda ctx: {"coreml_precision": ctx.ecfg.coreml_precision},
     )

@@ -252,6 +252,82 @@ def _conv_op(c: Ctx, a: dict[str, Var]) -> list[Var]:
     return [Var(_conv(x, w, bias, strides, pads, dil, groups), a["x"].batched)]
 
 
+def _conv_transpose(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, strides: tuple[int, int],
+                    dilations: tuple[int, int], crops: list[tuple[int, int]]) -> np.ndarray:
+    """2-D transposed convolution (MIL weight layout ``[C_in, C_out, kH, kW]``): every input pixel
+    scatters ``x * w`` over a kernel-sized window at stride steps; the full output
+    ``(D - 1) * s + (K - 1) * d + 1`` per side is then cropped by ``crops`` (before, after)."""
+    n, cin, h, wd = x.shape
+    _, cout, kh, kw = w.shape
+    sh, sw = strides
+    dh, dw = dilations
+    full_h, full_w = (h - 1) * sh + (kh - 1) * dh + 1, (wd - 1) * sw + (kw - 1) * dw + 1
+    y = np.zeros((n, cout, full_h, full_w), np.float32)
+    xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(-1, cin)  # [N*H*W, C_in]
+    for i in range(kh):
+        for j in range(kw):
+            contrib = (xt @ w[:, :, i, j]).reshape(n, h, wd, cout).transpose(0, 3, 1, 2)
+            y[:, :, i * dh : i * dh + (h - 1) * sh + 1 : sh, j * dw : j * dw + (wd - 1) * sw + 1 : sw] += contrib
+    (t, b), (left, r) = crops
+    y = y[:, :, t : full_h - b, left : full_w - r]
+    if bias is not None:
+        y = y + bias.reshape(1, -1, 1, 1)
+    return y
+
+
+@_op("conv_transpose")
+def _conv_transpose_op(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    """MIL conv_transpose (iOS15): output size from ``output_shape`` when given, else from the
+    pad type ("valid": the full size; "same": input x stride, the surplus cropped like TF's
+    SAME, the smaller half first; "custom": the ``pad`` amounts cropped)."""
+    x, w = _f32(a["x"]), _f32(a["weight"])
+    if x.ndim != 4 or w.ndim != 4:
+        raise ExportError(f"{c.where()}: only 2-D transposed convolution is evaluated (x {list(x.shape)}, weight {list(w.shape)})")
+    if a["weight"].batched:
+        raise ExportError(f"{c.where()}: weights computed from the input are not supported")
+    groups = int(_arr(a["groups"])) if "groups" in a else 1
+    if groups != 1:
+        raise ExportError(f"{c.where()}: grouped transposed convolution (groups={groups}) is not evaluated")
+    strides = tuple(int(v) for v in _arr(a["strides"])) if "strides" in a else (1, 1)
+    dil = tuple(int(v) for v in _arr(a["dilations"])) if "dilations" in a else (1, 1)
+    pad_type = str(_arr(a["pad_type"])) if "pad_type" in a else "valid"
+    kh, kw = w.shape[2:]
+    full = [(d - 1) * s + (k - 1) * dl + 1 for d, s, k, dl in zip(x.shape[2:], strides, (kh, kw), dil)]
+    out_shape = _arr(a.get("output_shape"))
+    if pad_type == "custom":
+        pad = [int(v) for v in np.asarray(_arr(a["pad"])).ravel()]
+        crops = [(pad[0], pad[1]), (pad[2], pad[3])]
+    else:
+        if out_shape is not None:
+            want = [int(v) for v in np.asarray(out_shape).ravel()[-2:]]
+        elif pad_type == "same":
+            want = [d * s for d, s in zip(x.shape[2:], strides)]
+        else:
+            want = full
+        crops = []
+        for f, o in zip(full, want):
+            if o > f:
+                raise ExportError(f"{c.where()}: output size {o} exceeds the full transposed size {f}")
+            crops.append(((f - o) // 2, f - o - (f - o) // 2))
+    bias = _f32(a["bias"]) if "bias" in a else None
+    return [Var(_conv_transpose(x, w, bias, strides, dil, crops), a["x"].batched)]
+
+
+@_op("reduce_argmax", "reduce_argmin")
+def _reduce_arg(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    """Index of the largest (smallest) value along ``axis`` (default -1), int32; ties go to the
+    first index, like TF's ArgMax."""
+    x = _f32(a["x"])
+    axis = int(_arr(a["axis"])) % x.ndim if "axis" in a else x.ndim - 1
+    _no_batch_axis(a["x"], (axis,), c.op)
+    keep = bool(_arr(a["keep_dims"])) if "keep_dims" in a else False
+    fn = np.argmax if c.op == "reduce_argmax" else np.argmin
+    out = fn(x, axis=axis)
+    if keep:
+        out = np.expand_dims(out, axis)
+    return [Var(out.astype(np.int32), a["x"].batched)]
+
+
 def _pool_op(kind: str) -> OpFn:
     def run(c: Ctx, a: dict[str, Var]) -> list[Var]:
         x = _f32(a["x"])

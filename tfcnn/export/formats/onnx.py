@@ -204,7 +204,7 @@ register(
         thresholds=lambda entry: {"max_abs_diff": 1e-5, "agreement": 1.0},
         needs=("serving_savedmodel",),
         order=50,
-        tasks=("classification", "reconstruction", "detection"),
+        tasks=("classification", "reconstruction", "detection", "segmentation"),
         static_check=static_check,
         card_settings=lambda ctx: {"onnx": {"opset": OPSET, "tools": _versions()}},
     )

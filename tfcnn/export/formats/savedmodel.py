@@ -77,6 +77,6 @@ register(
         static_check=static_check,
         thresholds=lambda entry: {"max_abs_diff": 1e-5, "agreement": 1.0},
         order=10,
-        tasks=("classification", "reconstruction", "detection"),
+        tasks=("classification", "reconstruction", "detection", "segmentation"),
     )
 )

@@ -330,7 +330,7 @@ for _order, _variant in enumerate(tflite_mod.VARIANTS, start=20):
             thresholds=lambda entry, v=_variant: dict(_LIMITS[v]),
             needs=("mobile_float32", "representative") if _variant == "tflite_int8" else ("mobile_uint8",),
             order=_order,
-            tasks=("classification", "reconstruction", "detection"),
+            tasks=("classification", "reconstruction", "detection", "segmentation"),
             client_checks=(
                 (mediapipe_check, functools.partial(mediapipe_detector_check, score_floor=0.3 if _variant == "tflite_int8" else 0.0))
                 if _variant in ("tflite_int8", "tflite_float32") else ()

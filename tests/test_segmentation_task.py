@@ -1,0 +1,130 @@
+"""The segmentation task through the whole chain: shapes scenes with per-pixel masks -> UNet
+(fit engine) -> Dice / IoU evaluation -> every export format -> verify by pixel agreement and
+mean IoU -> the report. One small UNet is trained per module and shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfcnn.config import from_dict
+from tfcnn.errors import ConfigError
+
+
+def _cfg(root: Path, name: str, **over) -> dict:
+    d = {
+        "name": name,
+        "task": "segmentation",
+        "out_dir": str(root / name),
+        "data": {
+            "source": "shapes",
+            "batch_size": 16,
+            "scenes": {"size": 64, "num_train": 600, "num_test": 48, "max_objects": 3},
+            "augment": {"flip": True},
+        },
+        "model": {"name": "unet", "options": {"depth": 2, "filters": 8}},
+        "train": {"engine": "fit", "epochs": 5, "learning_rate": 5e-3, "schedule": "cosine", "tensorboard": False},
+        "export": {"root": str(root / "export"), "representative_samples": 48, "latency_runs": 3},
+        "report": True,
+    }
+    for key, value in over.items():
+        section, _, leaf = key.partition("__")
+        if leaf:
+            d.setdefault(section, {})[leaf] = value
+        else:
+            d[section] = value
+    return d
+
+
+@pytest.fixture(scope="module")
+def segmenter(tmp_path_factory):
+    from tfcnn.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("segmentation")
+    return root, run_pipeline(from_dict(_cfg(root, "seg")), root / "seg")
+
+
+@pytest.mark.parametrize(
+    "over, fragment",
+    [
+        ({"model": {"name": "compact_cnn"}}, "model.name = 'compact_cnn' does not segment"),
+        ({"segmentation__class_weights": [1.0, -2.0]}, "segmentation.class_weights"),
+        ({"data__augment": {"cutout": 0.2}}, "cutout"),
+    ],
+)
+def test_bad_segmentation_configs_are_one_line_before_any_io(tmp_path, over, fragment):
+    from tfcnn.pipeline import validate
+
+    with pytest.raises(ConfigError) as err:
+        validate(from_dict(_cfg(tmp_path, "bad", **over)))
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_scenes_give_masks_for_segmentation(tmp_path):
+    cfg = from_dict(_cfg(tmp_path, "auto"))
+    assert cfg.data.scenes.labels == "masks"  # "auto" follows the task
+
+
+def test_training_and_evaluation_report_iou_and_dice(segmenter):
+    import csv
+
+    from tfcnn.run import Evaluation, Run
+
+    root, summary = segmenter
+    run = Run.open(root / "seg")
+    with open(run.path("history")) as f:
+        cols = next(csv.reader(f))
+    assert {"mean_iou", "pixel_accuracy", "val_mean_iou"} <= set(cols)
+    m = summary["metrics"]
+    for key in ("test_mean_iou", "test_mean_dice", "test_pixel_accuracy", "test_loss"):
+        assert m[key] is not None and np.isfinite(m[key]), key
+    assert m["test_mean_dice"] > 0.5, m  # shapes are easy
+    ev = run.read(Evaluation)
+    assert [r["class"] for r in ev.details["per_class"]] == ["background", "circle", "square", "triangle"]
+    cm = np.asarray(ev.details["confusion_matrix"])
+    assert cm.shape == (4, 4) and cm.sum() == 48 * 64 * 64
+
+
+def test_every_format_passes_verify_by_pixel_agreement(segmenter):
+    root, summary = segmenter
+    ver = summary["verification"]
+    assert ver["passed"], ver["failures"]
+    formats = ver["formats"]
+    assert {"savedmodel", "tflite_float32", "tflite_int8", "onnx", "coreml"} <= set(formats)
+    for name, row in formats.items():
+        assert row["passed"], (name, row)
+        floor = 0.98 if name in ("tflite_int8", "tflite_dynamic") else 0.995
+        assert row["pixel_agreement"] >= floor, (name, row)
+    for exact in ("savedmodel", "tflite_float32", "onnx"):
+        assert formats[exact]["max_abs_diff"] < 1e-4 and formats[exact]["pixel_agreement"] > 0.9999
+
+
+def test_a_broken_format_fails_verify(segmenter):
+    from tfcnn.data import bundle_for
+    from tfcnn.models.saved import load_trained_model
+    from tfcnn.run import Run
+    from tfcnn.tasks import get_task
+
+    root, _ = segmenter
+    run = Run.open(root / "seg")
+    task = get_task("segmentation", run.config(), run)
+    x, y = bundle_for(run).arrays["test"]
+    ref = task.reference(load_trained_model(run), x)
+    keras_iou = task.reference_score(ref, y)
+    limits = task.format_limits({"max_abs_diff": 1e-4})
+    assert task.failures(task.compare(ref, ref, y), limits, keras_iou) == []
+    shifted = {k: np.roll(v, 3, axis=2) for k, v in ref.items()}  # masks three pixels off
+    fails = task.failures(task.compare(shifted, ref, y), limits, keras_iou)
+    assert any("pixel agreement" in f for f in fails) and any("mean IoU" in f for f in fails)
+    nan = {k: v.astype(np.float32).copy() for k, v in ref.items()}
+    nan["class_probabilities"][0, 0, 0, 0] = np.nan
+    assert any("non-finite" in f for f in task.failures(task.compare(nan, ref, y), limits, keras_iou))
+
+
+def test_report_has_the_segmentation_sections(segmenter):
+    root, summary = segmenter
+    html = Path(summary["report"]).read_text()
+    assert '<section id="segmentation">' in html and '<section id="export">' in html
+    assert "mean IoU" in html and html.count("<img") >= 2

@@ -1,0 +1,136 @@
+"""The unet builder: output size = input size for every depth and decoder, the refused sizes and
+options, the transposed-conv size rule, the .keras round trip and a few training steps.
+
+Kept tiny (4-8 base filters, 2-image batches) for the shared 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfcnn.config import ModelConfig
+from tfcnn.errors import ConfigError
+from tfcnn.models import build_model, resolve_options
+from tfcnn.models.autoencoders import transposed_conv_size
+
+
+def unet(**options) -> ModelConfig:
+    return ModelConfig(name="unet", options={"filters": 4, "convs": 1, **options})
+
+
+def images(shape: tuple[int, int, int], n: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, *shape)).astype("float32")
+
+
+@pytest.mark.parametrize("decoder", ["transpose", "upsample"])
+@pytest.mark.parametrize(
+    "depth,shape", [(1, (64, 64, 1)), (2, (96, 96, 3)), (3, (64, 96, 1)), (4, (96, 64, 3))]
+)
+def test_output_matches_input_size(depth: int, shape: tuple[int, int, int], decoder: str) -> None:
+    model = build_model(unet(depth=depth, decoder=decoder), shape, 3)
+    assert model.output_names == ["segmentation"] and str(model.output.dtype) == "float32"
+    out = np.asarray(model(images(shape)))
+    assert out.shape == (2, shape[0], shape[1], 4) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+
+
+def test_default_options_and_typos_refused() -> None:
+    cfg = resolve_options(ModelConfig(name="unet"))
+    assert {k: cfg.options[k] for k in ("depth", "filters", "convs", "decoder", "backbone")} == {
+        "depth": 3, "filters": 16, "convs": 2, "decoder": "transpose", "backbone": "",
+    }
+    with pytest.raises(ConfigError, match="model.options.dpeth is not an option of unet"):
+        resolve_options(ModelConfig(name="unet", options={"dpeth": 3}))
+    with pytest.raises(ConfigError, match="model.options.decoder = 'bilinear'"):
+        resolve_options(ModelConfig(name="unet", options={"decoder": "bilinear"}))
+    with pytest.raises(ConfigError, match="model.options.depth = 0"):
+        resolve_options(ModelConfig(name="unet", options={"depth": 0}))
+    with pytest.raises(ConfigError, match="wrong type"):
+        resolve_options(ModelConfig(name="unet", options={"filters": 1.5}))
+    with pytest.raises(ConfigError, match="not a registered classifier"):
+        resolve_options(ModelConfig(name="unet", options={"backbone": "retinanet"}))
+
+
+@pytest.mark.parametrize("shape,depth", [((28, 28, 1), 3), ((65, 64, 1), 1), ((96, 100, 3), 4)])
+def test_indivisible_sizes_refused_with_one_line(shape: tuple[int, int, int], depth: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_model(unet(depth=depth), shape, 3)
+    msg = str(info.value)
+    assert "\n" not in msg and f"model.options.depth = {depth}" in msg
+    assert f"{shape[0]}x{shape[1]}" in msg and "data.image_size or data.scenes.size" in msg
+    assert f"multiple of {2**depth}" in msg
+
+
+@pytest.mark.parametrize("n,k,s,p", [(2, 3, 2, 0), (7, 2, 2, 0), (5, 3, 1, 1), (4, 4, 2, 1), (6, 5, 3, 2)])
+def test_transposed_conv_size_rule(n: int, k: int, s: int, p: int) -> None:
+    import keras
+
+    expect = s * (n - 1) + k - 2 * p
+    assert transposed_conv_size(n, k, s, p) == expect
+    # Keras' "valid" transposed conv is the p = 0 case; crop p from each side for p > 0
+    x = keras.Input((n, n, 1))
+    y = keras.layers.Conv2DTranspose(1, k, strides=s, padding="valid")(x)
+    if p:
+        y = keras.layers.Cropping2D(p)(y)
+    assert tuple(y.shape[1:3]) == (expect, expect)
+
+
+@pytest.mark.parametrize("n,k", [(6, 2), (7, 3), (12, 4)])
+def test_same_stride2_transposed_conv_doubles(n: int, k: int) -> None:
+    import keras
+
+    y = keras.layers.Conv2DTranspose(1, k, strides=2, padding="same")(keras.Input((n, n, 1)))
+    assert tuple(y.shape[1:3]) == (2 * n, 2 * n)
+    assert transposed_conv_size(n, k, 2, (k - 2 + 1) // 2, output_padding=(k % 2)) == 2 * n
+
+
+def test_parameter_count_grows_with_filters_and_depth() -> None:
+    counts = [build_model(unet(filters=f, depth=2), (32, 32, 1), 3).count_params() for f in (2, 4, 8)]
+    assert counts[0] < counts[1] < counts[2]
+    assert build_model(unet(depth=3), (32, 32, 1), 3).count_params() > build_model(unet(depth=2), (32, 32, 1), 3).count_params()
+
+
+def test_batch_norm_l2_dropout_are_used() -> None:
+    import keras
+
+    cfg = ModelConfig(name="unet", options={"filters": 4, "depth": 2}, l2=1e-4, dropout=0.3, batch_norm=True)
+    model = build_model(cfg, (32, 32, 1), 2)
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert {"BatchNormalization", "Dropout", "Concatenate", "Conv2DTranspose"} <= kinds
+    assert model.get_layer("bottleneck_dropout").rate == 0.3
+    assert len(model.losses) > 0
+    plain = build_model(ModelConfig(name="unet", options={"filters": 4, "depth": 2}, batch_norm=False), (32, 32, 1), 2)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers)
+
+
+def test_keras_round_trip_identical(tmp_path) -> None:
+    import keras
+
+    model = build_model(unet(depth=2, decoder="upsample"), (32, 32, 1), 2)
+    x = images((32, 32, 1))
+    model.save(tmp_path / "unet.keras")
+    loaded = keras.saving.load_model(tmp_path / "unet.keras")
+    np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(loaded(x)))
+
+
+def test_backbone_encoder() -> None:
+    model = build_model(unet(depth=3, backbone="compact_cnn"), (32, 32, 1), 2)
+    out = np.asarray(model(images((32, 32, 1))))
+    assert out.shape == (2, 32, 32, 3) and np.isfinite(out).all()
+
+
+def test_a_few_train_steps_reduce_the_loss() -> None:
+    import keras
+
+    from tfcnn.tasks import segmentation_losses as sl
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    model = build_model(unet(depth=2, filters=8), (32, 32, 1), 2)
+    masks = rng.integers(0, 3, (4, 32, 32))
+    x = (masks[..., None] * 80.0 + rng.normal(0, 10, (4, 32, 32, 1))).astype("float32")  # learnable
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=sl.SegmentationLoss({"loss": "dice_ce"}))
+    losses = [float(model.train_on_batch(x, masks)) for _ in range(8)]
+    assert np.isfinite(losses).all()
+    assert losses[-1] < losses[0]
