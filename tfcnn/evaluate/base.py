@@ -19,6 +19,16 @@ from tfcnn.util import Registry, atomic_path
 EVALUATIONS: Registry = Registry("task evaluation", "task")
 
 
+def finite_or_none(v) -> float | None:
+    """A JSON-safe score: None for a missing or non-finite one (e.g. no small objects at all)."""
+    import math
+
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
 def rel(run: Run, kind: str) -> str:
     return str(run.path(kind).relative_to(run.root))
 

@@ -17,8 +17,9 @@ import numpy as np
 
 from tfcnn.data.bundle import DataBundle
 from tfcnn.evaluate.base import EVALUATIONS, as_run, save_npz
-from tfcnn.evaluate.training import read_record, stop_epochs
-from tfcnn.run import Diagnostics, Evaluation, Metrics, Run
+from tfcnn.evaluate.base import finite_or_none as _num
+from tfcnn.evaluate.training import training_summary
+from tfcnn.run import Evaluation, Run
 from tfcnn.tasks.coco_metrics import evaluate_detections, match_detections
 from tfcnn.tasks.detection import OUTPUTS, _dets
 from tfcnn.util import log
@@ -99,9 +100,6 @@ def evaluate_detection(model: keras.Model, bundle: DataBundle, run: "Run", task:
             "ap50": _num(ap50[c] if c < len(ap50) else None),
             **(counts[c] if c < len(counts) else {}),
         })
-    diag = read_record(run, Diagnostics)
-    metrics = read_record(run, Metrics)
-    best_epoch, stopped_epoch = stop_epochs(diag, metrics)
     details = {
         "per_class": per_class,
         "coco": {k: v for k, v in s.items() if k not in ("per_class_ap", "per_class_ap50", "pr_curves", "per_class_counts")},
@@ -113,12 +111,7 @@ def evaluate_detection(model: keras.Model, bundle: DataBundle, run: "Run", task:
             "max_detections": task.max_detections,
         },
         "mean_detections": float(np.mean(dets["num_detections"])) if len(x_test) else 0.0,
-        "training": {
-            "best_epoch": best_epoch,
-            "stopped_epoch": stopped_epoch,
-            "stop_reason": getattr(diag, "stop_reason", None) or getattr(metrics, "stop_reason", None),
-            "engine": getattr(diag, "engine", None) or getattr(metrics, "engine", None),
-        },
+        "training": training_summary(run),
         "layer_names": [layer.name for layer in model.layers],
     }
     unavailable = {
@@ -131,14 +124,6 @@ def evaluate_detection(model: keras.Model, bundle: DataBundle, run: "Run", task:
     )
     run.write(Evaluation(task=task.name, num_test=int(len(x_test)), headline=headline, details=details, files=files, unavailable=unavailable))
     return headline
-
-
-def _num(v: Any) -> float | None:
-    """A JSON-safe score: None for a missing or non-finite one (e.g. no small objects at all)."""
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
 
 
 EVALUATIONS.register("detection", evaluate_detection)

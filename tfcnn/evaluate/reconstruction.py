@@ -20,9 +20,9 @@ import numpy as np
 from tfcnn.data.bundle import DataBundle
 from tfcnn.data.noise import noisy_array
 from tfcnn.evaluate.base import EVALUATIONS, as_run, save_npz
-from tfcnn.evaluate.training import read_record, stop_epochs
+from tfcnn.evaluate.training import training_summary
 from tfcnn.models.autoencoder_layers import kl_divergence
-from tfcnn.run import Diagnostics, Evaluation, Metrics, Run
+from tfcnn.run import Evaluation, Run
 from tfcnn.tasks.reconstruction import (
     at_threshold,
     mean_psnr,
@@ -174,15 +174,7 @@ def evaluate_reconstruction(
     ]
     files = {"predictions": save_npz(run, "predictions", **arrays)}
 
-    diag = read_record(run, Diagnostics)
-    metrics = read_record(run, Metrics)
-    best_epoch, stopped_epoch = stop_epochs(diag, metrics)
-    details["training"] = {
-        "best_epoch": best_epoch,
-        "stopped_epoch": stopped_epoch,
-        "stop_reason": getattr(diag, "stop_reason", None) or getattr(metrics, "stop_reason", None),
-        "engine": getattr(diag, "engine", None) or getattr(metrics, "engine", None),
-    }
+    details["training"] = training_summary(run)
     details["layer_names"] = [layer.name for layer in model.layers]
     for key in ("confusion", "calibration", "misclassified", "confident_mistakes", "embedding_pca", "embedding_tsne", "gradcam"):
         unavailable.setdefault(key, "not a classifier: the reconstruction task has no classes to predict")

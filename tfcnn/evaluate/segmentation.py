@@ -14,8 +14,9 @@ import numpy as np
 
 from tfcnn.data.bundle import DataBundle
 from tfcnn.evaluate.base import EVALUATIONS, as_run, save_npz
-from tfcnn.evaluate.training import read_record, stop_epochs
-from tfcnn.run import Diagnostics, Evaluation, Metrics, Run
+from tfcnn.evaluate.base import finite_or_none as _num
+from tfcnn.evaluate.training import training_summary
+from tfcnn.run import Evaluation, Run
 from tfcnn.tasks.segmentation_metrics import (
     boundary_f1,
     confusion,
@@ -83,9 +84,6 @@ def evaluate_segmentation(model: keras.Model, bundle: DataBundle, run: "Run", ta
             if confidence else np.zeros((0,), np.float16),
         )
     }
-    diag = read_record(run, Diagnostics)
-    metrics = read_record(run, Metrics)
-    best_epoch, stopped_epoch = stop_epochs(diag, metrics)
     details = {
         "per_class": [
             {"class": names[c], "iou": _num(iou_c[c]), "dice": _num(dice_c[c]), "pixels": int(cm[c].sum()), "predicted": int(cm[:, c].sum())}
@@ -94,12 +92,7 @@ def evaluate_segmentation(model: keras.Model, bundle: DataBundle, run: "Run", ta
         "confusion_matrix": cm.tolist(),
         "class_names": names,
         "boundary_tolerance_px": tol,
-        "training": {
-            "best_epoch": best_epoch,
-            "stopped_epoch": stopped_epoch,
-            "stop_reason": getattr(diag, "stop_reason", None) or getattr(metrics, "stop_reason", None),
-            "engine": getattr(diag, "engine", None) or getattr(metrics, "engine", None),
-        },
+        "training": training_summary(run),
         "layer_names": [layer.name for layer in model.layers],
     }
     unavailable = {
@@ -113,13 +106,6 @@ def evaluate_segmentation(model: keras.Model, bundle: DataBundle, run: "Run", ta
     )
     run.write(Evaluation(task=task.name, num_test=int(len(x_test)), headline=headline, details=details, files=files, unavailable=unavailable))
     return headline
-
-
-def _num(v: Any) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
 
 
 EVALUATIONS.register("segmentation", evaluate_segmentation)

@@ -96,6 +96,19 @@ def stop_epochs(diag: Diagnostics | None, metrics: Metrics | None = None) -> tup
     return pick("best_epoch"), pick("stopped_epoch")
 
 
+def training_summary(run: Run) -> dict[str, Any]:
+    """How training ended (best / stopped epoch, reason, engine), for a task's Evaluation details."""
+    diag = read_record(run, Diagnostics)
+    metrics = read_record(run, Metrics)
+    best_epoch, stopped_epoch = stop_epochs(diag, metrics)
+    return {
+        "best_epoch": best_epoch,
+        "stopped_epoch": stopped_epoch,
+        "stop_reason": getattr(diag, "stop_reason", None) or getattr(metrics, "stop_reason", None),
+        "engine": getattr(diag, "engine", None) or getattr(metrics, "engine", None),
+    }
+
+
 def read_weight_histograms(
     tb_dir: Path, layer_order: list[str] | None = None, limit: int = 12
 ) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
