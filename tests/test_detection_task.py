@@ -200,6 +200,7 @@ def test_single_object_localiser_with_the_tape_engine(tmp_path):
                                                               "backbone_options": {"filters": [8, 16, 32], "convs": [1, 1, 1]}}},
     )
     d["data"]["scenes"].update(min_objects=0, max_objects=1, num_train=2000)
+    d["data"]["augment"] = {}  # measured: 0.89 mAP@0.5 without flips, 0.43 with them at this budget
     d["train"].update(engine="tape", epochs=10, early_stopping={"enabled": False})
     # tflite_int8 of the localiser is not verified: its class logits come out of calibration with
     # a [0, 1] range (an open problem, see the issue note), so it loses ~37 points of mAP@0.5.

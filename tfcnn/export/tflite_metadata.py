@@ -31,6 +31,24 @@ TFLite's SSD post-processing convention, described the way MediaPipe Tasks' Obje
 * the "detection_result" output tensor group over location, category and score is what
   MediaPipe's own metadata writer adds; the C++ reader does not need it, Android Studio's
   model viewer shows it.
+
+A segmenter: ``class_probabilities`` [1, H, W, K + 1] and ``mask`` [1, H, W], described the way
+MediaPipe Tasks' ImageSegmenter (``ImageSegmenterGraph`` and its
+``TensorsToSegmentationCalculator``) reads them:
+
+* it takes the *last* output tensor of the subgraph as the per-class confidences (the number of
+  confidence masks is its last dimension) and the *last* output TensorMetadata for the labels;
+  with exactly two outputs it reads the *first* as a float "quality score" vector and ignores
+  it. So the probabilities must be the flatbuffer's last output (:func:`move_output_last`
+  reorders the subgraph's output list when the converter put them first; signatures address
+  tensors by index and are unaffected) and their TensorMetadata the last entry;
+* the labels hang off the probabilities as TENSOR_AXIS_LABELS, one line per channel: MediaPipe
+  numbers them from channel 0, which is our background, so that file
+  (``segmentation_labels.txt``) starts with ``background``; labels.txt (without background,
+  class i + 1 = line i, our contract) stays packed too, as a model-level associated file;
+* custom metadata ``SEGMENTER_METADATA`` (an ``ImageSegmenterOptions`` flatbuffer, identifier
+  ``V001``) with activation NONE: the model already applies softmax; without the entry
+  MediaPipe warns and also assumes NONE, and SOFTMAX would apply it a second time.
 """
 
 from __future__ import annotations
@@ -67,6 +85,15 @@ DETECTION_TENSOR_NAMES: dict[str, str] = {
 BOX_CORNER_INDEX = (1, 0, 3, 2)
 DETECTION_GROUP_NAME = "detection_result"  # the group name MediaPipe's metadata writer uses
 
+# Segmentation: our output names (tfcnn.tasks.segmentation) and what MediaPipe's ImageSegmenter needs.
+SEGMENTATION_PROBABILITIES = "class_probabilities"
+SEGMENTATION_MASK = "mask"
+SEGMENTATION_LABELS_FILE = "segmentation_labels.txt"  # background + labels.txt, one per channel
+BACKGROUND_LABEL = "background"
+SEGMENTER_METADATA_NAME = "SEGMENTER_METADATA"  # the custom metadata name ImageSegmenterGraph looks up
+SEGMENTER_OPTIONS_IDENTIFIER = b"V001"
+SEGMENTER_ACTIVATION_NONE = 0  # mediapipe.tasks.Activation: NONE 0, SIGMOID 1, SOFTMAX 2
+
 
 def _load_by_path(package: str, relative: str, module_name: str) -> ModuleType:
     spec = importlib.util.find_spec(package)
@@ -86,6 +113,14 @@ def _load_by_path(package: str, relative: str, module_name: str) -> ModuleType:
 def metadata_fb() -> ModuleType:
     """Generated classes of metadata_schema.fbs (the mediapipe wheel ships them)."""
     return _load_by_path("mediapipe", "tasks/metadata/metadata_schema_py_generated.py", "_tfcnn_metadata_schema_fb")
+
+
+@lru_cache(maxsize=1)
+def segmenter_fb() -> ModuleType:
+    """Generated classes of image_segmenter_metadata_schema.fbs (ImageSegmenterOptions)."""
+    return _load_by_path(
+        "mediapipe", "tasks/metadata/image_segmenter_metadata_schema_py_generated.py", "_tfcnn_segmenter_metadata_fb"
+    )
 
 
 @lru_cache(maxsize=1)
@@ -116,25 +151,35 @@ class MetadataSpec:
     output_description: str
     contract: dict[str, Any] = field(default_factory=dict)
     labels_file: str = "labels.txt"
-    # "classification" (one probabilities tensor) or "detection" (the four SSD-style tensors).
+    # "classification" (one probabilities tensor), "detection" (the four SSD-style tensors) or
+    # "segmentation" (class_probabilities and mask).
     kind: str = "classification"
-    # Detection only: our output names (boxes, classes, scores, num_detections) in the converted
-    # flatbuffer's output tensor order, from :func:`output_tensor_order`.
+    # Detection and segmentation: our output names (boxes, classes, scores, num_detections; or
+    # class_probabilities, mask) in the converted flatbuffer's output tensor order, from
+    # :func:`output_tensor_order` (segmentation: after :func:`move_output_last`).
     output_order: tuple[str, ...] = ()
+    # Segmentation: the file with one label per probabilities channel, background first.
+    segmentation_labels_file: str = SEGMENTATION_LABELS_FILE
 
 
 def build_metadata(spec: MetadataSpec) -> bytes:
     """Serialise ModelMetadata for a single-input image model: a classifier with an axis-label
-    file, or (``spec.kind == "detection"``) a detector with the four SSD-style outputs."""
+    file, a detector (``spec.kind == "detection"``) with the four SSD-style outputs, or a
+    segmenter (``"segmentation"``) with per-pixel probabilities (last) and mask."""
     fb = metadata_fb()
     if spec.kind == "detection":
         outputs = _detection_outputs(spec)
         subgraph_name, subgraph_description = "object_detector", "uint8 RGB image in, boxes, classes, scores and count out"
+    elif spec.kind == "segmentation":
+        outputs = _segmentation_outputs(spec)
+        subgraph_name, subgraph_description = "image_segmenter", "uint8 RGB image in, per-pixel softmax and argmax mask out"
     elif spec.kind == "classification":
         outputs = [_classifier_output(spec)]
         subgraph_name, subgraph_description = "image_classifier", "uint8 RGB image in, softmax probabilities out"
     else:
-        raise ExportError(f"no TFLite metadata layout for output kind {spec.kind!r}; expected classification or detection")
+        raise ExportError(
+            f"no TFLite metadata layout for output kind {spec.kind!r}; expected classification, detection or segmentation"
+        )
 
     subgraph = fb.SubGraphMetadataT()
     subgraph.name = subgraph_name
@@ -146,11 +191,16 @@ def build_metadata(spec: MetadataSpec) -> bytes:
         group.name = DETECTION_GROUP_NAME
         group.tensorNames = [DETECTION_TENSOR_NAMES[k] for k in ("boxes", "classes", "scores")]
         subgraph.outputTensorGroups = [group]
+    customs = []
+    if spec.kind == "segmentation":
+        customs.append(_segmenter_options())
     if spec.contract:
         custom = fb.CustomMetadataT()
         custom.name = CONTRACT_METADATA_NAME
         custom.data = list(json.dumps(spec.contract, sort_keys=True).encode())
-        subgraph.customMetadata = [custom]
+        customs.append(custom)
+    if customs:
+        subgraph.customMetadata = customs
 
     model = fb.ModelMetadataT()
     model.name = spec.name
@@ -160,6 +210,13 @@ def build_metadata(spec: MetadataSpec) -> bytes:
     model.license = spec.license
     model.subgraphMetadata = [subgraph]
     model.minParserVersion = MIN_PARSER_VERSION
+    if spec.kind == "segmentation":  # labels.txt as our contract has it (no background line)
+        model.associatedFiles = [
+            _label_file(
+                spec, fb.AssociatedFileType.DESCRIPTIONS,
+                "Class labels without the background, one per line: class i + 1 of class_probabilities and mask is line i.",
+            )
+        ]
 
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=METADATA_IDENTIFIER)
@@ -291,6 +348,90 @@ def _detection_outputs(spec: MetadataSpec) -> list[Any]:
     return [made[k] for k in order]
 
 
+def _segmenter_options() -> Any:
+    """CustomMetadata SEGMENTER_METADATA: ImageSegmenterOptions(activation NONE), as MediaPipe's writer packs it."""
+    fb, sfb = metadata_fb(), segmenter_fb()
+    options = sfb.ImageSegmenterOptionsT()
+    options.activation = SEGMENTER_ACTIVATION_NONE
+    builder = flatbuffers.Builder(64)
+    builder.Finish(options.Pack(builder), file_identifier=SEGMENTER_OPTIONS_IDENTIFIER)
+    custom = fb.CustomMetadataT()
+    custom.name = SEGMENTER_METADATA_NAME
+    custom.data = list(bytes(builder.Output()))
+    return custom
+
+
+def _segmentation_outputs(spec: MetadataSpec) -> list[Any]:
+    """class_probabilities and mask TensorMetadata in the flatbuffer's output order, which must end
+    with the probabilities (MediaPipe reads the last output tensor and the last metadata entry)."""
+    fb = metadata_fb()
+    order = tuple(spec.output_order)
+    if sorted(order) != sorted((SEGMENTATION_PROBABILITIES, SEGMENTATION_MASK)) or order[-1] != SEGMENTATION_PROBABILITIES:
+        raise ExportError(
+            f"segmentation metadata needs the converted model's output order ending with {SEGMENTATION_PROBABILITIES} "
+            f"(MediaPipe ImageSegmenter reads the last output; see move_output_last); got {list(order)}"
+        )
+
+    def image_content() -> Any:  # a stack of grayscale maps, as MediaPipe's SegmentationMaskMd says
+        props = fb.ImagePropertiesT()
+        props.colorSpace = fb.ColorSpaceType.GRAYSCALE
+        content = fb.ContentT()
+        content.contentPropertiesType = fb.ContentProperties.ImageProperties
+        content.contentProperties = props
+        rng = fb.ValueRangeT()
+        rng.min, rng.max = 1, 2
+        content.range = rng
+        return content
+
+    probs = fb.TensorMetadataT()
+    probs.name = SEGMENTATION_PROBABILITIES
+    probs.description = spec.output_description
+    probs.content = image_content()
+    stats = fb.StatsT()
+    stats.max, stats.min = [1.0], [0.0]
+    probs.stats = stats
+    axis = fb.AssociatedFileT()
+    axis.name = spec.segmentation_labels_file
+    axis.description = "One label per probabilities channel, background first: line c names channel c."
+    axis.type = fb.AssociatedFileType.TENSOR_AXIS_LABELS
+    probs.associatedFiles = [axis]
+
+    mask = fb.TensorMetadataT()
+    mask.name = SEGMENTATION_MASK
+    mask.description = "Argmax of class_probabilities per pixel (int32): 0 background, c = line c of the axis labels."
+    mask.content = image_content()
+    made = {SEGMENTATION_PROBABILITIES: probs, SEGMENTATION_MASK: mask}
+    return [made[k] for k in order]
+
+
+def segmentation_label_lines(labels: list[str]) -> list[str]:
+    """The probabilities' axis labels: background, then labels.txt."""
+    return [BACKGROUND_LABEL, *labels]
+
+
+def move_output_last(model_bytes: bytes, name: str, signature: str = "serving_default") -> bytes:
+    """The model with the subgraph output called ``name`` (signature output name) moved to the end of
+    the subgraph's output list; nothing else changes (signatures refer to tensors by index).
+
+    MediaPipe's ImageSegmenter reads the last output tensor as the confidences, and the converter
+    orders a multi-output signature its own way. Returns ``model_bytes`` untouched when it already
+    is last; raises ExportError when no output has that name.
+    """
+    order = output_tensor_order(model_bytes, signature)
+    if name not in order:
+        raise ExportError(f"the TFLite model has no output {name!r} (outputs: {order})")
+    if order[-1] == name:
+        return model_bytes
+    sfb = model_fb()
+    model = sfb.ModelT.InitFromObj(sfb.Model.GetRootAs(model_bytes, 0))
+    outputs = list(model.subgraphs[0].outputs)
+    k = order.index(name)
+    model.subgraphs[0].outputs = outputs[:k] + outputs[k + 1 :] + [outputs[k]]
+    builder = flatbuffers.Builder(len(model_bytes) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=MODEL_IDENTIFIER)
+    return bytes(builder.Output())
+
+
 def output_tensor_order(model_bytes: bytes, signature: str = "serving_default") -> list[str]:
     """The converted model's subgraph outputs, by signature output name, in flatbuffer order.
 
@@ -363,7 +504,10 @@ class ReadMetadata:
 
     ``output_name``, ``label_file`` and ``label_file_type`` keep their classifier meaning (its
     one output); for a detector ``output_name`` lists the four names in file order and the label
-    fields describe the file attached to "category". ``outputs`` has every output in full.
+    fields describe the file attached to "category"; for a segmenter they list both names and
+    describe labels.txt (a model-level file, no background), while ``axis_labels`` has the file
+    MediaPipe reads off the probabilities (background first). ``outputs`` has every output in
+    full; ``segmenter_activation`` is SEGMENTER_METADATA's activation name, None without one.
     """
 
     name: str
@@ -384,6 +528,8 @@ class ReadMetadata:
     kind: str = "classification"
     outputs: list[OutputMetadata] = field(default_factory=list)
     output_groups: dict[str, list[str]] = field(default_factory=dict)
+    axis_labels: list[str] | None = None
+    segmenter_activation: str | None = None
 
 
 def _enum_name(enum_cls: Any, value: int) -> str:
@@ -428,6 +574,7 @@ def read_metadata(tflite_bytes: bytes) -> ReadMetadata:
     if not outputs:
         raise ExportError(f"{METADATA_NAME} describes no output tensor")
     detection = len(outputs) == 4 and {o.name for o in outputs} == set(DETECTION_TENSOR_NAMES.values())
+    segmentation = len(outputs) == 2 and {o.name for o in outputs} == {SEGMENTATION_PROBABILITIES, SEGMENTATION_MASK}
     color = None
     if inp.content is not None and inp.content.contentPropertiesType == fb.ContentProperties.ImageProperties:
         color = _enum_name(fb.ColorSpaceType, inp.content.contentProperties.colorSpace)
@@ -435,18 +582,30 @@ def read_metadata(tflite_bytes: bytes) -> ReadMetadata:
     for unit in inp.processUnits or []:
         if unit.optionsType == fb.ProcessUnitOptions.NormalizationOptions:
             normalization = {"mean": [float(v) for v in unit.options.mean], "std": [float(v) for v in unit.options.std]}
-    labelled = next((o for o in outputs if o.label_file), None) if detection else outputs[0]
-    label_file = labelled.label_file if labelled else None
-    label_type = labelled.label_file_type if labelled else None
+    zipped = _zipped_files(tflite_bytes)
+    axis_labels = activation = None
+    if segmentation:
+        model_files = meta.associatedFiles or []
+        label_file = _str(model_files[0].name) if model_files else None
+        label_type = _enum_name(fb.AssociatedFileType, model_files[0].type) if model_files else None
+        axis_file = next(o for o in outputs if o.name == SEGMENTATION_PROBABILITIES).label_file
+        if axis_file and axis_file in zipped:
+            axis_labels = zipped[axis_file].decode().splitlines()
+    else:
+        labelled = next((o for o in outputs if o.label_file), None) if detection else outputs[0]
+        label_file = labelled.label_file if labelled else None
+        label_type = labelled.label_file_type if labelled else None
     labels = None
-    if label_file:
-        zipped = _zipped_files(tflite_bytes)
-        if label_file in zipped:
-            labels = zipped[label_file].decode().splitlines()
+    if label_file and label_file in zipped:
+        labels = zipped[label_file].decode().splitlines()
     contract = None
     for custom in sub.customMetadata or []:
         if _str(custom.name) == CONTRACT_METADATA_NAME:
             contract = json.loads(bytes(bytearray(custom.data)).decode())
+        elif _str(custom.name) == SEGMENTER_METADATA_NAME:
+            sfb_seg = segmenter_fb()
+            opts = sfb_seg.ImageSegmenterOptions.GetRootAs(bytes(bytearray(custom.data)), 0)
+            activation = _enum_name(sfb_seg.Activation, opts.Activation())
     groups = {_str(g.name): [_str(n) for n in g.tensorNames or []] for g in sub.outputTensorGroups or []}
     return ReadMetadata(
         name=_str(meta.name),
@@ -459,14 +618,16 @@ def read_metadata(tflite_bytes: bytes) -> ReadMetadata:
         input_description=_str(inp.description),
         color_space=color or "UNKNOWN",
         normalization=normalization,
-        output_name=", ".join(o.name for o in outputs) if detection else outputs[0].name,
+        output_name=", ".join(o.name for o in outputs) if detection or segmentation else outputs[0].name,
         label_file=label_file,
         label_file_type=label_type,
         labels=labels,
         contract=contract,
-        kind="detection" if detection else "classification",
+        kind="detection" if detection else "segmentation" if segmentation else "classification",
         outputs=outputs,
         output_groups=groups,
+        axis_labels=axis_labels,
+        segmenter_activation=activation,
     )
 
 

@@ -3,9 +3,11 @@
 Every variant takes the same uint8 RGB input, so an app can swap files without touching its
 preprocessing; each carries flatbuffer metadata with labels.txt packed in (what MediaPipe Tasks
 and Android Studio read): a classifier's for ImageClassifier, a detector's four SSD-style outputs
-for ObjectDetector. Verify runs them with the LiteRT interpreter and, for float32 and int8, with
-the MediaPipe Tasks API Android apps use (ImageClassifier or ObjectDetector, whichever fits the
-outputs; each check returns None for the other task's).
+for ObjectDetector, a segmenter's class_probabilities (moved to the last output, as ImageSegmenter
+reads it) and mask, with background-first axis labels. Verify runs them with the LiteRT
+interpreter and, for float32 and int8, with the MediaPipe Tasks API Android apps use
+(ImageClassifier, ObjectDetector or ImageSegmenter, whichever fits the outputs; each check
+returns None for another task's).
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ from tfcnn.util import format_bytes, write_bytes
 def _build(variant: str) -> Callable[[BuildContext], dict[str, Any]]:
     def build(ctx: BuildContext) -> dict[str, Any]:
         from tfcnn.export.card import tflite_entry
-        from tfcnn.export.tflite_metadata import MetadataSpec, build_metadata, output_tensor_order, populate, read_metadata
+        from tfcnn.export.tflite_metadata import (
+            SEGMENTATION_LABELS_FILE,
+            SEGMENTATION_PROBABILITIES,
+            MetadataSpec,
+            build_metadata,
+            move_output_last,
+            output_tensor_order,
+            populate,
+            read_metadata,
+            segmentation_label_lines,
+        )
 
         full_int = variant == "tflite_int8"
         source = ctx.need("mobile_float32" if full_int else "mobile_uint8")
@@ -33,7 +45,10 @@ def _build(variant: str) -> Callable[[BuildContext], dict[str, Any]]:
             tflite_mod.convert, variant, source, ctx.need("representative") if full_int else None, ctx.task.int8_float_names
         )
         output_contract = ctx.task.output_contract(ctx.labels)
-        detection = output_contract.get("kind") == "detection"
+        kind = output_contract.get("kind")
+        detection, segmentation = kind == "detection", kind == "segmentation"
+        if segmentation:  # MediaPipe's ImageSegmenter reads the last output as the confidences
+            raw = move_output_last(raw, SEGMENTATION_PROBABILITIES)
         spec = MetadataSpec(
             name=f"{ctx.name} ({variant})",
             version=str(ctx.version),
@@ -45,16 +60,22 @@ def _build(variant: str) -> Callable[[BuildContext], dict[str, Any]]:
             input_description=ctx.input_text,
             output_description=ctx.task.output_text(ctx.labels),
             contract={"input": ctx.contract_input, "output": output_contract},
-            # A detector's metadata follows the file's own output order (MediaPipe matches by position).
-            kind="detection" if detection else "classification",
-            output_order=tuple(output_tensor_order(raw)) if detection else (),
+            # A detector's and segmenter's metadata follow the file's own output order (MediaPipe matches by position).
+            kind="detection" if detection else "segmentation" if segmentation else "classification",
+            output_order=tuple(output_tensor_order(raw)) if detection or segmentation else (),
         )
         labels_text = "\n".join(ctx.labels) + "\n"
-        data = populate(raw, build_metadata(spec), {"labels.txt": labels_text.encode()})
+        files = {"labels.txt": labels_text.encode()}
+        if segmentation:
+            files[SEGMENTATION_LABELS_FILE] = ("\n".join(segmentation_label_lines(list(ctx.labels))) + "\n").encode()
+        data = populate(raw, build_metadata(spec), files)
         path = ctx.out / tflite_mod.VARIANTS[variant]
         write_bytes(path, data)
-        if read_metadata(data).labels != ctx.labels:  # the packed file must read back
+        read_back = read_metadata(data)
+        if read_back.labels != ctx.labels:  # the packed file must read back
             raise ExportError(f"{path.name}: labels packed in the metadata do not read back")
+        if segmentation and read_back.axis_labels != segmentation_label_lines(list(ctx.labels)):
+            raise ExportError(f"{path.name}: the segmentation axis labels packed in the metadata do not read back")
         entry = tflite_entry(ctx.out, variant)
         entry["_detail"] = format_bytes(len(data))
         return entry
@@ -89,10 +110,15 @@ def mediapipe_check(
 
     Agreement counts MediaPipe's top-1 as matching LiteRT when it is LiteRT's argmax or ties with
     it (uint8 outputs tie often); category_name must equal labels.txt for that index, which can
-    only happen if MediaPipe read the label file packed in the metadata. None for a model with
-    several named outputs (a detector's or reconstruction's dict): ImageClassifier is not its client.
+    only happen if MediaPipe read the label file packed in the metadata. A segmenter's dict
+    (class_probabilities and mask) goes to :func:`mediapipe_segmenter_check` (ImageSegmenter), so
+    the format's two client checks stay one per kind of MediaPipe input/output layout; None for
+    another model with several named outputs (a detector's or reconstruction's dict):
+    ImageClassifier is not its client.
     """
     if isinstance(litert_probs, dict):
+        if all(k in litert_probs for k in SEGMENTATION_KEYS):
+            return mediapipe_segmenter_check(tflite_path, images, litert_probs, labels)
         return None
     import mediapipe as mp
     from mediapipe.tasks.python import vision
@@ -304,6 +330,162 @@ def _match_detections(
         f"score and box, nor a tied one (unmatched MediaPipe scores {[round(v, 6) for v in theirs[:5]]})"
     )
     return exact, 0, problems
+
+
+SEGMENTATION_KEYS = ("class_probabilities", "mask")
+MIN_MASK_AGREEMENT = 0.999  # share of pixels whose MediaPipe category is LiteRT's argmax (or ties with it)
+CONFIDENCE_TOLERANCE = 1e-5  # float probabilities; a quantized output allows one step more
+
+
+def mediapipe_segmenter_check(
+    tflite_path: Path, images: np.ndarray, litert_outputs: Any, labels: list[str]
+) -> dict[str, Any] | None:
+    """Segment with MediaPipe Tasks ImageSegmenter (labels from the TFLite metadata only) and
+    compare its masks with LiteRT's outputs of the same file.
+
+    ImageSegmenter reads the *last* output tensor as per-class confidences (the export moves
+    class_probabilities there; with two outputs it takes the first as a "quality score" and
+    ignores it) and the axis labels of the last output metadata, and applies the activation in
+    SEGMENTER_METADATA (NONE: the model already applies softmax). Compared per image at the
+    model size (MediaPipe returns masks at the size of the image given):
+
+    * ``confidence_masks``: one per class, background first, each within 1e-5 of LiteRT's
+      class_probabilities (plus one quantization step when the file's probabilities are
+      quantized);
+    * ``category_mask``: equal to LiteRT's argmax on >= 99.9% of pixels, a pixel whose two
+      classes score within that tolerance counting as a tie (agreeing);
+    * labels: ``ImageSegmenter.labels`` must be ``["background", *labels]``.
+
+    A file MediaPipe refuses or fails on (e.g. a full-integer int8 file whose probabilities are
+    quantized next to the int32 mask: its dequantization step accepts no int32 tensor) fails
+    with MediaPipe's error text. None when ``litert_outputs`` is not a segmenter's dict.
+    """
+    if not isinstance(litert_outputs, dict) or any(k not in litert_outputs for k in SEGMENTATION_KEYS):
+        return None
+    import mediapipe as mp
+    from mediapipe.tasks.python import vision
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+
+    from tfcnn.export.tflite_metadata import SEGMENTATION_PROBABILITIES, output_tensor_order, segmentation_label_lines
+
+    client = "mediapipe.tasks.python.vision.ImageSegmenter"
+    name = Path(tflite_path).name
+    n = len(images)
+    probs = np.asarray(litert_outputs["class_probabilities"], np.float32)
+    masks = np.asarray(litert_outputs["mask"]).reshape(probs.shape[:-1]).astype(np.int64)
+    k = int(probs.shape[-1]) if probs.ndim == 4 else 0
+    step = _output_step(tflite_path, SEGMENTATION_PROBABILITIES)
+    tol = CONFIDENCE_TOLERANCE + step
+    want_labels = segmentation_label_lines(list(labels))
+    result: dict[str, Any] = {
+        "client": client, "checked": n, "pixel_agreement_with_litert": 0.0, "exact_pixel_agreement": 0.0,
+        "max_confidence_diff": None, "confidence_tolerance": tol, "confidence_masks": None, "labels_from_metadata": False,
+        "mismatches": [], "passed": False,
+    }
+    order = output_tensor_order(Path(tflite_path).read_bytes())
+    failures: list[str] = []
+    if not order or order[-1] != SEGMENTATION_PROBABILITIES:
+        failures.append(
+            f"{name}: the last output tensor is {order[-1] if order else None!r}, not {SEGMENTATION_PROBABILITIES!r}: "
+            "MediaPipe ImageSegmenter reads the last output as the class confidences (re-export)"
+        )
+    opts = vision.ImageSegmenterOptions(
+        base_options=BaseOptions(model_asset_path=str(tflite_path)),
+        running_mode=vision.RunningMode.IMAGE,
+        output_confidence_masks=True,
+        output_category_mask=True,
+    )
+    try:
+        segmenter = vision.ImageSegmenter.create_from_options(opts)
+    except Exception as exc:  # MediaPipe says why it rejects the model
+        result["failures"] = failures + [f"MediaPipe ImageSegmenter cannot load {name}: {type(exc).__name__}: {_one_line(exc)}"]
+        return result
+    agree = exact = pixels = 0
+    max_diff = 0.0
+    counts: set[int] = set()
+    try:
+        got_labels = list(segmenter.labels)
+        result["labels_from_metadata"] = got_labels == want_labels
+        for i, img in enumerate(images):
+            res = segmenter.segment(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(img)))
+            conf = [np.asarray(c.numpy_view(), np.float32).reshape(img.shape[:2]) for c in res.confidence_masks or []]
+            counts.add(len(conf))
+            cat = np.asarray(res.category_mask.numpy_view()).reshape(img.shape[:2]).astype(np.int64)
+            if len(conf) != k or cat.shape != masks[i].shape:
+                failures.append(
+                    f"image {i}: MediaPipe returned {len(conf)} confidence masks of {cat.shape[1]}x{cat.shape[0]}, "
+                    f"LiteRT {k} classes at {masks.shape[2]}x{masks.shape[1]}"
+                )
+                break
+            c = np.stack(conf, -1)
+            diff = float(np.max(np.abs(c - probs[i]))) if c.size else 0.0
+            max_diff = max(max_diff, diff)
+            same = cat == masks[i]
+            inside = (cat >= 0) & (cat < k)
+            picked = np.take_along_axis(probs[i], np.clip(cat, 0, k - 1)[..., None], -1)[..., 0]
+            best = np.take_along_axis(probs[i], masks[i][..., None], -1)[..., 0]
+            ok = same | (inside & (np.abs(picked - best) <= tol))
+            agree += int(ok.sum())
+            exact += int(same.sum())
+            pixels += int(same.size)
+            if (diff > tol or not ok.all()) and len(result["mismatches"]) < 10:
+                ys, xs = np.nonzero(~ok) if not ok.all() else np.unravel_index([int(np.argmax(np.abs(c - probs[i]).max(-1)))], cat.shape)
+                result["mismatches"].append({
+                    "index": i, "max_confidence_diff": diff, "pixels_disagreeing": int((~ok).sum()),
+                    "first": {"y": int(ys[0]), "x": int(xs[0]), "mediapipe_class": int(cat[ys[0], xs[0]]),
+                              "litert_class": int(masks[i][ys[0], xs[0]]),
+                              "mediapipe_confidences": [round(float(v), 6) for v in c[ys[0], xs[0]]],
+                              "litert_probabilities": [round(float(v), 6) for v in probs[i][ys[0], xs[0]]]},
+                })
+    except Exception as exc:  # e.g. a calculator that refuses one of the output tensors
+        failures.append(f"MediaPipe ImageSegmenter failed on {name}: {type(exc).__name__}: {_one_line(exc)}")
+    finally:
+        try:
+            segmenter.close()  # a graph that failed reports its error again on close
+        except Exception as exc:
+            if not any("ImageSegmenter failed" in f for f in failures):
+                failures.append(f"MediaPipe ImageSegmenter failed on {name}: {type(exc).__name__}: {_one_line(exc)}")
+    result.update(
+        pixel_agreement_with_litert=round(agree / pixels, 6) if pixels else 0.0,
+        exact_pixel_agreement=round(exact / pixels, 6) if pixels else 0.0,
+        max_confidence_diff=max_diff if pixels else None,
+        confidence_masks=sorted(counts)[0] if len(counts) == 1 else sorted(counts) or None,
+    )
+    if not failures and n:
+        if result["pixel_agreement_with_litert"] < MIN_MASK_AGREEMENT:
+            failures.append(
+                f"MediaPipe category_mask agrees with LiteRT's argmax on {100 * result['pixel_agreement_with_litert']:.3f}% "
+                f"of pixels (< {100 * MIN_MASK_AGREEMENT:.1f}%, ties allowed)"
+            )
+        if max_diff > tol:
+            failures.append(f"MediaPipe confidence masks differ from LiteRT's class_probabilities by {max_diff:.3g} (> {tol:.3g})")
+        if not result["labels_from_metadata"]:
+            failures.append(
+                f"MediaPipe read labels {got_labels[:5]}{'...' if len(got_labels) > 5 else ''} from {name}, "
+                f"expected {want_labels[:5]}{'...' if len(want_labels) > 5 else ''} (background + labels.txt)"
+            )
+    if not n:
+        failures.append("no image to check")
+    result["passed"] = not failures
+    if failures:
+        result["failures"] = failures
+    return result
+
+
+def _one_line(exc: BaseException) -> str:
+    """MediaPipe's multi-line status text, without the source-location trace."""
+    text = str(exc).split("=== Source Location Trace")[0]
+    return " ".join(text.split())
+
+
+def _output_step(tflite_path: Path, name: str) -> float:
+    """The quantization scale of the serving signature's output ``name`` (0 when it is float)."""
+    try:
+        details = tflite_mod.interpreter(Path(tflite_path)).get_signature_runner("serving_default").get_output_details()
+        scale, _ = details[name]["quantization"]
+        return float(scale) if details[name]["dtype"] != np.float32 else 0.0
+    except (KeyError, ValueError):
+        return 0.0
 
 
 _LIMITS = {
