@@ -25,7 +25,7 @@ class _Loaded(Exception):
         ('model.options={heda = "gdconv"}', "model.options"),
         ("train.early_stopping.monitor=val_acc", "train.early_stopping.monitor"),
         ("data.source=foldr:images", "data.source"),
-        ("task=detection", "task = 'detection' is not a registered task"),
+        ("task=depth_estimation", "task = 'depth_estimation' is not a registered task"),
     ],
 )
 def test_config_typos_fail_before_any_data_is_loaded(monkeypatch, capsys, tmp_path, override, expected):
