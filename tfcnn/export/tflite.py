@@ -50,16 +50,16 @@ def representative_images(images: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.concatenate([rgb, pin])
 
 
-def convert(variant: str, source: Path, representative: np.ndarray | None, float_names: tuple[str, ...] = ()) -> bytes:
+def convert(variant: str, source: Path, representative: np.ndarray | None, float_names: tuple[str, ...] | None = None) -> bytes:
     """Convert one variant from a batch-1 archive written by wrapper.mobile_archive.
 
     ``source`` is the uint8-input archive for the float variants and the float32-input one for
     full-integer int8 (whose converter turns the input into uint8 itself). ``float_names`` (a
     task whose graph ends in post-processing, e.g. a detector's decoding and NMS: fragments of
-    the tensor names to keep float, its first being the tail's name scope): full-integer int8
-    keeps the uint8 input and the int8 model, but those ops and the outputs stay float32, so
-    class ids stay whole numbers and boxes are not rounded to 1/255 steps (see
-    :func:`_quantize_keeping_float`).
+    the tensor names to keep float, its first being the tail's name scope; an empty tuple: only
+    the outputs): full-integer int8 keeps the uint8 input and the int8 model, but those ops and
+    the outputs stay float32, so class ids stay whole numbers and boxes are not rounded to 1/255
+    steps (see :func:`_quantize_keeping_float`). None: uint8 outputs, everything int8.
     """
     import tensorflow as tf
 
@@ -82,7 +82,7 @@ def convert(variant: str, source: Path, representative: np.ndarray | None, float
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = gen
         converter.inference_input_type = tf.uint8
-        if float_names:
+        if float_names is not None:
             data = _quantize_keeping_float(converter, tuple(float_names))
             _check_int8_interface(data)
             return data
@@ -113,7 +113,7 @@ def _quantize_keeping_float(converter, names: tuple[str, ...]) -> bytes:
     it = interpreter(calibrated)
     outputs = {d["name"] for d in it.get_output_details()}
     keep = [d["name"] for d in it.get_tensor_details() if any(n in d["name"] for n in names) or d["name"] in outputs]
-    if not any(names[0] in name for name in keep):
+    if names and not any(names[0] in name for name in keep):
         raise ExportError(f"no tensor of the graph is named like {names[0]!r}; the post-processing would be quantized")
     return bytes(
         tflite_convert.mlir_quantize(calibrated, input_data_type=tf.uint8, output_data_type=tf.float32, denylisted_nodes=keep)

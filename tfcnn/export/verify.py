@@ -45,7 +45,10 @@ def changed_top1(keras_probs: np.ndarray, probs: np.ndarray, labels: np.ndarray)
 
 def _agreement(client: dict[str, Any]) -> Any:
     """A client check's agreement with LiteRT: top-1 (classifier) or per detection (detector)."""
-    return client.get("top1_agreement_with_litert", client.get("detection_agreement_with_litert"))
+    for key in ("top1_agreement_with_litert", "detection_agreement_with_litert", "pixel_agreement_with_litert"):
+        if key in client:
+            return client[key]
+    return None
 
 
 def _open_card(vd: Path) -> dict[str, Any]:

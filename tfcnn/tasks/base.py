@@ -41,8 +41,9 @@ class Task:
     # What the data's labels must be (DataInfo.label_kind): class ids, box rows or masks.
     label_kind: str = "classes"
     # Full-integer TFLite: fragments of the tensor names that stay float32, outputs included (a
-    # detector's post-processing scope first; tfcnn.export.tflite.convert); empty: all int8.
-    int8_float_names: tuple[str, ...] = ()
+    # detector's post-processing scope first; () = only the outputs; tfcnn.export.tflite.convert);
+    # None: all int8, uint8 outputs.
+    int8_float_names: tuple[str, ...] | None = None
 
     # ------------------------------------------------------------- train
     def loss_fn(self, num_outputs: int, label_smoothing: float = 0.0, *, from_logits: bool = True):

@@ -36,6 +36,11 @@ class Segmentation(Task):
     reference_name = "mean_iou"
     limit_keys = ("min_pixel_agreement", "max_miou_drop")
     label_kind = "masks"
+    # Full-integer TFLite keeps the outputs float32: the contract says float32 probabilities, and
+    # MediaPipe's ImageSegmenter cannot read uint8 probabilities beside the int32 mask (its
+    # dequantization step refuses the int32 tensor). Softmax and argmax are fused into the
+    # output tensors, so there is no tail scope to name.
+    int8_float_names: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         from tfcnn.config import SegmentationConfig
