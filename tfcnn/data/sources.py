@@ -109,6 +109,7 @@ def check_source(cfg: DataConfig) -> Source:
 
 SCENE_SOURCES = ("fashion_scenes", "shapes")
 BOX_SOURCES = ("coco", "tfds_detection")
+MASK_SOURCES = ("masks",)
 
 
 def label_kind_of(cfg: DataConfig, task: str | None = None) -> str:
@@ -121,6 +122,8 @@ def label_kind_of(cfg: DataConfig, task: str | None = None) -> str:
         if labels == "auto":
             labels = "masks" if task == "segmentation" else "boxes"
         return labels
+    if kind in MASK_SOURCES:
+        return "masks"
     return "boxes" if kind in BOX_SOURCES else "classes"
 
 
@@ -377,3 +380,18 @@ def _load_tfds_detection(cfg: DataConfig, arg: str | None) -> "DataBundle":
             part = (stack, part[1])
         splits[key] = part
     return from_label_arrays(cfg, splits["train"], splits["test"], d["class_names"], label_kind="boxes", source=d["source"])
+
+
+@register_source(
+    "masks", arg="dir", check=_no_data_path("directory"), summary="images/ + masks/ (class-id or palette PNGs) + classes.txt"
+)
+def _load_mask_folder(cfg: DataConfig, arg: str | None) -> "DataBundle":
+    """Users' own segmentation data (layout in :mod:`tfcnn.data.mask_folder`); no test split in
+    the folder, so ``data.test_fraction`` is held out."""
+    from tfcnn.data import mask_folder
+    from tfcnn.data.inmemory import from_label_arrays
+
+    root = Path(arg or "")
+    size = tuple(cfg.image_size) if cfg.image_size else None
+    x, y, names, notes = mask_folder.read_mask_folder(root, size)  # type: ignore[arg-type]
+    return from_label_arrays(cfg, (x, y), None, names, label_kind="masks", source=f"masks:{root.resolve()}", notes=notes)
