@@ -357,7 +357,7 @@ class SegmentationConfig:
     """
 
     loss: Literal["dice", "ce", "dice_ce", "focal"] = "dice_ce"  # soft Dice, cross-entropy, their sum, focal
-    class_weights: Optional[list[float]] = None  # per output class (background first), for rare classes
+    class_weights: Optional[list[float]] = field(default=None, metadata=_range(0.0, 1e6, lo_open=True))  # per output class, background first
     dice_smooth: float = field(default=1.0, metadata=_range(0.0, 1e6))
     focal_gamma: float = field(default=2.0, metadata=_range(0.0, 10.0))
     boundary_tolerance: int = field(default=2, metadata=_range(0, 64))  # boundary F-score tolerance, pixels (0: off)
