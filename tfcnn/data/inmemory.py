@@ -67,7 +67,19 @@ def from_arrays(
     if len(for_test) < len(y_test):
         x_test, y_test = x_test[for_test], y_test[for_test]
 
-    size = tuple(cfg.image_size) if cfg.image_size else None
+    size, channels = _size_and_channels(cfg, x_train, x_test, source, notes)
+    x_train = conform(x_train, size, channels, label="train images")
+    x_test = conform(x_test, size, channels, label="test images")
+    return make_bundle(cfg, (x_train, y_train), (x_test, y_test), class_names, source, skipped=skipped, notes=notes)
+
+
+def _size_and_channels(
+    cfg: DataConfig, x_train: np.ndarray, x_test: np.ndarray, source: str, notes: list[str], *, masks: bool = False
+) -> tuple[tuple[int, int] | None, int | None]:
+    """The size and channel count both splits are brought to (``data.image_size`` /
+    ``data.channels``, or what the splits force), each decision appended to ``notes``; splits of
+    different sizes without ``data.image_size`` are one DataError line."""
+    size = tuple(int(v) for v in cfg.image_size) if cfg.image_size else None
     if size is None and x_train.shape[1:3] != x_test.shape[1:3]:
         raise DataError(
             f"{source}: train images are {x_train.shape[1]}x{x_train.shape[2]} but test images are "
@@ -77,15 +89,14 @@ def from_arrays(
     if channels is None and x_train.shape[-1] != x_test.shape[-1]:
         channels = 3
         notes.append("train and test differ in channels: grey images replicated to RGB (set data.channels)")
+    also = " and masks (nearest)" if masks else ""
     for name, x in (("train", x_train), ("test", x_test)):
         if size is not None and tuple(x.shape[1:3]) != size:
-            notes.append(f"{name} images resized from {x.shape[1]}x{x.shape[2]} to {size[0]}x{size[1]} ({RESIZE_METHOD})")
+            notes.append(f"{name} images{also} resized from {x.shape[1]}x{x.shape[2]} to {size[0]}x{size[1]} ({RESIZE_METHOD})")
         if channels is not None and x.shape[-1] != channels:
             how = "grey replicated to RGB" if channels == 3 else "RGB to grey with BT.601 luma"
             notes.append(f"{name} images converted from {x.shape[-1]} to {channels} channels ({how})")
-    x_train = conform(x_train, size, channels, label="train images")
-    x_test = conform(x_test, size, channels, label="test images")
-    return make_bundle(cfg, (x_train, y_train), (x_test, y_test), class_names, source, skipped=skipped, notes=notes)
+    return size, channels  # type: ignore[return-value]
 
 
 def from_tfds_dict(cfg: DataConfig, d: dict) -> DataBundle:
@@ -220,23 +231,7 @@ def from_label_arrays(
     if len(for_test) < len(y_test):
         x_test, y_test = x_test[for_test], y_test[for_test]
 
-    size = tuple(int(v) for v in cfg.image_size) if cfg.image_size else None
-    if size is None and x_train.shape[1:3] != x_test.shape[1:3]:
-        raise DataError(
-            f"{source}: train images are {x_train.shape[1]}x{x_train.shape[2]} but test images are "
-            f"{x_test.shape[1]}x{x_test.shape[2]}; set data.image_size = [height, width] to resize both"
-        )
-    channels = cfg.channels
-    if channels is None and x_train.shape[-1] != x_test.shape[-1]:
-        channels = 3
-        notes.append("train and test differ in channels: grey images replicated to RGB (set data.channels)")
-    for name, x in (("train", x_train), ("test", x_test)):
-        if size is not None and tuple(x.shape[1:3]) != size:
-            masks = " and masks (nearest)" if label_kind == "masks" else ""
-            notes.append(f"{name} images{masks} resized from {x.shape[1]}x{x.shape[2]} to {size[0]}x{size[1]} ({RESIZE_METHOD})")
-        if channels is not None and x.shape[-1] != channels:
-            how = "grey replicated to RGB" if channels == 3 else "RGB to grey with BT.601 luma"
-            notes.append(f"{name} images converted from {x.shape[-1]} to {channels} channels ({how})")
+    size, channels = _size_and_channels(cfg, x_train, x_test, source, notes, masks=label_kind == "masks")
     if label_kind == "masks" and size is not None:
         if tuple(y_train.shape[1:3]) != size:
             y_train = _resize_masks(y_train, size)
