@@ -50,6 +50,27 @@ def test_fashion_scenes_are_byte_identical_for_a_seed(items):
     assert scenes.fashion_scenes(small(seed=7), 99, *items)[0].images.tobytes() == a_tr.images.tobytes()  # scenes.seed wins
 
 
+def test_denser_training_scenes_leave_the_test_scenes_alone():
+    from tfcnn.pipeline import validate
+
+    cfg = ScenesConfig(num_train=60, num_test=60, size=96, min_objects=1, max_objects=2,
+                       train_min_objects=3, train_max_objects=5, min_scale=1.0, max_scale=1.0)
+    train, test = scenes.shapes_scenes(cfg, 4)
+    assert train.boxes.shape[1] == test.boxes.shape[1] == 5  # M = the most objects any scene holds
+    n_train = [len(valid_rows(lab)) for lab in train.boxes]
+    n_test = [len(valid_rows(lab)) for lab in test.boxes]
+    assert max(n_test) <= 2 and min(n_test) >= 1
+    assert max(n_train) <= 5 and np.mean(n_train) > 3  # a placement may fail, most do not
+    # the test scenes are the ones an unchanged config draws: same seed, same range
+    plain = scenes.shapes_scenes(ScenesConfig(num_train=60, num_test=60, size=96, min_objects=1, max_objects=2,
+                                              min_scale=1.0, max_scale=1.0), 4)[1]
+    assert plain.images.tobytes() == test.images.tobytes()
+    assert cfg.train_range() == (3, 5) and ScenesConfig(train_max_objects=6).train_range() == (1, 6)
+    bad = PipelineConfig(task="detection", data=DataConfig(source="shapes", scenes=ScenesConfig(train_min_objects=5)))
+    with pytest.raises(ConfigError, match=r"data.scenes.train_min_objects..train_max_objects is 5..4"):
+        validate(bad)
+
+
 @needs_fashion
 def test_fashion_shapes_counts_and_iou_limit(items):
     cfg = small(min_objects=2, max_objects=5, max_iou=0.2)
@@ -254,8 +275,10 @@ def test_scene_and_coco_source_checks():
 
     with pytest.raises(ConfigError, match="annotations.json"):
         check_source(DataConfig(source="coco:/x/ann.txt"))
-    with pytest.raises(ConfigError, match="data.max_objects = 2 < data.scenes.max_objects = 4"):
+    with pytest.raises(ConfigError, match=r"data.max_objects = 2 < 4, the most objects a scene holds"):
         check_source(DataConfig(source="shapes", max_objects=2))
+    with pytest.raises(ConfigError, match=r"data.max_objects = 4 < 6, the most objects a scene holds"):
+        check_source(DataConfig(source="shapes", max_objects=4, scenes=ScenesConfig(train_max_objects=6)))
     check_source(DataConfig(source="fashion_scenes", augment=AugmentConfig(flip=True, zoom=0.1)))
 
 

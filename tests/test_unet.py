@@ -35,6 +35,29 @@ def test_output_matches_input_size(depth: int, shape: tuple[int, int, int], deco
     assert np.isfinite(out).all()
 
 
+@pytest.mark.parametrize("depth,stride,shape", [(2, 2, (64, 64, 1)), (3, 2, (96, 96, 3)), (3, 4, (64, 96, 1)), (4, 8, (96, 64, 1))])
+def test_output_stride_keeps_the_output_size_and_skips_full_resolution_work(
+    depth: int, stride: int, shape: tuple[int, int, int]
+) -> None:
+    model = build_model(unet(depth=depth, output_stride=stride), shape, 3)
+    out = np.asarray(model(images(shape)))
+    assert out.shape == (2, shape[0], shape[1], 4) and np.isfinite(out).all()
+    # below the output stride only the strided stems and the final upsampling touch a finer map
+    finer = [
+        layer.name for layer in model.layers
+        if layer.name not in ("image", "normalize") and len(layer.output.shape) == 4
+        and layer.output.shape[1] > shape[0] // stride
+    ]
+    assert all(n.startswith("stem") or n == "segmentation" for n in finer) and "segmentation" in finer
+    assert not any(layer.name.startswith(("enc0", "dec0")) for layer in model.layers)
+
+
+@pytest.mark.parametrize("stride", [0, 3, 8, -2])
+def test_bad_output_stride_refused(stride) -> None:
+    with pytest.raises(ConfigError, match=r"model.options.output_stride = .* must be a power of 2 below 2\*\*depth = 8"):
+        resolve_options(ModelConfig(name="unet", options={"depth": 3, "output_stride": stride}))
+
+
 def test_default_options_and_typos_refused() -> None:
     cfg = resolve_options(ModelConfig(name="unet"))
     assert {k: cfg.options[k] for k in ("depth", "filters", "convs", "decoder", "backbone")} == {
@@ -114,10 +137,12 @@ def test_keras_round_trip_identical(tmp_path) -> None:
     np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(loaded(x)))
 
 
-def test_backbone_encoder() -> None:
-    model = build_model(unet(depth=3, backbone="compact_cnn"), (32, 32, 1), 2)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_backbone_encoder(stride: int) -> None:
+    model = build_model(unet(depth=3, backbone="compact_cnn", output_stride=stride), (32, 32, 1), 2)
     out = np.asarray(model(images((32, 32, 1))))
     assert out.shape == (2, 32, 32, 3) and np.isfinite(out).all()
+    assert any(layer.name.startswith("enc0") for layer in model.layers) == (stride == 1)
 
 
 def test_a_few_train_steps_reduce_the_loss() -> None:

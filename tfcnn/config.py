@@ -139,6 +139,11 @@ class ScenesConfig:
     min_scale: float = field(default=0.7, metadata=_range(0.1, 8.0))  # of the item's own 28x28 size
     max_scale: float = field(default=1.6, metadata=_range(0.1, 8.0))
     max_iou: float = field(default=0.3, metadata=_range(0.0, 1.0))  # pairwise box IoU limit (0: no overlap)
+    # objects per train (and validation) scene, when it should differ from the test scenes'
+    # min_objects..max_objects: denser training scenes show the model more items per step for the
+    # same compute (mosaic augmentation's idea); None: the same range as the test scenes
+    train_min_objects: Optional[int] = field(default=None, metadata=_range(0, 64))
+    train_max_objects: Optional[int] = field(default=None, metadata=_range(1, 64))
     background: float = field(default=0.15, metadata=_range(0.0, 1.0))  # texture amplitude, fraction of 255
     num_train: int = field(default=6000, metadata=_range(1, MAX_SAMPLES))  # scenes before the validation split
     num_test: int = field(default=1000, metadata=_range(1, MAX_SAMPLES))
@@ -147,6 +152,16 @@ class ScenesConfig:
     labels: Literal["auto", "boxes", "masks"] = "auto"
     mask_classes: Literal["classes", "foreground"] = "classes"  # masks: 0 background + one id per class, or 0/1
     seed: Optional[int] = field(default=None, metadata=_range(0, MAX_SEED))  # None: data.seed
+
+    def train_range(self) -> tuple[int, int]:
+        """(min, max) objects per train scene: the train_* keys, else the test scenes' range."""
+        lo = self.min_objects if self.train_min_objects is None else self.train_min_objects
+        hi = self.max_objects if self.train_max_objects is None else self.train_max_objects
+        return lo, hi
+
+    def most_objects(self) -> int:
+        """The most objects any scene (train or test) can hold: the label rows M."""
+        return max(self.max_objects, self.train_range()[1])
 
 
 @dataclass
@@ -576,6 +591,12 @@ def _scenes_checks(cfg: PipelineConfig) -> None:
     if sc.min_objects > sc.max_objects:
         raise ConfigError(
             f"data.scenes.min_objects = {sc.min_objects} > data.scenes.max_objects = {sc.max_objects}; give min <= max"
+        )
+    lo, hi = sc.train_range()
+    if lo > hi:
+        raise ConfigError(
+            f"data.scenes.train_min_objects..train_max_objects is {lo}..{hi} (unset ones follow min_objects / "
+            "max_objects); give min <= max"
         )
     if sc.min_scale > sc.max_scale:
         raise ConfigError(f"data.scenes.min_scale = {sc.min_scale} > data.scenes.max_scale = {sc.max_scale}; give min <= max")

@@ -97,16 +97,19 @@ def tight_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def render(
-    n: int, draw: ItemDraw, cfg: ScenesConfig, rng: np.random.Generator, max_objects: int
+    n: int, draw: ItemDraw, cfg: ScenesConfig, rng: np.random.Generator, max_objects: int,
+    objects: tuple[int, int] | None = None,
 ) -> Scenes:
-    """`n` scenes whose objects come from `draw(rng, scale)`; see the module docstring."""
+    """`n` scenes whose objects come from `draw(rng, scale)`; see the module docstring.
+    `objects` is the (min, max) count per scene (default the config's test range)."""
     size = cfg.size
     images = np.empty((n, size, size), np.uint8)
     masks = np.zeros((n, size, size), np.uint8)
     labels = np.full((n, max_objects, 5), PAD, np.float32)
     items = np.full((n, max_objects), -1, np.int32)
-    hi = min(cfg.max_objects, max_objects)
-    lo = min(cfg.min_objects, hi)
+    lo, hi = objects or (cfg.min_objects, cfg.max_objects)
+    hi = min(hi, max_objects)
+    lo = min(lo, hi)
     for i in range(n):
         canvas = background(size, cfg.background, rng)
         mask = masks[i]
@@ -169,9 +172,10 @@ def fashion_scenes(
     max_objects: int | None = None,
 ) -> tuple[Scenes, Scenes]:
     """(train, test) scenes: ``cfg.num_train`` from `train_items`, ``cfg.num_test`` from `test_items`
-    (each ``(x uint8 [N, 28, 28], y int [N])``); `max_objects` (default ``cfg.max_objects``) is M."""
-    m = max_objects or cfg.max_objects
-    train = render(cfg.num_train, fashion_draw(*train_items), cfg, _seed(cfg, data_seed, "train"), m)
+    (each ``(x uint8 [N, 28, 28], y int [N])``); `max_objects` (default ``cfg.most_objects()``) is M.
+    Train scenes hold ``cfg.train_range()`` objects each, test scenes ``min_objects..max_objects``."""
+    m = max_objects or cfg.most_objects()
+    train = render(cfg.num_train, fashion_draw(*train_items), cfg, _seed(cfg, data_seed, "train"), m, cfg.train_range())
     test = render(cfg.num_test, fashion_draw(*test_items), cfg, _seed(cfg, data_seed, "test"), m)
     return train, test
 
@@ -216,7 +220,7 @@ def shapes_draw(rng: np.random.Generator, scale: float) -> tuple[np.ndarray, int
 
 def shapes_scenes(cfg: ScenesConfig, data_seed: int, max_objects: int | None = None) -> tuple[Scenes, Scenes]:
     """(train, test) shape scenes, ``cfg.num_train`` and ``cfg.num_test`` of them."""
-    m = max_objects or cfg.max_objects
-    train = render(cfg.num_train, shapes_draw, cfg, _seed(cfg, data_seed, "train"), m)
+    m = max_objects or cfg.most_objects()
+    train = render(cfg.num_train, shapes_draw, cfg, _seed(cfg, data_seed, "train"), m, cfg.train_range())
     test = render(cfg.num_test, shapes_draw, cfg, _seed(cfg, data_seed, "test"), m)
     return train, test

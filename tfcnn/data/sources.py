@@ -289,10 +289,10 @@ def _check_scenes(cfg: DataConfig, arg: str | None) -> None:
         raise ConfigError(f"data.path = {cfg.path!r} is not read by the shapes source (it draws its scenes); remove data.path")
     _path_is_a_directory_name(cfg, arg)
     sc = cfg.scenes
-    if cfg.max_objects is not None and cfg.max_objects < sc.max_objects:
+    if cfg.max_objects is not None and cfg.max_objects < sc.most_objects():
         raise ConfigError(
-            f"data.max_objects = {cfg.max_objects} < data.scenes.max_objects = {sc.max_objects}; "
-            "raise data.max_objects or lower data.scenes.max_objects"
+            f"data.max_objects = {cfg.max_objects} < {sc.most_objects()}, the most objects a scene holds "
+            "(data.scenes.max_objects / train_max_objects); raise data.max_objects or lower those"
         )
 
 
@@ -306,7 +306,7 @@ def _scene_bundle(cfg: DataConfig, name: str) -> "DataBundle":
 
     sc = cfg.scenes
     labels = sc.labels if sc.labels != "auto" else "boxes"
-    m = cfg.max_objects or sc.max_objects
+    m = cfg.max_objects or sc.most_objects()
     start = time.perf_counter()
     if name == "fashion_scenes":
         train_items, test_items = scenes.load_fashion_items(cfg.path)

@@ -28,6 +28,14 @@ Why this design:
   the retinanet does (:func:`tfcnn.models.retinanet.backbone_maps`: extra stride-2 convs past
   its deepest map), and the stride-1 skip is a plain conv block on the normalised image (most
   backbones start with a stride-2 stem). Empty: the plain UNet encoder.
+* **Output stride** (``output_stride`` 1, 2, 4, ...; FCN's "deconvolution" upsampling, Long et
+  al. 2015, and DeepLab's output stride). On a 2-core CPU the full-resolution levels cost most
+  of a step (memory traffic of every 96x96 conv, BatchNorm and concat, for little gain on
+  28-pixel objects). With ``output_stride = s`` the encoder reaches stride ``s`` with one strided
+  3x3 conv per level and keeps no skip there, the decoder stops at stride ``s``, and one
+  Conv2DTranspose (kernel ``2s``, stride ``s``) turns its features into full-size logits: the
+  output is still ``H x W`` (the export contract does not change), its boundaries learned rather
+  than copied from a skip. 1 (the default) is the paper's UNet.
 * BatchNorm / activation / L2 from the ModelConfig as everywhere (:mod:`tfcnn.models.blocks`),
   ``model.dropout`` at the bottleneck (the paper's dropout at the end of the contracting path).
 
@@ -54,6 +62,7 @@ OPTIONS: dict[str, Any] = {
     "filters": 16,  # channels at full resolution; doubles per level
     "convs": 2,  # 3x3 conv-BN-act per block
     "decoder": "transpose",  # "transpose" (Conv2DTranspose k2 s2) or "upsample" (nearest + 3x3 conv)
+    "output_stride": 1,  # stride of the decoder's last level (a power of 2 < 2**depth); a learned upsampling to full size
     "backbone": "",  # "": the plain UNet encoder; else a registered classifier's body
     "backbone_options": {},  # that classifier's own model.options
     "backbone_weights": "none",  # "none", "imagenet" or a .weights.h5 path (pretrained backbones)
@@ -67,6 +76,12 @@ def check_unet(cfg: ModelConfig) -> None:
         raise ConfigError(f"model.options.depth = {o['depth']!r} must be an integer in 1..{MAX_DEPTH}, e.g. 3")
     blocks.positive_int(o["filters"], "model.options.filters")
     blocks.positive_int(o["convs"], "model.options.convs")
+    stride = o["output_stride"]
+    if not (isinstance(stride, int) and stride >= 1 and stride & (stride - 1) == 0 and stride < 2 ** o["depth"]):
+        raise ConfigError(
+            f"model.options.output_stride = {stride!r} must be a power of 2 below 2**depth = {2 ** o['depth']} "
+            "(1: full-resolution decoder, 2 or 4: a learned upsampling from that stride)"
+        )
     if o["decoder"] not in DECODERS:
         raise ConfigError(
             f"model.options.decoder = {o['decoder']!r} is not allowed; choose one of {', '.join(map(repr, DECODERS))}"
@@ -119,17 +134,26 @@ def _up(x: Any, filters: int, cfg: ModelConfig, name: str) -> Any:
     return blocks.act(x, cfg, f"{name}_up_act")
 
 
+def first_level(cfg: ModelConfig) -> int:
+    """The decoder's last level: log2 of ``output_stride`` (0 for the paper's full-size decoder)."""
+    return int(cfg.options["output_stride"]).bit_length() - 1
+
+
 def encoder(x: Any, cfg: ModelConfig) -> tuple[list[Any], Any]:
-    """(skips at strides 1, 2, ..., 2**(depth-1); the bottleneck input at stride 2**depth)."""
-    depth = int(cfg.options["depth"])
+    """(skips at strides 1, 2, ..., 2**(depth-1), None below ``output_stride``; the bottleneck
+    input at stride 2**depth)."""
+    depth, first = int(cfg.options["depth"]), first_level(cfg)
     if cfg.options["backbone"]:
         from tfcnn.models.retinanet import backbone_maps
 
-        stem = conv_block(x, level_filters(cfg, 0), cfg, "enc0")
-        maps = backbone_maps(x, cfg, tuple(range(1, depth + 1)), what="model.options.depth")
-        return [stem] + [maps[level] for level in range(1, depth)], maps[depth]
-    skips = []
-    for level in range(depth):
+        maps = backbone_maps(x, cfg, tuple(range(max(first, 1), depth + 1)), what="model.options.depth")
+        stem = conv_block(x, level_filters(cfg, 0), cfg, "enc0") if first == 0 else None
+        return [stem] + [maps[level] if level >= first else None for level in range(1, depth)], maps[depth]
+    skips: list[Any] = []
+    for level in range(first):  # strided stem: no full-resolution work below the output stride
+        x = blocks.conv_bn_act(x, level_filters(cfg, level), 3, cfg, f"stem{level}", strides=2)
+        skips.append(None)
+    for level in range(first, depth):
         x = conv_block(x, level_filters(cfg, level), cfg, f"enc{level}")
         skips.append(x)
         x = keras.layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
@@ -167,14 +191,21 @@ def unet(x: Any, cfg: ModelConfig, num_classes: int) -> Any:
     x = conv_block(x, level_filters(cfg, depth), cfg, "bottleneck")
     if cfg.dropout > 0:
         x = keras.layers.Dropout(cfg.dropout, name="bottleneck_dropout")(x)
-    for level in reversed(range(depth)):
+    first = first_level(cfg)
+    for level in reversed(range(first, depth)):
         filters = level_filters(cfg, level)
         x = _up(x, filters, cfg, f"dec{level}")
         x = keras.layers.Concatenate(axis=-1, name=f"dec{level}_concat")([x, skips[level]])
         x = conv_block(x, filters, cfg, f"dec{level}")
-    return keras.layers.Conv2D(
-        num_classes + 1, 1, kernel_regularizer=regularizer(cfg), dtype="float32", name="segmentation"
+    if first == 0:
+        return keras.layers.Conv2D(
+            num_classes + 1, 1, kernel_regularizer=regularizer(cfg), dtype="float32", name="segmentation"
+        )(x)
+    stride = 2**first  # kernel 2s, stride s, "same": output s * n, each pixel from 2 x 2 input taps
+    return keras.layers.Conv2DTranspose(
+        num_classes + 1, 2 * stride, strides=stride, padding="same", kernel_regularizer=regularizer(cfg),
+        dtype="float32", name="segmentation",
     )(x)
 
 
-__all__ = ["DECODERS", "OPTIONS", "check_input_size", "check_unet", "conv_block", "encoder", "level_filters", "unet"]
+__all__ = ["DECODERS", "OPTIONS", "check_input_size", "check_unet", "conv_block", "encoder", "first_level", "level_filters", "unet"]
