@@ -159,3 +159,27 @@ def test_a_few_train_steps_reduce_the_loss() -> None:
     losses = [float(model.train_on_batch(x, masks)) for _ in range(8)]
     assert np.isfinite(losses).all()
     assert losses[-1] < losses[0]
+
+
+def test_pretrained_lite0_encoder_weights_are_copied_by_name(tmp_path) -> None:
+    """The EfficientNet-Lite0 reference's weights (a .weights.h5, as `tfcnn weights` writes from
+    the ImageNet checkpoint) fill the UNet's encoder layers; its own decoder keeps its init, and
+    the backbone's fixed (x - 127) / 128 replaces the data's statistics."""
+    from tfcnn.models.efficientnet_lite import reference_model
+
+    reference = reference_model()
+    path = tmp_path / "lite0.weights.h5"
+    reference.save_weights(path)
+    cfg = ModelConfig(name="unet", options={
+        "depth": 4, "filters": 4, "convs": 1, "output_stride": 2,
+        "backbone": "efficientnet_lite0", "backbone_options": {"input_size": 0}, "backbone_weights": str(path),
+    })
+    model = build_model(cfg, (64, 64, 3), 3)
+    for name in ("stem_conv", "block02_expand_conv", "block08_dw_bn"):
+        for a, b in zip(reference.get_layer(name).get_weights(), model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(np.ravel(model.get_layer("normalize").mean), [127.0] * 3)
+    names = {layer.name for layer in model.layers}
+    assert "head_conv" not in names and not any(n.startswith("enc0") for n in names)
+    out = np.asarray(model(images((64, 64, 3))))
+    assert out.shape == (2, 64, 64, 4) and np.isfinite(out).all()

@@ -128,7 +128,7 @@ def test_registry_packages_register_their_checks_on_import():
     [
         # moved from test_config: the kinds are the registry's now, so validate() decides
         ({"source": "s3://bucket"}, "data.source = 's3://bucket' is not understood; use 'fashion_mnist', 'mnist', "
-         "'idx:<dir>', 'tfds:<name>', 'folder:<dir>', 'numpy:<file.npz>', 'reference:<file.npz>', 'fashion_scenes', 'shapes', 'coco:<annotations.json>', 'tfds_detection:<name>' or 'masks:<dir>'"),
+         "'idx:<dir>', 'tfds:<name>', 'folder:<dir>', 'numpy:<file.npz>', 'reference:<file.npz>', 'fashion_scenes', 'shapes', 'coco:<annotations.json>', 'tfds_detection:<name>', 'tfds_segmentation:<name>' or 'masks:<dir>'"),
         ({"source": "fashon_mnist"}, "is not understood (did you mean 'fashion_mnist'?)"),
         ({"source": "foldr:imgs"}, "data.source = 'foldr:imgs' is not understood (did you mean 'folder:<dir>'?)"),
         ({"source": "folder"}, "data.source = 'folder' needs an argument after 'folder:'; use 'folder:<dir>'"),

@@ -11,7 +11,8 @@ described in its module: :mod:`tfcnn.data.builtin` (``fashion_mnist``, ``mnist``
 :mod:`tfcnn.data.idx`, :mod:`tfcnn.data.tfds_source`, :mod:`tfcnn.data.folder` and
 :mod:`tfcnn.data.npz`. Detection / segmentation loaders (``fashion_scenes``, ``shapes``:
 :mod:`tfcnn.data.scenes`; ``coco:<file.json>``: :mod:`tfcnn.data.coco_format`;
-``tfds_detection:<name>``: :mod:`tfcnn.data.tfds_detection`) end in
+``tfds_detection:<name>``: :mod:`tfcnn.data.tfds_detection`; ``masks:<dir>``:
+:mod:`tfcnn.data.mask_folder`; ``tfds_segmentation:<name>``: :mod:`tfcnn.data.tfds_segmentation`) end in
 :func:`tfcnn.data.inmemory.from_label_arrays` instead, and :func:`check_data` refuses the
 ``data.augment`` keys their labels cannot follow (:func:`label_kind_of` says which labels a
 config's source gives).
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from tfcnn import config as config_mod
 from tfcnn.config import DataConfig, PipelineConfig
-from tfcnn.errors import ConfigError
+from tfcnn.errors import ConfigError, DataError
 from tfcnn.util import Registry
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def check_source(cfg: DataConfig) -> Source:
 
 SCENE_SOURCES = ("fashion_scenes", "shapes")
 BOX_SOURCES = ("coco", "tfds_detection")
-MASK_SOURCES = ("masks",)
+MASK_SOURCES = ("masks", "tfds_segmentation")
 
 
 def label_kind_of(cfg: DataConfig, task: str | None = None) -> str:
@@ -380,6 +381,34 @@ def _load_tfds_detection(cfg: DataConfig, arg: str | None) -> "DataBundle":
             part = (stack, part[1])
         splits[key] = part
     return from_label_arrays(cfg, splits["train"], splits["test"], d["class_names"], label_kind="boxes", source=d["source"])
+
+
+def _check_tfds_segmentation(cfg: DataConfig, arg: str | None) -> None:
+    from tfcnn.data.tfds_segmentation import spec_for
+
+    _check_tfds(cfg, arg)
+    try:
+        spec_for(arg or "")
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    if not cfg.image_size:
+        raise ConfigError(
+            f"data.source = {cfg.source!r}: the set's images differ in size; set data.image_size = [height, width] "
+            "(e.g. [128, 128]; masks resize with nearest)"
+        )
+
+
+@register_source(
+    "tfds_segmentation", arg="name", check=_check_tfds_segmentation,
+    summary="a TensorFlow Datasets segmentation set (oxford_iiit_pet: pet / border trimap)",
+)
+def _load_tfds_segmentation(cfg: DataConfig, arg: str | None) -> "DataBundle":
+    from tfcnn.data import tfds_segmentation
+    from tfcnn.data.inmemory import from_label_arrays
+
+    size = tuple(cfg.image_size) if cfg.image_size else None
+    d = tfds_segmentation.load_tfds_segmentation(arg or "", size, data_dir=cfg.path)  # type: ignore[arg-type]
+    return from_label_arrays(cfg, d["train"], d["test"], d["class_names"], label_kind="masks", source=d["source"])
 
 
 @register_source(
