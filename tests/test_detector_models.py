@@ -198,3 +198,34 @@ def test_localizer_output() -> None:
     assert "dropout" in {l.name for l in model.layers}
     mob = build_model(dataclasses.replace(cfg, options={"backbone": "mobilenet", "backbone_options": MOBILE}), (32, 32, 1), 1)
     assert tuple(mob.output.shape) == (None, 6)
+
+
+def test_backbone_from_a_tfcnn_classifier(tmp_path) -> None:
+    """backbone_weights = a classifier's .keras: its body and normalize statistics are copied by
+    name into the detector (and a unet encoder); other options, no shared layer or a missing file
+    are one ConfigError line each."""
+    opts = {"filters": [8, 16, 24], "convs": [1, 1, 1]}
+    classifier = build_model(ModelConfig(name="compact_cnn", options=opts), (28, 28, 1), 10, [72.9], [90.0])
+    path = tmp_path / "items.keras"
+    classifier.save(path)
+    det = build_model(retina("compact_cnn", opts, backbone_weights=str(path), levels=[2, 3]), (64, 64, 1), 3, [30.0], [20.0])
+    for name in ("s1_c1_conv", "s2_c1_bn", "s3_c1_conv"):
+        for a, b in zip(classifier.get_layer(name).get_weights(), det.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(np.ravel(det.get_layer("normalize").mean), [72.9], rtol=1e-6)  # the classifier's inputs
+    seg = build_model(
+        ModelConfig(name="unet", options={"depth": 2, "filters": 4, "convs": 1, "output_stride": 2, "backbone": "compact_cnn",
+                                          "backbone_options": opts, "backbone_weights": str(path)}),
+        (32, 32, 1), 3,
+    )
+    np.testing.assert_array_equal(classifier.get_layer("s2_c1_conv").get_weights()[0], seg.get_layer("s2_c1_conv").get_weights()[0])
+    with pytest.raises(ConfigError, match=r"layer 's1_c1_conv' has weights .* there but .* in this retinanet"):
+        build_model(retina("compact_cnn", {"filters": [12, 16, 24], "convs": [1, 1, 1]}, backbone_weights=str(path), levels=[2, 3]),
+                    (64, 64, 1), 3)
+    with pytest.raises(ConfigError, match="shares no layer with this retinanet's resnet backbone"):
+        build_model(retina("resnet", {"base_filters": 8}, backbone_weights=str(path), levels=[2, 3]), (64, 64, 1), 3)
+    with pytest.raises(ConfigError, match=r"backbone_weights = '.*missing.keras' does not exist; train the classifier first"):
+        build_model(retina("compact_cnn", opts, backbone_weights=str(tmp_path / "missing.keras"), levels=[2, 3]), (64, 64, 1), 3)
+    resolve_options(retina("compact_cnn", opts, backbone_weights="runs/x/model.keras"))  # allowed for any backbone
+    with pytest.raises(ConfigError, match="needs a backbone with a weights file"):
+        resolve_options(retina("compact_cnn", opts, backbone_weights="x.weights.h5"))

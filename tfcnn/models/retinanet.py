@@ -39,7 +39,9 @@ class logits (sigmoid per class, no background logit), anchors in the order of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tfcnn.config import ModelConfig
@@ -57,7 +59,8 @@ BACKBONE_OPTIONS = {
     "backbone": "compact_cnn",  # any registered classifier (model.name of a classifier)
     "backbone_options": {},  # that classifier's own model.options
     # "none": random init; "imagenet" or a .weights.h5 path: a pretrained backbone's weights
-    # (efficientnet_lite0), copied by layer name into the backbone part
+    # (efficientnet_lite0); "<file>.keras": a classifier tfcnn trained with the same backbone
+    # options (runs/<name>/model.keras); either copied by layer name into the backbone part
     "backbone_weights": "none",
 }
 OPTIONS = {
@@ -72,6 +75,7 @@ OPTIONS = {
     "prior_probability": 0.01,
 }
 MAX_LEVEL = 12
+KERAS_SUFFIX = ".keras"  # backbone_weights from a classifier tfcnn trained (runs/<name>/model.keras)
 
 
 # --------------------------------------------------------------------------- options
@@ -107,17 +111,19 @@ def check_backbone(cfg: ModelConfig) -> None:
         )
     backbone_config(cfg)
     weights = cfg.options["backbone_weights"]
-    if weights != "none":
+    if weights != "none" and not weights.endswith(KERAS_SUFFIX):
         source = pretrained.SOURCES[name] if pretrained.is_pretrained(name) else None
         if source is None or source.build_reference is None:
             loadable = sorted(n for n in pretrained.SOURCES if pretrained.SOURCES[n].build_reference is not None)
             raise ConfigError(
                 f"model.options.backbone_weights = {weights!r} needs a backbone with a weights file "
-                f"({', '.join(loadable) or 'none registered'}), not {name}; use 'none'"
+                f"({', '.join(loadable) or 'none registered'}), not {name}; use 'none' or a {KERAS_SUFFIX} "
+                f"classifier trained by tfcnn (runs/<name>/model.keras)"
             )
         if weights != "imagenet" and not weights.endswith(pretrained.WEIGHTS_SUFFIX):
             raise ConfigError(
-                f"model.options.backbone_weights = {weights!r}; use 'none', 'imagenet' or a path to a {pretrained.WEIGHTS_SUFFIX} file"
+                f"model.options.backbone_weights = {weights!r}; use 'none', 'imagenet', a path to a {pretrained.WEIGHTS_SUFFIX} "
+                f"file or a {KERAS_SUFFIX} classifier trained by tfcnn"
             )
 
 
@@ -180,7 +186,11 @@ def anchor_spec(cfg: ModelConfig) -> AnchorSpec:
 
 
 def backbone_normalization(cfg: ModelConfig) -> Normalization | None:
-    """The frame's pixel normalisation: the backbone's own when it has a fixed one (pretrained)."""
+    """The frame's pixel normalisation: the backbone's own when it has a fixed one (pretrained),
+    or the classifier's when the backbone starts from a tfcnn classifier's .keras (its features
+    were learned on those statistics, not on this data's)."""
+    if str(cfg.options.get("backbone_weights", "")).endswith(KERAS_SUFFIX):
+        return classifier_normalization(cfg.options["backbone_weights"])
     builder = get_builder(cfg.options["backbone"])
     fixed = builder.normalization
     return fixed(backbone_config(cfg)) if callable(fixed) else fixed
@@ -391,6 +401,9 @@ def load_backbone_weights(model: Any, cfg: ModelConfig) -> None:
     choice = cfg.options["backbone_weights"]
     if choice == "none":
         return
+    if choice.endswith(KERAS_SUFFIX):
+        copy_from_classifier(model, cfg, choice)
+        return
     bcfg = dataclasses.replace(backbone_config(cfg), weights=choice)
     path = pretrained.resolve_file(bcfg)
     if path is None:
@@ -407,6 +420,90 @@ def load_backbone_weights(model: Any, cfg: ModelConfig) -> None:
     if copied == 0:
         raise TfcnnError(f"no layer of {path} matches the {bcfg.name} backbone of this {cfg.name}")
     log.info("model: %s backbone %s weights from %s (%d layers)", cfg.name, bcfg.name, path, copied)
+
+
+def copy_from_classifier(model: Any, cfg: ModelConfig, path: str) -> None:
+    """``backbone_weights = "<classifier>.keras"``: start the backbone from a classifier tfcnn
+    trained with the same backbone options (transfer from your own data, e.g. Fashion-MNIST items
+    at 28x28 before scenes of them: classifying a small item costs far less than a whole scene).
+
+    Every layer of the classifier with weights whose name the model also has is copied (its
+    body and its ``normalize`` statistics, which its features were learned on); its head
+    (``logits``, a gdconv head) has no namesake here and stays out. A namesake of another shape
+    means other backbone options: one ConfigError naming the layer and both shapes. No namesake
+    at all is one error too, never a silently random backbone.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(
+            f"model.options.backbone_weights = {path!r} does not exist; train the classifier first "
+            "(`tfcnn train PIPELINE` writes runs/<name>/model.keras) or use 'none'"
+        )
+    source = load_trained_model_file(file)
+    present = {layer.name: layer for layer in _all_layers(model)}
+    copied = []
+    for layer in _all_layers(source):
+        target = present.get(layer.name)
+        if not layer.weights or target is None or layer.name == "logits" or isinstance(layer, keras.Model):
+            continue
+        values = layer.get_weights()
+        shapes = [tuple(v.shape) for v in values]
+        want = [tuple(w.shape) for w in target.get_weights()]
+        if shapes != want:
+            raise ConfigError(
+                f"model.options.backbone_weights = {path!r}: layer {layer.name!r} has weights {shapes} there but "
+                f"{want} in this {cfg.name}; give backbone_options the classifier's own model.options"
+            )
+        target.set_weights(values)
+        copied.append(layer.name)
+    if not copied:
+        raise ConfigError(
+            f"model.options.backbone_weights = {path!r} shares no layer with this {cfg.name}'s "
+            f"{cfg.options['backbone']} backbone; train that backbone as a classifier (model.name = "
+            f"{cfg.options['backbone']!r}) and give its model.keras"
+        )
+    log.info("model: %s backbone %s from the classifier %s (%d layers)", cfg.name, cfg.options["backbone"], file, len(copied))
+
+
+def classifier_normalization(path: str) -> Normalization:
+    """(mean, std) of the ``normalize`` layer of a tfcnn classifier's .keras."""
+    import numpy as np
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(
+            f"model.options.backbone_weights = {path!r} does not exist; train the classifier first "
+            "(`tfcnn train PIPELINE` writes runs/<name>/model.keras) or use 'none'"
+        )
+    try:
+        layer = load_trained_model_file(file).get_layer("normalize")
+    except ValueError:
+        raise ConfigError(f"model.options.backbone_weights = {path!r} has no 'normalize' layer; it is not a tfcnn classifier") from None
+    conf = layer.get_config()
+    mean = np.ravel(np.asarray(conf["mean"], np.float64))
+    std = np.sqrt(np.ravel(np.asarray(conf["variance"], np.float64)))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def load_trained_model_file(file: Path) -> Any:
+    """A .keras classifier, inference only (read once per file version per process: building a
+    detector asks for its normalisation and then its weights); unreadable is one TfcnnError line."""
+    stat = file.stat()
+    return _load_keras(str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_keras(path: str, _mtime_ns: int, _size: int) -> Any:
+    from tfcnn.models import layers as _layers  # noqa: F401  (registers tfcnn's serialisable layers)
+    from tfcnn.util import first_line
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - zip, JSON and deserialisation errors alike
+        raise TfcnnError(
+            f"model.options.backbone_weights = {path!r} could not be loaded as a Keras model "
+            f"({type(exc).__name__}: {first_line(exc)})"
+        ) from None
 
 
 def _all_layers(model: Any) -> list[Any]:

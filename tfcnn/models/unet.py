@@ -65,7 +65,7 @@ OPTIONS: dict[str, Any] = {
     "output_stride": 1,  # stride of the decoder's last level (a power of 2 < 2**depth); a learned upsampling to full size
     "backbone": "",  # "": the plain UNet encoder; else a registered classifier's body
     "backbone_options": {},  # that classifier's own model.options
-    "backbone_weights": "none",  # "none", "imagenet" or a .weights.h5 path (pretrained backbones)
+    "backbone_weights": "none",  # "none", "imagenet" / a .weights.h5 path (pretrained backbones), or a tfcnn classifier's .keras
 }
 
 
