@@ -433,12 +433,7 @@ def copy_from_classifier(model: Any, cfg: ModelConfig, path: str) -> None:
     means other backbone options: one ConfigError naming the layer and both shapes. No namesake
     at all is one error too, never a silently random backbone.
     """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(
-            f"model.options.backbone_weights = {path!r} does not exist; train the classifier first "
-            "(`tfcnn train PIPELINE` writes runs/<name>/model.keras) or use 'none'"
-        )
+    file = classifier_file(path)
     source = load_trained_model_file(file)
     present = {layer.name: layer for layer in _all_layers(model)}
     copied = []
@@ -465,16 +460,22 @@ def copy_from_classifier(model: Any, cfg: ModelConfig, path: str) -> None:
     log.info("model: %s backbone %s from the classifier %s (%d layers)", cfg.name, cfg.options["backbone"], file, len(copied))
 
 
-def classifier_normalization(path: str) -> Normalization:
-    """(mean, std) of the ``normalize`` layer of a tfcnn classifier's .keras."""
-    import numpy as np
-
+def classifier_file(path: str) -> Path:
+    """The classifier file `backbone_weights` names; missing is one ConfigError line."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(
             f"model.options.backbone_weights = {path!r} does not exist; train the classifier first "
             "(`tfcnn train PIPELINE` writes runs/<name>/model.keras) or use 'none'"
         )
+    return file
+
+
+def classifier_normalization(path: str) -> Normalization:
+    """(mean, std) of the ``normalize`` layer of a tfcnn classifier's .keras."""
+    import numpy as np
+
+    file = classifier_file(path)
     try:
         layer = load_trained_model_file(file).get_layer("normalize")
     except ValueError:
