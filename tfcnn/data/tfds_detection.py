@@ -25,27 +25,14 @@ def load_tfds_detection(name: str, data_dir: str | None = None, max_objects: int
     Raises one DataError when tensorflow-datasets is missing, the name is unknown, or the set is
     not prepared in `data_dir` (default: TFDS's own, ``$TFDS_DATA_DIR`` or ~/tensorflow_datasets).
     """
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as exc:  # pragma: no cover - a broken install
-        raise DataError(f"tensorflow-datasets is not importable ({exc}); pip install tensorflow-datasets") from None
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as exc:  # DatasetNotFoundError and friends
-        raise DataError(f"tfds_detection:{name}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    if not builder.is_prepared():
-        where = f" --data_dir={data_dir}" if data_dir else ""
-        raise DataError(
-            f"tfds_detection:{name} is not downloaded in {builder.data_dir}; prepare it once while online with "
-            f"'tfds build {name}{where}' (or tfds.builder({name!r}).download_and_prepare()), then point data.path "
-            "(or $TFDS_DATA_DIR) at that data directory"
-        )
+    from tfcnn.data.tfds_source import prepared_builder, held_out_split
+
+    builder = prepared_builder("tfds_detection", name, data_dir)
     features = builder.info.features
     if "objects" not in features or "image" not in features:
         raise DataError(f"tfds_detection:{name} has no 'image' and 'objects' features; it is not a detection set")
     names = list(getattr(features["objects"]["label"], "names", None) or [])
-    splits = set(builder.info.splits.keys())
-    test_split = "test" if "test" in splits else ("validation" if "validation" in splits else None)
+    test_split = held_out_split(builder)
     out: dict[str, Any] = {"class_names": names, "source": f"tfds_detection:{name} ({builder.data_dir})"}
     raw = {key: None if split is None else _read(builder, split) for key, split in (("train", "train"), ("test", test_split))}
     most = max((len(c) for part in raw.values() if part for c in part[2]), default=1)

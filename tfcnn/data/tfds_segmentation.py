@@ -106,25 +106,14 @@ def load_tfds_segmentation(name: str, size: tuple[int, int] | None, data_dir: st
             f"tfds_segmentation:{name} images differ in size; set data.image_size = [height, width] "
             "(e.g. [128, 128]; masks resize with nearest)"
         )
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as exc:  # pragma: no cover - a broken install
-        raise DataError(f"tensorflow-datasets is not importable ({exc}); pip install tensorflow-datasets") from None
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as exc:  # DatasetNotFoundError and friends
-        raise DataError(f"tfds_segmentation:{name}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    if not builder.is_prepared():
-        where = f" --data_dir={data_dir}" if data_dir else ""
-        raise DataError(
-            f"tfds_segmentation:{name} is not downloaded in {builder.data_dir}; prepare it once while online with "
-            f"'tfds build {name}{where}' (or tfds.builder({name!r}).download_and_prepare()), then point data.path "
-            "(or $TFDS_DATA_DIR) at that data directory"
-        )
+    import tensorflow_datasets as tfds
+
+    from tfcnn.data.tfds_source import prepared_builder, held_out_split
+
+    builder = prepared_builder("tfds_segmentation", name, data_dir)
     if spec.feature not in builder.info.features:
         raise DataError(f"tfds_segmentation:{name} has no {spec.feature!r} feature; it is not the version this loader reads")
-    splits = set(builder.info.splits.keys())
-    test_split = "test" if "test" in splits else ("validation" if "validation" in splits else None)
+    test_split = held_out_split(builder)
     out: dict[str, Any] = {"class_names": list(spec.class_names), "source": f"tfds_segmentation:{name} ({builder.data_dir})"}
     for key, split in (("train", "train"), ("test", test_split)):
         examples = None if split is None else tfds.as_numpy(builder.as_dataset(split=split))

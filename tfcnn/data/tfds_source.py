@@ -43,15 +43,7 @@ def load_tfds(name: str, data_dir: str | None = None) -> dict[str, Any]:
     Uses the "test" split, else "validation", else None (the caller holds out data.test_fraction).
     Images of varying size are returned as a list, for the caller to bring to one size.
     """
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as exc:  # pragma: no cover - a broken install
-        raise DataError(f"tensorflow-datasets is not importable ({exc}); pip install tensorflow-datasets") from None
-
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as exc:  # DatasetNotFoundError and friends
-        raise DataError(f"tfds:{name}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    builder = tfds_builder("tfds", name, data_dir)
     if not builder.is_prepared():
         if not online():
             raise DataError(
@@ -126,3 +118,38 @@ def to_one_size(images: list[np.ndarray], size: tuple[int, int] | None) -> tuple
         out[i] = conform_image(im, target, channels)
         bar.step(i + 1)
     return out, target, resized
+
+
+def tfds_builder(kind: str, name: str, data_dir: str | None = None) -> Any:
+    """``tfds.builder(name)``; tensorflow-datasets missing or an unknown name is one DataError
+    line starting with the source (``kind:name``)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise DataError(f"tensorflow-datasets is not importable ({exc}); pip install tensorflow-datasets") from None
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except Exception as exc:  # DatasetNotFoundError and friends
+        raise DataError(f"{kind}:{name}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def prepared_builder(kind: str, name: str, data_dir: str | None = None) -> Any:
+    """The TFDS builder of a set that must already be prepared (``kind:name`` sources that never
+    download implicitly: detection and segmentation sets are gigabytes). tensorflow-datasets
+    missing, an unknown name, or a set not prepared in `data_dir` is one DataError line, the last
+    saying how to prepare it."""
+    builder = tfds_builder(kind, name, data_dir)
+    if not builder.is_prepared():
+        where = f" --data_dir={data_dir}" if data_dir else ""
+        raise DataError(
+            f"{kind}:{name} is not downloaded in {builder.data_dir}; prepare it once while online with "
+            f"'tfds build {name}{where}' (or tfds.builder({name!r}).download_and_prepare()), then point data.path "
+            "(or $TFDS_DATA_DIR) at that data directory"
+        )
+    return builder
+
+
+def held_out_split(builder: Any) -> str | None:
+    """"test", else "validation", else None (the caller holds out data.test_fraction)."""
+    splits = set(builder.info.splits.keys())
+    return "test" if "test" in splits else ("validation" if "validation" in splits else None)
