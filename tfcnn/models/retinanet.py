@@ -428,8 +428,9 @@ def copy_from_classifier(model: Any, cfg: ModelConfig, path: str) -> None:
     at 28x28 before scenes of them: classifying a small item costs far less than a whole scene).
 
     Every layer of the classifier with weights whose name the model also has is copied (its
-    body and its ``normalize`` statistics, which its features were learned on); its head
-    (``logits``, a gdconv head) has no namesake here and stays out. A namesake of another shape
+    body); its head (``logits``, a gdconv head) has no namesake here and stays out. Its
+    ``normalize`` statistics, which its features were learned on, are constants of the frame,
+    set when it is built (:func:`backbone_normalization` -> :func:`classifier_normalization`). A namesake of another shape
     means other backbone options: one ConfigError naming the layer and both shapes. No namesake
     at all is one error too, never a silently random backbone.
     """
