@@ -168,3 +168,34 @@ def test_train_pipeline_augments_boxes_and_keeps_shapes():
         assert not pad_after_real.any()
     val_y = np.concatenate([y.numpy() for _, y in b.val])
     assert np.array_equal(val_y, b.arrays["val"][1])  # val is never augmented
+
+
+@pytest.mark.parametrize("labels", ["boxes", "masks"])
+def test_augment_preview_draws_labels_that_follow_the_flip(labels):
+    """The preview of box / mask data paints the labels in, from the label-moving augmenter:
+    with flip only, every draw is the original painted image or its exact mirror, and both occur."""
+    from tfcnn.data.load import load_data
+    from tfcnn.vis.augment_preview import paint_boxes, preview_samples
+
+    cfg = DataConfig(source="shapes", scenes=ScenesConfig(num_train=24, num_test=4, size=48, labels=labels),
+                     batch_size=8, augment=AugmentConfig(flip=True))
+    b = load_data(cfg)
+    images, captions = preview_samples(cfg, b, n=4, draws=6)
+    assert images.shape == (4 * 7, 48, 48, 3) and images.dtype == np.uint8 and len(captions) == 28
+    grid = images.reshape(4, 7, 48, 48, 3)
+    x = b.arrays["train"][0][:4]
+    mirrored = 0
+    for row, plain in zip(grid, x):
+        original = row[0]
+        assert (original != np.repeat(plain, 3, -1)).any()  # the labels are painted in
+        for draw in row[1:]:
+            flipped = np.array_equal(draw, original[:, ::-1])
+            assert flipped or np.array_equal(draw, original)
+            mirrored += flipped
+    assert 0 < mirrored < 24
+    one = np.zeros((8, 8, 1), np.uint8)
+    box = np.array([[0.25, 0.125, 0.75, 0.5, 0.0], [PAD] * 5], np.float32)  # rows 2..5, columns 1..3
+    painted = paint_boxes(one, box, np.array([[0, 0, 0], [255, 0, 0]], np.uint8))[..., 0] > 0
+    expect = np.zeros((8, 8), bool)
+    expect[2, 1:4] = expect[5, 1:4] = expect[2:6, 1] = expect[2:6, 3] = True
+    assert np.array_equal(painted, expect)

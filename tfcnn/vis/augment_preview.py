@@ -37,15 +37,27 @@ def preview_indices(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def preview_samples(cfg: DataConfig, bundle: DataBundle, n: int = 8, draws: int = 5) -> tuple[np.ndarray, list[str]]:
-    """(images [n * (1 + draws), H, W, C] uint8, captions): per row one training image, then its draws."""
-    import tensorflow as tf
+    """(images [n * (1 + draws), H, W, C] uint8, captions): per row one training image, then its draws.
 
+    Box and mask labels are drawn into the images (boxes as outlines, masks as a colour wash),
+    from the augmenter that moves them with the pixels (:mod:`tfcnn.data.box_augment`), so the
+    grid shows whether a label follows its image, not only the pixels.
+    """
     if not active(cfg.augment):
         raise ConfigError("data.augment switches no augmentation on, so there is nothing to preview; set e.g. data.augment.flip = true")
     x, y = bundle.arrays["train"]
-    idx = preview_indices(y, n)
-    if not len(idx):
+    if not len(y):
         raise ConfigError("the training split is empty; check data.source and data.train_subset")
+    kind = bundle.info.label_kind
+    if kind == "classes":
+        return _class_samples(cfg, bundle, x, y, n, draws)
+    return _labelled_samples(cfg, bundle, x[:n], y[:n], kind, draws)
+
+
+def _class_samples(cfg: DataConfig, bundle: DataBundle, x: np.ndarray, y: np.ndarray, n: int, draws: int):
+    import tensorflow as tf
+
+    idx = preview_indices(y, n)
     x, y = x[idx], y[idx].astype(np.int32)
     info = bundle.info
     augment = build_augmenter(cfg.augment, fill=info.mean, channels=info.input_shape[-1])
@@ -61,6 +73,69 @@ def preview_samples(cfg: DataConfig, bundle: DataBundle, n: int = 8, draws: int 
             images.append(images_d[i].numpy())
             captions.append(_caption(labels_d[i].numpy(), names))
     return np.stack(images), captions
+
+
+def _labelled_samples(cfg: DataConfig, bundle: DataBundle, x: np.ndarray, y: np.ndarray, kind: str, draws: int):
+    import tensorflow as tf
+
+    from tfcnn.data.box_augment import augment_labelled_dataset, build_box_augmenter
+
+    info = bundle.info
+    augment = build_box_augmenter(cfg.augment, kind, fill=info.mean, channels=info.input_shape[-1])
+    if augment is None:
+        raise ConfigError(f"data.augment switches on nothing that {kind} labels train with; set e.g. data.augment.flip = true")
+    y = y.astype(np.uint8 if kind == "masks" else np.float32)
+    ds = augment_labelled_dataset(tf.data.Dataset.from_tensor_slices((x, y)).batch(len(y)), augment, cfg.seed)
+    drawn = [next(iter(ds)) for _ in range(draws)]
+    paint = paint_masks if kind == "masks" else paint_boxes
+    colours = _palette(info.num_classes + 1)  # mask ids index it; box class c is colour 1 + c
+    images, captions = [], []
+    for i in range(len(y)):
+        images.append(paint(x[i], y[i], colours))
+        captions.append(f"#{i} (original)")
+        for d, (images_d, labels_d) in enumerate(drawn, 1):
+            images.append(paint(images_d[i].numpy(), labels_d[i].numpy(), colours))
+            captions.append(f"#{i} draw {d}")
+    return np.stack(images), captions
+
+
+def _palette(k: int) -> np.ndarray:
+    """``[k, 3]`` uint8 colours (k >= 2): index 0 (background) black, then matplotlib's tab10 / tab20."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if k <= 11 else "tab20"]
+    return np.array([[0, 0, 0]] + [[round(255 * c) for c in cmap(i % cmap.N)[:3]] for i in range(k - 1)], np.uint8)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, np.uint8)
+    return np.repeat(image, 3, -1) if image.shape[-1] == 1 else image.copy()
+
+
+def paint_masks(image: np.ndarray, mask: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """The image in RGB with every labelled pixel (class id > 0) washed 55% in its class colour."""
+    rgb = _rgb(image)
+    mask = np.asarray(mask).astype(np.int64)
+    washed = (0.45 * rgb + 0.55 * colours[np.clip(mask, 0, len(colours) - 1)]).round().astype(np.uint8)
+    return np.where(mask[..., None] > 0, washed, rgb)
+
+
+def paint_boxes(image: np.ndarray, boxes: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """The image in RGB with each labelled box (rows ymin, xmin, ymax, xmax, class; PAD rows
+    skipped) outlined one pixel wide in its class colour, on its outermost pixels whose centres
+    lie inside the box (so a flip of the image mirrors the outline exactly)."""
+    rgb = _rgb(image)
+    h, w = rgb.shape[:2]
+    for row in np.asarray(boxes, np.float64).reshape(-1, 5):
+        if row[4] < 0:
+            continue
+        top, left = (int(np.clip(round(v * n), 0, n - 1)) for v, n in ((row[0], h), (row[1], w)))  # first pixel centre inside
+        bottom, right = (int(np.clip(round(v * n) - 1, 0, n - 1)) for v, n in ((row[2], h), (row[3], w)))  # last one
+        bottom, right = max(bottom, top), max(right, left)
+        colour = colours[1 + int(row[4]) % (len(colours) - 1)]
+        rgb[top, left:right + 1] = rgb[bottom, left:right + 1] = colour
+        rgb[top:bottom + 1, left] = rgb[top:bottom + 1, right] = colour
+    return rgb
 
 
 def _caption(label: np.ndarray, names: list[str]) -> str:
