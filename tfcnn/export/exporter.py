@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from tfcnn.errors import ExportError, TfcnnError
 from tfcnn.export.formats import FORMATS, PREREQUISITES, BuildContext, check_formats
-from tfcnn.export.isolate import ConverterCrash, NativeWorker
+from tfcnn.export.isolate import ConverterCrash, shared_worker
 from tfcnn.export.source import SourceRun, load_source
 from tfcnn.run import Run
 from tfcnn.tasks import get_task
@@ -196,9 +196,9 @@ def _build(src: SourceRun, chosen: list[str], name: str, version: int, out: Path
     )
     ctx.scratch.mkdir()
     settings: dict[str, Any] = {"formats": chosen, "representative_samples": None, "coreml_precision": None}
-    with NativeWorker() as ctx.native:
-        for fmt_name in chosen:
-            _build_format(ctx, fmt_name, settings)
+    ctx.native = shared_worker()
+    for fmt_name in chosen:
+        _build_format(ctx, fmt_name, settings)
     shutil.rmtree(ctx.scratch, ignore_errors=True)
     with _step("contract and model card") as note:
         contract = card_mod.build_contract(name, version, g, mean, std, labels, ctx.built, task)

@@ -3,10 +3,14 @@
 The TFLite converter (full-integer calibration especially) and coremltools are C++ that can abort
 or segfault on a bad model ("scale out of expressed type range" on NaN weights killed the whole
 process with SIGSEGV, leaving a half-built version behind). :class:`NativeWorker` keeps one
-``spawn``-ed child per export (TensorFlow is imported once, not once per variant), sends it a
-function by its importable name plus picklable arguments, and turns the child's death into
-:class:`ConverterCrash` naming the signal. The exporter's temp directory is then removed as for
-any other failed step.
+``spawn``-ed child, sends it a function by its importable name plus picklable arguments, and
+turns the child's death into :class:`ConverterCrash` naming the signal. The exporter's temp
+directory is then removed as for any other failed step.
+
+The exporter uses :func:`shared_worker`: one child per Python process, kept between exports and
+started again after a crash, because starting it (a fresh interpreter importing TensorFlow) costs
+about 5 s, as much as converting a small model; a script, a tuning loop or a test session that
+exports many models pays it once.
 
 A function that cannot be imported by name in the child (a closure or a test double) runs in
 this process instead; that is said in a debug log line.
@@ -14,7 +18,9 @@ this process instead; that is said in a debug log line.
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import threading
 import multiprocessing as mp
 import signal
 import traceback
@@ -62,11 +68,14 @@ def _serve(conn) -> None:
 
 
 class NativeWorker:
-    """One child process for the native steps of one export; use as a context manager."""
+    """One child process for native steps, started on the first call; a context manager closes it.
+
+    Calls are serialised (one pipe, one job at a time), so threads may share a worker."""
 
     def __init__(self) -> None:
         self._proc: Any = None
         self._conn: Any = None
+        self._lock = threading.Lock()
 
     def __enter__(self) -> "NativeWorker":
         return self
@@ -87,11 +96,18 @@ class NativeWorker:
         if not _importable(fn):
             log.debug("export: %s is not importable by name; running it in this process", fn)
             return fn(*args, **kwargs)
+        with self._lock:
+            return self._call(fn, args, kwargs)
+
+    def _call(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         if self._proc is None or not self._proc.is_alive():
             self._start()
         try:
             self._conn.send((fn.__module__, fn.__qualname__, args, kwargs))
             reply = self._conn.recv()
+        except (KeyboardInterrupt, SystemExit):
+            self._kill()  # a reply may still come: the next call must not read it as its own
+            raise
         except (EOFError, BrokenPipeError, ConnectionResetError):
             self._proc.join(timeout=10)
             code = self._proc.exitcode
@@ -108,6 +124,12 @@ class NativeWorker:
         _, kind, message, is_export_error, _tb = reply
         raise ExportError(message if is_export_error else f"{kind}: {message}")
 
+    def _kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(timeout=5)
+        self._proc = self._conn = None
+
     def close(self) -> None:
         if self._proc is not None:
             try:
@@ -119,3 +141,17 @@ class NativeWorker:
                 self._proc.kill()
                 self._proc.join(timeout=5)
         self._proc = self._conn = None
+
+
+_SHARED: NativeWorker | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_worker() -> NativeWorker:
+    """This process's worker, closed when the interpreter exits (see the module docstring)."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = NativeWorker()
+            atexit.register(_SHARED.close)
+        return _SHARED
