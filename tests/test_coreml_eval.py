@@ -189,6 +189,9 @@ def _cases(x: np.ndarray, y: np.ndarray, v: np.ndarray, m: np.ndarray) -> dict[s
         "relu6": ("relu6", {"x": "x"}, np.clip(x * 4, 0, 6)),
         "sigmoid": ("sigmoid", {"x": "x"}, sig),
         "silu": ("silu", {"x": "x"}, x * sig),
+        "inverse": ("inverse", {"x": "y", "epsilon": np.float32(0.25)}, 1 / (y + np.float32(0.25))),
+        "inverse_default": ("inverse", {"x": "y"}, 1 / (y + np.float32(1e-4))),
+        "rsqrt": ("rsqrt", {"x": "y", "epsilon": np.float32(0.5)}, 1 / np.sqrt(y + np.float32(0.5))),
         "clip": ("clip", {"x": "x", "alpha": np.float32(-0.3), "beta": np.float32(0.4)}, np.clip(x, -0.3, 0.4)),
         "softmax": ("softmax", {"x": "x", "axis": 1}, e / e.sum(1, keepdims=True)),
         "batch_norm": ("batch_norm", {"x": "x", "mean": mean, "variance": var, "gamma": gamma, "beta": beta, "epsilon": np.float32(1e-3)}, bn),
@@ -210,7 +213,7 @@ def _cases(x: np.ndarray, y: np.ndarray, v: np.ndarray, m: np.ndarray) -> dict[s
 
 
 # Ops whose MIL definition computes a value from constant inputs (value_inference); checked below.
-VALUE_INFERENCE = {"add", "sub", "mul", "real_div", "maximum", "minimum", "clip", "softmax", "reduce_mean", "matmul",
+VALUE_INFERENCE = {"add", "sub", "mul", "real_div", "maximum", "minimum", "inverse", "inverse_default", "rsqrt", "clip", "softmax", "reduce_mean", "matmul",
                    "linear", "reshape", "transpose", "squeeze", "expand_dims", "concat", "pad_constant", "cast_fp16",
                    "cast_int32"}
 

@@ -536,3 +536,18 @@ def test_equal_scores_rank_by_candidate_index_and_keep_their_own_score():
     np.testing.assert_array_equal(out["classes"].numpy()[0], [0, 1, 0, 1, 0, 1])
     np.testing.assert_allclose(out["boxes"].numpy()[0], anchors[[0, 0, 1, 1, 2, 2]], atol=1e-6)
     np.testing.assert_array_equal(out["scores"].numpy()[0], np.full(6, 0.5, np.float32))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=1, max_size=40))
+def test_float_sigmoid_is_the_sigmoid_without_overflow(values):
+    """The post-processing's sigmoid (written so the TFLite converter keeps it float) is
+    tf.sigmoid to float32 rounding, finite and in [0, 1] for any logit."""
+    import tensorflow as tf
+
+    from tfcnn.tasks.postprocess import float_sigmoid
+
+    x = tf.constant(np.array(values, np.float32))
+    got = float_sigmoid(x).numpy()
+    assert np.isfinite(got).all() and (got >= 0).all() and (got <= 1).all()
+    np.testing.assert_allclose(got, tf.sigmoid(x).numpy(), atol=1e-7, rtol=1e-6)

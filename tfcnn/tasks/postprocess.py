@@ -54,6 +54,27 @@ def tie_break(n: int) -> np.ndarray:
     return np.linspace(TIE_BREAK, 0.0, num=max(n, 1), dtype=np.float64).astype(np.float32)
 
 
+def float_sigmoid(x: Any) -> Any:
+    """``sigmoid(x)`` as ``e / (1 + e)`` with ``e = min(exp(x), 1e30)``, for the full-integer TFLite file.
+
+    Measured on exported detectors, each other form broke it:
+
+    * ``tf.sigmoid`` (LOGISTIC) has a fixed int8 output scale, 1/256, and the converter wraps it
+      in a quantize / dequantize pair even inside the float post-processing, so every score sat
+      on a 1/256 grid and tied the scores that rank detections;
+    * ``1 / (1 + exp(-x))`` is fused back into LOGISTIC;
+    * ``exp(min(x, 0)) / (1 + exp(-|x|))`` stays float, but MINIMUM(x, 0) is a same-scale op and
+      the quantizer carried its [.., 0] range back into the model's raw outputs: every positive
+      box offset and class logit was clipped to 0 (mAP@0.5 -4.75 points on the test detector).
+
+    Here the first op on the raw outputs is EXP, which passes no range back; the MINIMUM after it
+    keeps ``exp`` of a logit above 88 (inf) from making inf / inf = NaN."""
+    import tensorflow as tf
+
+    e = tf.minimum(tf.exp(x), 1e30)
+    return e / (1.0 + e)
+
+
 def _detect_one(
     raw: Any, anchors: Any, score_threshold: float, nms_iou: float, pre_nms_top_k: int, max_detections: int
 ) -> tuple[Any, Any, Any, Any]:
@@ -65,7 +86,7 @@ def _detect_one(
     k = min(int(pre_nms_top_k), num_anchors * num_classes)
     n = int(max_detections)
 
-    scores = tf.reshape(tf.sigmoid(raw[:, 4:]), [-1])  # [A * K], anchor-major
+    scores = tf.reshape(float_sigmoid(raw[:, 4:]), [-1])  # [A * K], anchor-major
     # Ranking key: the score plus a tiny bonus falling with the (anchor, class) index, so equal
     # scores (common once logits are int8: a few hundred distinct values) rank by index in every
     # runtime. TFLite builds, ONNX Runtime and CoreML break top-k / NMS ties differently, and
@@ -181,11 +202,13 @@ def _detect_single(raw: Any, score_threshold: float) -> dict[str, Any]:
     import tensorflow as tf
 
     raw = tf.cast(raw, tf.float32)
-    probs = tf.nn.softmax(raw[:, 4:], axis=-1)
-    objects = probs[:, :-1]
-    score = tf.reduce_max(objects, axis=-1)
-    cls = tf.cast(tf.argmax(objects, axis=-1, output_type=tf.int32), tf.float32)
-    found = tf.logical_and(score > score_threshold, score >= probs[:, -1])  # "above", as NMS's threshold
+    logits = raw[:, 4:]
+    best = tf.reduce_max(logits[:, :-1], axis=-1)  # the best object class, and below its softmax probability
+    cls = tf.cast(tf.argmax(logits[:, :-1], axis=-1, output_type=tf.int32), tf.float32)
+    # softmax(logits)[best] = 1 / sum_j exp(l_j - l_best), written so the converter finds no SOFTMAX
+    # pattern to fuse (see float_sigmoid: SOFTMAX has the same fixed 1/256 int8 output scale)
+    score = 1.0 / tf.reduce_sum(tf.exp(logits - best[:, None]), axis=-1)
+    found = tf.logical_and(score > score_threshold, best >= logits[:, -1])  # "above", as NMS's threshold
     box = tf.where(found[:, None], tf.clip_by_value(raw[:, :4], 0.0, 1.0), 0.0)
     return {
         "boxes": box[:, None, :],

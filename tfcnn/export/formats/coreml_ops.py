@@ -195,7 +195,6 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "tanh": np.tanh,
     "exp": np.exp,
     "sqrt": np.sqrt,
-    "rsqrt": lambda x: 1.0 / np.sqrt(x),
     "square": np.square,
     "abs": np.abs,
     "identity": lambda x: x,
@@ -213,6 +212,17 @@ def _binary(c: Ctx, a: dict[str, Var]) -> list[Var]:
 def _unary(c: Ctx, a: dict[str, Var]) -> list[Var]:
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return [Var(_UNARY[c.op](_f32(a["x"])), a["x"].batched)]
+
+
+@_op("inverse", "rsqrt")
+def _with_epsilon(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    """MIL's ``inverse`` = 1 / (x + epsilon) (default 1e-4) and ``rsqrt`` = 1 / sqrt(x + epsilon)
+    (default 1e-12): the epsilon is part of the op, and the converter writes ``1 / x`` as inverse."""
+    x = _f32(a["x"])
+    eps = np.float32(_arr(a["epsilon"])) if "epsilon" in a else np.float32(1e-4 if c.op == "inverse" else 1e-12)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        y = 1.0 / (x + eps) if c.op == "inverse" else 1.0 / np.sqrt(x + eps)
+    return [Var(y.astype(np.float32), a["x"].batched)]
 
 
 @_op("leaky_relu")
