@@ -100,11 +100,10 @@ def _labelled_samples(cfg: DataConfig, bundle: DataBundle, x: np.ndarray, y: np.
 
 
 def _palette(k: int) -> np.ndarray:
-    """``[k, 3]`` uint8 colours (k >= 2): index 0 (background) black, then matplotlib's tab10 / tab20."""
-    from matplotlib import colormaps
+    """The segmentation report's colours (:func:`tfcnn.vis.segmentation.palette`) as uint8."""
+    from tfcnn.vis.segmentation import palette
 
-    cmap = colormaps["tab10" if k <= 11 else "tab20"]
-    return np.array([[0, 0, 0]] + [[round(255 * c) for c in cmap(i % cmap.N)[:3]] for i in range(k - 1)], np.uint8)
+    return (palette(k) * 255).round().astype(np.uint8)
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
