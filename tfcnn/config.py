@@ -181,6 +181,9 @@ class DataConfig:
     test_subset: Optional[int] = field(default=None, metadata=_range(1, MAX_SAMPLES))
     batch_size: int = field(default=64, metadata=_range(1, 1_000_000))
     shuffle_buffer: int = field(default=10000, metadata=_range(1, 100_000_000))
+    # how the train split is drawn (class labels only): "shuffle" (each image once an epoch) or
+    # "balanced" (classes drawn uniformly, images within a class reshuffled; same epoch length)
+    sampling: Literal["shuffle", "balanced"] = "shuffle"
     cache: bool = True
     seed: int = field(default=42, metadata=_range(0, MAX_SEED))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -619,6 +622,11 @@ def _cross_checks(cfg: PipelineConfig) -> None:
         for name, w in cfg.train.class_weight.items():
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
                 raise ConfigError(f"train.class_weight.{name} = {w!r} must be a positive finite number")
+    if cfg.data.sampling == "balanced" and cfg.train.class_weight == "balanced":
+        raise ConfigError(
+            "data.sampling = 'balanced' and train.class_weight = 'balanced' would correct the imbalance twice "
+            "(rare classes drawn more often and weighted up); choose one"
+        )
     _scenes_checks(cfg)
     size = cfg.data.image_size
     if size is not None and (len(size) != 2 or min(size) < 1):

@@ -19,6 +19,7 @@ from tfcnn.config import DataConfig
 from tfcnn.data.augment import Augmenter, augment_dataset, build_augmenter
 from tfcnn.data.mixing import Mixer, build_mixer
 from tfcnn.data.info import DataInfo
+from tfcnn.errors import ConfigError
 
 if TYPE_CHECKING:
     from tfcnn.data.box_augment import LabelledAugmenter
@@ -213,6 +214,32 @@ def _layer_augmenter(layer: keras.layers.Layer) -> Augmenter:
     return augment
 
 
+def balanced_examples(x: np.ndarray, y: np.ndarray, cfg: DataConfig) -> tf.data.Dataset:
+    """The train split drawn class-balanced: every example's class is uniform over the classes
+    present, its image a reshuffled pass through that class's images (so a rare class repeats
+    within an epoch, a common one is only partly seen). An epoch keeps ``len(y)`` examples, so
+    steps per epoch, schedules and checkpoints mean what they mean without it.
+
+    Why sampling rather than (or as well as) ``train.class_weight``: weighting keeps each rare
+    image once an epoch but multiplies its gradient, which with few such images gives noisy
+    large steps; resampling shows the rare images more often at normal step size and lets
+    augmentation vary the repeats. Each epoch draws a new class sequence
+    (``rerandomize_each_iteration``), seeded by ``data.seed``, so a run is reproducible.
+    """
+    classes = np.unique(y)
+    per_class = []
+    for k in classes:
+        idx = np.flatnonzero(y == k)
+        ds = tf.data.Dataset.from_tensor_slices((x[idx], y[idx]))
+        if cfg.cache:
+            ds = ds.cache()
+        seed = cfg.seed + 1 + int(k)
+        per_class.append(ds.shuffle(min(cfg.shuffle_buffer, len(idx)), seed=seed, reshuffle_each_iteration=True).repeat())
+    return tf.data.Dataset.sample_from_datasets(
+        per_class, weights=[1.0 / len(classes)] * len(classes), seed=cfg.seed, rerandomize_each_iteration=True
+    ).take(len(y))
+
+
 def _pipeline(
     x: np.ndarray,
     y: np.ndarray,
@@ -225,11 +252,16 @@ def _pipeline(
     labelled: "LabelledAugmenter | None" = None,
 ) -> tf.data.Dataset:
     dtype = {"classes": np.int32, "boxes": np.float32, "masks": np.uint8}[label_kind]
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(dtype)))
-    if cfg.cache:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(min(cfg.shuffle_buffer, max(len(y), 1)), seed=cfg.seed, reshuffle_each_iteration=True)
+    if training and cfg.sampling == "balanced":
+        if label_kind != "classes":
+            raise ConfigError(f"data.sampling = 'balanced' draws classes evenly; {label_kind} labels have none (use 'shuffle')")
+        ds = balanced_examples(x, y.astype(dtype), cfg)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((x, y.astype(dtype)))
+        if cfg.cache:
+            ds = ds.cache()
+        if training:
+            ds = ds.shuffle(min(cfg.shuffle_buffer, max(len(y), 1)), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size)
     if training and labelled is not None:
         from tfcnn.data.box_augment import augment_labelled_dataset

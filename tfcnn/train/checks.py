@@ -25,6 +25,8 @@ def check_train_config(cfg: PipelineConfig) -> None:
         raise monitor_error(es.monitor, allowed)
     if tc.class_weight is not None and not get_task(cfg.task).class_weighted:
         raise ConfigError(f"train.class_weight weighs classes, which the {cfg.task!r} task does not have; remove it")
+    if cfg.data.sampling == "balanced" and not get_task(cfg.task).class_weighted:
+        raise ConfigError(f"data.sampling = 'balanced' draws classes evenly, which the {cfg.task!r} task does not have; use 'shuffle'")
     if tc.use_ema and es.enabled and es.restore_best:
         raise ConfigError(
             "train.use_ema averages the weights over the whole run, which restoring the best epoch's raw weights "
