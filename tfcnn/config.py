@@ -229,6 +229,26 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Fine-tuning a pretrained backbone (:mod:`tfcnn.train.finetune`): what is frozen, when it
+    thaws, and per-group learning rates. The backbone is every layer before the classifier head
+    (the head starts at the global pooling, or at a conv adapter), in the model's layer order."""
+
+    # None: all trainable; a fraction in [0, 1] of the backbone's weighted layers, from the input
+    # side; or a layer name: that layer and every layer before it
+    freeze: Union[float, str, None] = None
+    # gradual unfreezing: {epoch = freeze value}, from that (1-based) epoch on, e.g. {3 = 0.5, 6 = 0.0}
+    unfreeze: dict = field(default_factory=dict)
+    # BatchNormalization of *unfrozen* backbone layers: "frozen" keeps it in inference mode (its
+    # statistics and scale stay the pretrained ones; Keras' fine-tuning advice), "train" updates
+    # it. Frozen layers' BatchNormalization is always in inference mode.
+    batch_norm: Literal["frozen", "train"] = "frozen"
+    # discriminative learning rates: {group = multiplier of train.learning_rate}; groups are
+    # "backbone", "head", or a layer-name pattern (fnmatch, e.g. "block0*"), which wins over them
+    lr_multipliers: dict = field(default_factory=dict)
+
+
+@dataclass
 class TrainConfig:
     """Engine, optimisation and distribution settings shared by the fit and tape engines."""
 
@@ -277,6 +297,7 @@ class TrainConfig:
     steps_per_execution: int = field(default=16, metadata=_range(1, 100_000))  # train steps per compiled call (both engines)
     jit_compile: bool = False  # XLA-compile the train step (tape engine)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass
@@ -307,6 +328,10 @@ class ExportConfig:
     formats: Optional[list[str]] = None
     representative_samples: int = field(default=300, metadata=_range(1, 1_000_000))
     coreml_precision: Literal["float16", "float32"] = "float16"
+    # How a client's image of another aspect ratio meets the model's size (contract.json input.fit;
+    # tfcnn predict on the version and the Android core honour it): "stretch" resizes the whole
+    # image, as the folder source does to training images; "center_crop" resizes the centred box.
+    fit: Literal["stretch", "center_crop"] = "stretch"
     verify: bool = True
     verify_samples: Optional[int] = field(default=None, metadata=_range(1, MAX_SAMPLES))  # None = whole test split
     latency_runs: int = field(default=50, metadata=_range(1, 100_000))

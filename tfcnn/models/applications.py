@@ -24,12 +24,15 @@ from typing import Any
 from tfcnn.config import ModelConfig
 from tfcnn.errors import ConfigError, TfcnnError
 from tfcnn.models import pretrained
-from tfcnn.models.blocks import head
+from tfcnn.models.blocks import classifier_head
 from tfcnn.models.lazy import keras
 from tfcnn.models.registry import register
 from tfcnn.util import first_line, log
 
-OPTIONS = {"input_size": 224}  # side the image is resized to inside the model; 0 keeps the data's size
+OPTIONS = {
+    "input_size": 224,  # side the image is resized to inside the model; 0 keeps the data's size
+    "classifier": "linear",  # the head before the logits: linear | mlp | adapter (blocks.classifier_head)
+}
 MINUS_ONE_TO_ONE = ((127.5,) * 3, (127.5,) * 3)
 RAW = ((0.0,) * 3, (1.0,) * 3)
 CAFFE = ((123.68, 116.779, 103.939), (1.0, 1.0, 1.0))  # RGB order; the body then swaps to BGR
@@ -77,7 +80,7 @@ def _body_for(app: Application):
                                     kernel_initializer=keras.initializers.Constant(swap))(x)
         backbone = construct(app, x.shape[1:], None)
         backbone.name = "backbone"
-        return head(backbone(x), cfg)
+        return classifier_head(backbone(x), cfg, cfg.options["classifier"])
 
     body.__name__ = f"{app.name}_body"
     body.__doc__ = f"keras.applications.{app.constructor} (no top) in tfcnn's frame."

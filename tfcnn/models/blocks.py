@@ -108,6 +108,40 @@ def head(x: keras.KerasTensor, cfg: ModelConfig) -> keras.KerasTensor:
     return x
 
 
+CLASSIFIERS = ("linear", "mlp", "adapter")
+
+
+def classifier_head(x: keras.KerasTensor, cfg: ModelConfig, kind: str = "linear") -> keras.KerasTensor:
+    """The course's three transfer heads on a backbone's feature map (the ``logits`` Dense follows):
+
+    * ``linear``: global average pooling, dropout (``model.dropout``): for small data close to
+      the backbone's;
+    * ``mlp``: pooling, then Dense 512 -> BN -> ReLU -> dropout -> Dense 256 -> BN -> ReLU ->
+      dropout: for more data, or data further away;
+    * ``adapter``: a 1x1 conv as wide as the feature map, BN, ReLU, then pooling and dropout: a
+      learned channel mix that bridges a domain shift before the pooling.
+
+    Fine-tuning (:mod:`tfcnn.train.finetune`) tells the head from the backbone by the pooling
+    (the first layer without spatial axes) or the ``adapter`` name prefix.
+    """
+    if kind not in CLASSIFIERS:
+        raise ConfigError(f"model.options.classifier = {kind!r}; choose one of {', '.join(CLASSIFIERS)}")
+    if kind == "adapter":
+        x = keras.layers.Conv2D(x.shape[-1], 1, use_bias=False, kernel_regularizer=regularizer(cfg), name="adapter_conv")(x)
+        x = keras.layers.BatchNormalization(name="adapter_bn")(x)
+        x = keras.layers.ReLU(name="adapter_relu")(x)
+    if kind != "mlp":
+        return head(x, cfg)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    for units in (512, 256):
+        x = keras.layers.Dense(units, use_bias=False, kernel_regularizer=regularizer(cfg), name=f"head_dense{units}")(x)
+        x = keras.layers.BatchNormalization(name=f"head_bn{units}")(x)
+        x = keras.layers.ReLU(name=f"head_relu{units}")(x)
+        if cfg.dropout > 0:
+            x = keras.layers.Dropout(cfg.dropout, name=f"head_dropout{units}")(x)
+    return x
+
+
 def global_depthwise_head(x: keras.KerasTensor, cfg: ModelConfig) -> keras.KerasTensor:
     """A depthwise conv as large as the feature map: per-channel learned spatial pooling, then BN."""
     h, w = x.shape[1], x.shape[2]

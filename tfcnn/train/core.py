@@ -31,6 +31,7 @@ from tfcnn.train import tape as tape_engine
 from tfcnn.train.checks import check_train_config
 from tfcnn.train.distribute import global_policy, is_chief, make_strategy, precision_policy, seed_everything
 from tfcnn.train.records import RunRecord, check_fingerprint, fingerprint
+from tfcnn.train.finetune import Finetuner
 from tfcnn.train.session import Session
 from tfcnn.train.stopping import StopRules, monitors
 from tfcnn.util import atomic_path, log, read_json
@@ -94,6 +95,7 @@ def train(
             model = build()
     _check_model(model, bundle, task)
     session = Session(
+        finetune=Finetuner.build(tc.finetune, model),
         cfg=cfg,
         bundle=bundle,
         run=out,

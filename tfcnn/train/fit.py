@@ -21,11 +21,26 @@ import tensorflow as tf
 
 from tfcnn.train import guard
 from tfcnn.train.class_weights import example_weights
+from tfcnn.train.finetune import Finetuner
 from tfcnn.train.optim import build_optimizer, build_schedule, current_lr
 from tfcnn.train.records import RunRecord, check_fingerprint, finite
 from tfcnn.train.session import Session
 from tfcnn.train.stopping import StopRules
 from tfcnn.util import atomic_path, keras_verbose, log, read_json, write_json
+
+
+class FinetuneCallback(keras.callbacks.Callback):
+    """Applies ``[train.finetune]``'s freezing at every epoch start (first in the list, before
+    any callback sees the epoch), and has Keras retrace its train step when the trainable set
+    changed: ``fit`` calls ``model.train_function`` afresh for every step, so a rebuilt one is used."""
+
+    def __init__(self, finetune: Finetuner):
+        super().__init__()
+        self.finetune = finetune
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self.finetune.apply(epoch + 1):
+            self.model.make_train_function(force=True)
 
 
 class RulesCallback(keras.callbacks.Callback):
@@ -205,6 +220,11 @@ def run(s: Session) -> RunRecord:
             steps_per_execution=steps_per_execution,
             jit_compile=tc.jit_compile,
         )
+        if s.finetune is not None:
+            # Built on every variable that can ever train, before the first freeze (a Keras 3
+            # optimizer refuses variables it was not built with); then the per-group rates.
+            s.model.optimizer.build(s.model.trainable_variables)
+            s.finetune.scale_learning_rates(s.model.optimizer)
 
     def prepare(ds: tf.data.Dataset) -> tf.data.Dataset:
         # Keras casts the uint8 images to the model's float32 input itself; the task shapes the
@@ -234,6 +254,8 @@ def run(s: Session) -> RunRecord:
     )
     record_cb = RecordCallback(s, record, rules, state_path)
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN(), rules_cb, record_cb]
+    if s.finetune is not None:
+        callbacks.insert(0, FinetuneCallback(s.finetune))
     if tc.reduce_lr_on_plateau:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(

@@ -17,6 +17,7 @@ from tfcnn.config import PipelineConfig
 from tfcnn.data.bundle import DataBundle
 from tfcnn.run import Run
 from tfcnn.tasks import Task
+from tfcnn.train.finetune import Finetuner
 from tfcnn.train.records import RunRecord, fingerprint, history_columns
 from tfcnn.train.stopping import StopRules, monitors
 
@@ -38,6 +39,7 @@ class Session:
     # Where to resume from: the run directory's checkpoints, also for non-chief workers, which
     # write their own checkpoints to a scratch run but must restore the chief's state.
     resume_dir: Path | None = None
+    finetune: Finetuner | None = None  # [train.finetune]: freezing and per-group learning rates
 
     @property
     def replicas(self) -> int:

@@ -36,6 +36,7 @@ import tensorflow as tf
 from tfcnn.errors import TfcnnError
 from tfcnn.train import guard
 from tfcnn.train.class_weights import example_weights
+from tfcnn.train.finetune import Finetuner
 from tfcnn.train.optim import build_optimizer, build_schedule, current_lr
 from tfcnn.train.records import RunRecord, check_fingerprint
 from tfcnn.train.session import Session
@@ -106,6 +107,7 @@ class TapeSpec:
     # What a non-finite loss says to try (guard.advice_for).
     nan_advice: str = "lower the learning rate or clip the gradients (clipnorm)"
     class_weights: Sequence[float] | None = None  # train.class_weight: training loss only (tfcnn.train.class_weights)
+    finetune: Finetuner | None = None  # [train.finetune]: applied at every epoch start (tfcnn.train.finetune)
 
 
 class TapeLoop:
@@ -119,11 +121,12 @@ class TapeLoop:
         self.loss_fn = spec.loss_fn
         self.class_weights = tf.constant(spec.class_weights, tf.float32) if spec.class_weights is not None else None
         self.restore_best = spec.restore_best
-        self.kernels = kernels(self.model) if spec.l2 else []
+        # Every variable that can train at some epoch (fine-tuning freezes only once the optimizer
+        # is built on them all: a Keras 3 optimizer refuses variables it was not built with).
         tvars = self.model.trainable_variables
         # Per-layer groups for gradient norms: the variable path without its last part.
         self.groups = list(dict.fromkeys(v.path.rsplit("/", 1)[0] for v in tvars))
-        self.group_ids = [self.groups.index(v.path.rsplit("/", 1)[0]) for v in tvars]
+        self.group_index = {g: i for i, g in enumerate(self.groups)}
 
         with self.strategy.scope():
             inner = spec.make_optimizer()
@@ -134,6 +137,8 @@ class TapeLoop:
                 self.optimizer = inner
             if not self.optimizer.built:
                 self.optimizer.build(tvars)
+            if spec.finetune is not None:
+                spec.finetune.scale_learning_rates(self.optimizer)
             self.train_loss = keras.metrics.Mean(name="loss")
             self.train_metrics = spec.make_metrics()
             self.val_loss = keras.metrics.Mean(name="val_loss")
@@ -193,8 +198,9 @@ class TapeLoop:
     def _regularization(self) -> tf.Tensor:
         losses = self.model.losses  # keras l2(lambda) terms: lambda * sum(w**2), recomputed on access
         terms = [tf.cast(l, tf.float32) for l in losses]
-        if self.kernels:
-            terms.append(l2_penalty(self.kernels, self.spec.l2))
+        trainable_kernels = kernels(self.model) if self.spec.l2 else []  # at trace time: frozen layers have none
+        if trainable_kernels:
+            terms.append(l2_penalty(trainable_kernels, self.spec.l2))
         if not terms:
             return tf.constant(0.0)
         return tf.add_n(terms)
@@ -225,7 +231,8 @@ class TapeLoop:
             true = [g / tf.cast(scale, g.dtype) for g in grads] if scale is not None else list(grads)
             if norms:
                 sq = tf.stack([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in true])
-                per_layer = tf.math.unsorted_segment_sum(sq, self.group_ids, len(self.groups))
+                ids = [self.group_index[v.path.rsplit("/", 1)[0]] for v in tvars]
+                per_layer = tf.math.unsorted_segment_sum(sq, ids, len(self.groups))
                 self.norm_sums.assign_add(
                     tf.concat([tf.sqrt(per_layer), [tf.sqrt(tf.reduce_sum(sq)), 1.0]], axis=0)
                 )
@@ -384,6 +391,8 @@ class TapeLoop:
             start = spec.epochs
         verbose = keras_verbose()
         for epoch in range(start + 1, spec.epochs + 1):
+            if spec.finetune is not None and spec.finetune.apply(epoch):
+                self._train_chunk = self._make_train_chunk()  # the traced step holds the old trainable list
             callbacks.on_epoch_begin(epoch - 1)
             lr = current_lr(self.optimizer)
             for m in (self.train_loss, *self.train_metrics, self.val_loss, *self.val_metrics):
@@ -611,6 +620,7 @@ def spec_from_session(s: Session) -> TapeSpec:
         after_epoch=lambda record: record.write(s.run),
         fingerprint_fix="use a new --out directory or pass --overwrite",
         nan_advice=guard.advice_for(tc.learning_rate, tc.clipnorm),
+        finetune=s.finetune,
     )
 
 
