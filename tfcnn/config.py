@@ -177,6 +177,9 @@ class DataConfig:
     val_fraction: float = field(default=0.1, metadata=_range(0.0, 0.9))
     # held out (stratified) as the test split when a source has none: folder:, tfds without "test", .npz without x_test
     test_fraction: float = field(default=0.2, metadata=_range(0.0, 0.9, lo_open=True))
+    # keep only these classes (names or ids), relabelled 0..K-1 in this order, in every split
+    # (e.g. pre-train on Fashion-MNIST's 0-4, transfer to 5-9); None keeps them all
+    classes: Optional[list[Union[int, str]]] = None
     train_subset: Optional[int] = field(default=None, metadata=_range(1, MAX_SAMPLES))  # stratified cap
     test_subset: Optional[int] = field(default=None, metadata=_range(1, MAX_SAMPLES))
     batch_size: int = field(default=64, metadata=_range(1, 1_000_000))
@@ -210,6 +213,9 @@ class ModelConfig:
     # (what None means for them), a path to a Keras .weights.h5 file, or "none" (random init);
     # checked by tfcnn.models.pretrained
     weights: Optional[str] = None
+    # any classifier: start from a tfcnn classifier's model.keras (a previous run's): its namesake
+    # layers but logits, and its normalisation (tfcnn.models.warm_start)
+    init_from: Optional[str] = None
     options: dict = field(default_factory=dict)  # extra builder keyword arguments
 
 

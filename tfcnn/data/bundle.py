@@ -126,6 +126,33 @@ def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[list[float], l
     return mean.tolist(), std.tolist()
 
 
+def select_classes(
+    wanted: list, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], names: list[str]
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str]]:
+    """``data.classes``: only the listed classes (names or ids), relabelled 0..K-1 in the listed
+    order, in both splits (so a model trained on some classes never sees the others, test included)."""
+    ids = []
+    for c in wanted:
+        if isinstance(c, str) and c in names:
+            ids.append(names.index(c))
+        elif isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(names):
+            ids.append(c)
+        else:
+            raise ConfigError(f"data.classes: {c!r} is not a class of this data; give names ({', '.join(map(repr, names[:10]))}) or ids 0..{len(names) - 1}")
+    if len(set(ids)) != len(ids) or len(ids) < 2:
+        raise ConfigError(f"data.classes = {wanted!r} must name at least 2 different classes")
+    lut = np.full(len(names), -1, np.int64)
+    lut[ids] = np.arange(len(ids))
+
+    def keep(split: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        x, y = split
+        new = lut[np.asarray(y, np.int64)]
+        mask = new >= 0
+        return x[mask], new[mask].astype(np.asarray(y).dtype)
+
+    return keep(train), keep(test), [names[i] for i in ids]
+
+
 def make_bundle(
     cfg: DataConfig,
     train: tuple[np.ndarray, np.ndarray],
@@ -149,6 +176,10 @@ def make_bundle(
     """
     if label_kind not in LABEL_KINDS:
         raise ValueError(f"label_kind {label_kind!r} is not one of {LABEL_KINDS}")
+    if cfg.classes is not None:
+        if label_kind != "classes":
+            raise ConfigError(f"data.classes selects classes of class labels; {label_kind} labels are kept whole (remove data.classes)")
+        train, test, class_names = select_classes(cfg.classes, train, test, list(class_names))
     x_train, y_train = train
     x_test, y_test = test
     seed = cfg.seed

@@ -11,6 +11,7 @@ masks resized with NEAREST so class ids never blend.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from tfcnn.config import DataConfig
 from tfcnn.data import tfds_source
 from tfcnn.data.arrays import as_labels, as_nhwc, check_classes, check_labels, conform
-from tfcnn.data.bundle import DataBundle, label_strata, make_bundle, stratified_split, stratified_subset
+from tfcnn.data.bundle import DataBundle, label_strata, make_bundle, select_classes, stratified_split, stratified_subset
 from tfcnn.data.images import RESIZE_METHOD
 from tfcnn.errors import DataError
 
@@ -58,6 +59,9 @@ def from_arrays(
     if len(y_test) == 0:
         raise DataError(f"{source}: the test split is empty; give test images or raise data.test_fraction")
 
+    if cfg.classes is not None:  # before subsetting: data.train_subset counts images of the kept classes
+        (x_train, y_train), (x_test, y_test), class_names = select_classes(cfg.classes, (x_train, y_train), (x_test, y_test), class_names)
+        cfg = dataclasses.replace(cfg, classes=None)
     # Subset before converting so a 2,000-image run does not resize all 60,000 (make_bundle's own
     # subsetting then keeps everything: same seed, same stratified choice).
     for_train = stratified_subset(y_train, cfg.train_subset, cfg.seed)

@@ -19,8 +19,9 @@ from typing import Any, Callable, Mapping, Protocol
 from tfcnn import config as config_mod
 from tfcnn.config import ModelConfig, PipelineConfig
 from tfcnn.errors import ConfigError
+from tfcnn.models import warm_start
 from tfcnn.models.lazy import keras
-from tfcnn.util import Registry
+from tfcnn.util import Registry, log
 
 
 class Body(Protocol):
@@ -206,6 +207,8 @@ def build_model(
         raise ConfigError(f"input_shape must be (height, width, channels), got {tuple(input_shape)}")
     channels = input_shape[-1]
     fixed = builder.normalization(cfg) if callable(builder.normalization) else builder.normalization
+    if cfg.init_from:  # the features to start from were learned on that classifier's statistics
+        fixed = warm_start.classifier_normalization(cfg.init_from, "model.init_from")
     if fixed is not None:
         mean, std = (_fixed_stats(v, channels, cfg.name) for v in fixed)
     mean_a = np.asarray(mean if mean is not None else [127.5] * channels, dtype="float32")
@@ -229,7 +232,17 @@ def build_model(
     model = keras.Model(inputs, logits, name=cfg.name)
     if builder.load_weights is not None:
         builder.load_weights(model, cfg)
+    if cfg.init_from:
+        _warm_start(model, cfg)
     return model
+
+
+def _warm_start(model: keras.Model, cfg: ModelConfig) -> None:
+    """``model.init_from``: the namesake layers of a classifier tfcnn trained (not its logits)."""
+    copied = warm_start.copy_layers(model, cfg.init_from, "model.init_from", hint="give the model the classifier's own model settings")
+    if not copied:
+        raise ConfigError(f"model.init_from = {cfg.init_from!r} shares no layer with this {cfg.name}; give a model.keras of the same architecture")
+    log.info("model: %s starts from %s (%d of its layers; logits new)", cfg.name, cfg.init_from, len(copied))
 
 
 def _fixed_stats(values: tuple[float, ...], channels: int, name: str) -> list[float]:

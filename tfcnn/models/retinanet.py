@@ -39,14 +39,12 @@ class logits (sigmoid per class, no background logit), anchors in the order of
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tfcnn.config import ModelConfig
 from tfcnn.errors import ConfigError, TfcnnError
-from tfcnn.models import pretrained
+from tfcnn.models import pretrained, warm_start
 from tfcnn.models.lazy import keras
 from tfcnn.models.registry import Normalization, get_builder, register, regularizer, resolve_options
 from tfcnn.util import log
@@ -75,7 +73,8 @@ OPTIONS = {
     "prior_probability": 0.01,
 }
 MAX_LEVEL = 12
-KERAS_SUFFIX = ".keras"  # backbone_weights from a classifier tfcnn trained (runs/<name>/model.keras)
+KERAS_SUFFIX = warm_start.KERAS_SUFFIX  # backbone_weights from a classifier tfcnn trained (runs/<name>/model.keras)
+BACKBONE_WEIGHTS = "model.options.backbone_weights"
 
 
 # --------------------------------------------------------------------------- options
@@ -190,7 +189,7 @@ def backbone_normalization(cfg: ModelConfig) -> Normalization | None:
     or the classifier's when the backbone starts from a tfcnn classifier's .keras (its features
     were learned on those statistics, not on this data's)."""
     if str(cfg.options.get("backbone_weights", "")).endswith(KERAS_SUFFIX):
-        return classifier_normalization(cfg.options["backbone_weights"])
+        return warm_start.classifier_normalization(cfg.options["backbone_weights"], BACKBONE_WEIGHTS)
     builder = get_builder(cfg.options["backbone"])
     fixed = builder.normalization
     return fixed(backbone_config(cfg)) if callable(fixed) else fixed
@@ -411,7 +410,7 @@ def load_backbone_weights(model: Any, cfg: ModelConfig) -> None:
     source = pretrained.SOURCES[bcfg.name]
     reference = source.build_reference()
     pretrained.load_weights_file(reference, path, bcfg.name, "use one written by `tfcnn weights NAME` or 'none'")
-    present = {layer.name: layer for layer in _all_layers(model)}
+    present = {layer.name: layer for layer in warm_start.all_layers(model)}
     copied = 0
     for layer in reference.layers:
         if layer.weights and layer.name in present and layer.name != "logits":
@@ -429,92 +428,17 @@ def copy_from_classifier(model: Any, cfg: ModelConfig, path: str) -> None:
 
     Every layer of the classifier with weights whose name the model also has is copied (its
     body); its head (``logits``, a gdconv head) has no namesake here and stays out. Its
-    ``normalize`` statistics, which its features were learned on, are constants of the frame,
-    set when it is built (:func:`backbone_normalization` -> :func:`classifier_normalization`). A namesake of another shape
-    means other backbone options: one ConfigError naming the layer and both shapes. No namesake
-    at all is one error too, never a silently random backbone.
+    ``normalize`` statistics are the frame's (:func:`backbone_normalization`); see
+    :mod:`tfcnn.models.warm_start` for the rules.
     """
-    file = classifier_file(path)
-    source = load_trained_model_file(file)
-    present = {layer.name: layer for layer in _all_layers(model)}
-    copied = []
-    for layer in _all_layers(source):
-        target = present.get(layer.name)
-        if not layer.weights or target is None or layer.name == "logits" or isinstance(layer, keras.Model):
-            continue
-        values = layer.get_weights()
-        shapes = [tuple(v.shape) for v in values]
-        want = [tuple(w.shape) for w in target.get_weights()]
-        if shapes != want:
-            raise ConfigError(
-                f"model.options.backbone_weights = {path!r}: layer {layer.name!r} has weights {shapes} there but "
-                f"{want} in this {cfg.name}; give backbone_options the classifier's own model.options"
-            )
-        target.set_weights(values)
-        copied.append(layer.name)
+    copied = warm_start.copy_layers(model, path, BACKBONE_WEIGHTS, hint="give backbone_options the classifier's own model.options")
     if not copied:
         raise ConfigError(
-            f"model.options.backbone_weights = {path!r} shares no layer with this {cfg.name}'s "
+            f"{BACKBONE_WEIGHTS} = {path!r} shares no layer with this {cfg.name}'s "
             f"{cfg.options['backbone']} backbone; train that backbone as a classifier (model.name = "
             f"{cfg.options['backbone']!r}) and give its model.keras"
         )
-    log.info("model: %s backbone %s from the classifier %s (%d layers)", cfg.name, cfg.options["backbone"], file, len(copied))
-
-
-def classifier_file(path: str) -> Path:
-    """The classifier file `backbone_weights` names; missing is one ConfigError line."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(
-            f"model.options.backbone_weights = {path!r} does not exist; train the classifier first "
-            "(`tfcnn train PIPELINE` writes runs/<name>/model.keras) or use 'none'"
-        )
-    return file
-
-
-def classifier_normalization(path: str) -> Normalization:
-    """(mean, std) of the ``normalize`` layer of a tfcnn classifier's .keras."""
-    import numpy as np
-
-    file = classifier_file(path)
-    try:
-        layer = load_trained_model_file(file).get_layer("normalize")
-    except ValueError:
-        raise ConfigError(f"model.options.backbone_weights = {path!r} has no 'normalize' layer; it is not a tfcnn classifier") from None
-    conf = layer.get_config()
-    mean = np.ravel(np.asarray(conf["mean"], np.float64))
-    std = np.sqrt(np.ravel(np.asarray(conf["variance"], np.float64)))
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
-def load_trained_model_file(file: Path) -> Any:
-    """A .keras classifier, inference only (read once per file version per process: building a
-    detector asks for its normalisation and then its weights); unreadable is one TfcnnError line."""
-    stat = file.stat()
-    return _load_keras(str(file.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=2)
-def _load_keras(path: str, _mtime_ns: int, _size: int) -> Any:
-    from tfcnn.models import layers as _layers  # noqa: F401  (registers tfcnn's serialisable layers)
-    from tfcnn.util import first_line
-
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001 - zip, JSON and deserialisation errors alike
-        raise TfcnnError(
-            f"model.options.backbone_weights = {path!r} could not be loaded as a Keras model "
-            f"({type(exc).__name__}: {first_line(exc)})"
-        ) from None
-
-
-def _all_layers(model: Any) -> list[Any]:
-    out = []
-    for layer in model.layers:
-        out.append(layer)
-        if isinstance(layer, keras.Model):
-            out.extend(_all_layers(layer))
-    return out
+    log.info("model: %s backbone %s from the classifier %s (%d layers)", cfg.name, cfg.options["backbone"], path, len(copied))
 
 
 @register(NAME, options=OPTIONS, head=False, takes_classes=True, check=check_detector,
