@@ -16,6 +16,8 @@ import csv
 import dataclasses
 import io
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
@@ -80,8 +82,19 @@ class Run:
     # ---------------------------------------------------------------- opening
     @classmethod
     def create(cls, root: Path) -> "Run":
-        """A run directory to write into (made if missing)."""
-        ensure_dir(Path(root))
+        """A run directory to write into (made if missing), refused in one line when it cannot
+        be written, before any data is loaded (a probe file is created and removed: permission
+        bits alone do not tell, e.g. for root or on a read-only mount)."""
+        try:
+            ensure_dir(Path(root))
+            fd, probe = tempfile.mkstemp(dir=root, prefix=".tfcnn-write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise TfcnnError(
+                f"run directory {str(root)!r} cannot be written ({exc.strerror or exc}); "
+                "choose another --out directory or fix its permissions"
+            ) from None
         return cls(Path(root))
 
     @classmethod

@@ -31,6 +31,7 @@ from tfcnn.train import tape as tape_engine
 from tfcnn.train.checks import check_train_config
 from tfcnn.train.distribute import global_policy, is_chief, make_strategy, precision_policy, seed_everything
 from tfcnn.train.records import RunRecord, check_fingerprint, fingerprint
+from tfcnn.train.disk import check_free_space
 from tfcnn.train.finetune import Finetuner
 from tfcnn.train.session import Session
 from tfcnn.train.stopping import StopRules, monitors
@@ -94,6 +95,8 @@ def train(
         with strategy.scope():
             model = build()
     _check_model(model, bundle, task)
+    if chief:
+        check_free_space(run.root, int(model.count_params()), tc)
     session = Session(
         finetune=Finetuner.build(tc.finetune, model),
         cfg=cfg,
