@@ -26,6 +26,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 	$(PY) bench/export_formats.py
+	$(PY) bench/calibration.py
 	$(PY) bench/onednn.py
 	$(PY) bench/epoch_stall.py
 	$(PY) bench/input_pipeline.py

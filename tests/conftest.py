@@ -54,3 +54,18 @@ def tiny_run(tmp_path_factory, npz_path) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     run_pipeline(cfg, run_dir)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_version(tmp_path_factory, tiny_run) -> Path:
+    """tiny_run exported to savedmodel, tflite_float32, tflite_int8 and onnx (from a copy of the
+    run: tiny_run stays read-only). Shared and read-only too: copy the directory before verifying
+    it or changing a file (its card still names the same reference run)."""
+    import shutil
+
+    from tfcnn.export import export_run
+
+    base = tmp_path_factory.mktemp("tiny_version")
+    shutil.copytree(tiny_run, base / "run")
+    return export_run(base / "run", formats=["savedmodel", "tflite_float32", "tflite_int8", "onnx"], root=base / "export")
+

@@ -2,7 +2,8 @@
 its assets are checked against the export they came from.
 
 The classifier module is compiled once per session with Debian's kotlinc and run with JUnit 4,
-on the checked-in goldens and on goldens freshly written from an export.
+on the checked-in goldens and on goldens freshly written from an export. Both carry the golden
+photos (real PNGs of other sizes, with alpha): Kotlin's resize must give Python's pixels exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tfcnn.errors import ExportError, VerificationError
 from tfcnn.export.android import (
     ASSETS,
     GOLDEN,
+    PHOTOS,
     check_android_assets,
     input_tensor,
     rgb_to_argb,
@@ -52,10 +54,12 @@ def make_version_dir(
     data: tuple | None = None,
     full_range: bool = True,
     variants: tuple[str, ...] = ("tflite_int8", "tflite_float32"),
+    fit: str = "stretch",
 ):
     """A contract-shaped version directory built without the export stage (tflite_int8/float32,
     labels, contract, model card), for what the real exporter never writes: with
-    `full_range=False` the int8 input quantization takes the data's own range (scale != 1).
+    `full_range=False` the int8 input quantization takes the data's own range (scale != 1);
+    `fit` is the contract's input.fit.
 
     tiny_cnn on synthetic data (or `data` = (x, y, x_test, y_test, labels), grayscale uint8 NHWC),
     wrapped uint8 RGB -> in-graph luma -> model -> softmax; `full_range` pins the calibration range
@@ -121,7 +125,8 @@ def make_version_dir(
         "model": {"name": name, "version": version},
         "input": {
             "height": size, "width": size, "channels": 3, "color_order": "RGB", "layout": "NHWC",
-            "dtype": "uint8", "value_range": [0, 255], "resize": "bilinear", "model_channels": 1,
+            "dtype": "uint8", "value_range": [0, 255], "resize": "bilinear", "fit": fit, "alpha": "over_black",
+            "model_channels": 1,
             "grayscale": "in_graph: 0.299*R + 0.587*G + 0.114*B",
             "normalization": {"in_graph": True, "mean": mean, "std": std, "formula": "(x - mean) / std per channel, x in 0..255"},
         },
@@ -251,13 +256,29 @@ def test_fresh_export_goldens_pass_on_the_jvm(jvm, exported):
     assert golden["samples_source"] == "test split of run1"
     assert len(golden["samples"]) == 5
     assert golden["model_tensors"]["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
+    assert _photo_report(proc, golden) == {"stretch": 0, "center_crop": 0}
+
+
+def _photo_report(proc: subprocess.CompletedProcess, golden: dict) -> dict[str, int]:
+    """Differing values per fit, summed over the photos, as PhotoGoldenTest printed them; every
+    golden photo must have been compared with both fits."""
+    rows = re.findall(r"^  (\S+\.png) \d+x\d+ \w+ (\w+): (\d+) of (\d+) values differ", proc.stdout, re.M)
+    names = {p["file"] for p in golden["photos"]}
+    assert len(names) >= 8 and {(n, f) for n, f, _, _ in rows} == {(n, f) for n in names for f in ("stretch", "center_crop")}, proc.stdout[-3000:]
+    h, w = golden["contract"]["input"]["height"], golden["contract"]["input"]["width"]
+    assert all(int(total) == h * w * 3 for *_, total in rows)
+    counts = {"stretch": 0, "center_crop": 0}
+    for _, fit, n, _ in rows:
+        counts[fit] += int(n)
+    return counts
 
 
 def test_checked_in_goldens_pass_on_the_jvm(jvm):
     golden = json.loads((CLASSIFIER / "src/test/resources/golden/golden.json").read_text())
     assert golden["samples"] and golden["contract"]["android"]["variant"]
     proc = jvm({"tfcnn.assets.dir": ""}, resources=CLASSIFIER / "src/test/resources")
-    assert _junit_ok(proc) >= 30
+    assert _junit_ok(proc) >= 40
+    assert _photo_report(proc, golden) == {"stretch": 0, "center_crop": 0}
 
 
 def test_float32_variant_goldens_pass_on_the_jvm(jvm, exported, tmp_path):
@@ -337,7 +358,7 @@ def test_re_export_with_android_fixes_drift(jvm, exported, tmp_path):
 def test_quantized_input_with_non_unit_scale_matches(jvm, tmp_path):
     """A uint8 input quantized with the data's own range (scale != 1, not what tfcnn exports, but
     legal LiteRT): the goldens then pin q = round(x / scale) + zero_point in Kotlin too."""
-    vdir, samples = make_version_dir(tmp_path / "export", full_range=False, epochs=1, variants=("tflite_int8",))
+    vdir, samples = make_version_dir(tmp_path / "export", full_range=False, epochs=1, variants=("tflite_int8",), fit="center_crop")
     app = copy_app(tmp_path / "android_demo")
     write_android_assets(vdir, app, samples=samples, n_samples=4)
     check_android_assets(app, vdir)
@@ -346,7 +367,16 @@ def test_quantized_input_with_non_unit_scale_matches(jvm, tmp_path):
     assert q and abs(q["scale"] - 1.0) > 0.01, q
     raw = np.frombuffer(base64.b64decode(golden["samples"][0]["input_b64"]), np.uint8)
     assert not np.array_equal(raw, np.repeat(samples[0][0], 3, axis=-1).reshape(-1))
-    _junit_ok(jvm({"tfcnn.golden.dir": str(app / GOLDEN), "tfcnn.assets.dir": str(app / ASSETS), "tfcnn.export.dir": str(vdir)}))
+    # The photos' tensors follow the contract's fit (center_crop here), quantized with that scale.
+    wide = next(p for p in golden["photos"] if p["file"] == "china_wide_60x40.png")
+    crop = np.frombuffer(base64.b64decode(wide["resized_b64"]["center_crop"]), np.uint8)
+    argb = rgb_to_argb(crop.reshape(1, 16, 16, 3))[0]
+    tin = golden["model_tensors"]["input"]
+    assert base64.b64decode(wide["input_b64"]) == input_tensor(argb, golden["contract"], tin).tobytes()
+    assert wide["resized_b64"]["center_crop"] != wide["resized_b64"]["stretch"]
+    proc = jvm({"tfcnn.golden.dir": str(app / GOLDEN), "tfcnn.assets.dir": str(app / ASSETS), "tfcnn.export.dir": str(vdir)})
+    _junit_ok(proc)
+    assert _photo_report(proc, golden) == {"stretch": 0, "center_crop": 0}
 
 
 def test_tampered_assets_are_named(exported, tmp_path):
@@ -387,8 +417,10 @@ def test_app_project_is_pinned_and_complete():
     app_gradle = (APP / "app/build.gradle.kts").read_text()
     assert "minSdk = 24" in app_gradle and "libs.litert" in app_gradle and 'project(":classifier")' in app_gradle
     sources = "\n".join(p.read_text() for p in (APP / "app/src/main").rglob("*.kt"))
-    for needle in ("PickVisualMedia", "TakePicturePreview", "createScaledBitmap", "InterpreterApi", "ModelMismatchException"):
+    for needle in ("PickVisualMedia", "TakePicturePreview", "InterpreterApi", "ModelMismatchException", "inPremultiplied = false"):
         assert needle in sources, needle
+    # the model's input is resized by the classifier core (Pillow's bilinear), never by Android's filter
+    assert "createScaledBitmap(software" not in sources and "classify(width, height" in sources
     # the classifier module is plain JVM Kotlin
     core = "\n".join(p.read_text() for p in (CLASSIFIER / "src/main").rglob("*.kt"))
     assert "import android" not in core and "import androidx" not in core
@@ -405,4 +437,133 @@ def test_model_weights_are_git_ignored_and_samples_ship():
     for p in samples:
         with Image.open(p) as im:
             assert im.size == (28, 28)
-    assert (CLASSIFIER / "src/test/resources/golden/golden.json").stat().st_size < 150_000
+    # 5 samples + 8 photos (each resized with both fits) at 28x28: ~135 KB
+    assert (CLASSIFIER / "src/test/resources/golden/golden.json").stat().st_size < 180_000
+
+
+# --------------------------------------------------------------------------- the resize the app reproduces
+
+
+def test_reference_resize_is_pillow_bilinear_with_the_pass_order_pinned():
+    """tfcnn.data.images.resize_image is Pillow's own BILINEAR (and ImageOps.fit's box for
+    center_crop) whenever Pillow itself runs the horizontal pass first; Pillow >= 13 runs the
+    vertical pass first when the height shrinks > 2x more than the width, and that moves pixels
+    by one step, which is why the reference pins the order (and the Kotlin core follows it)."""
+    from PIL import Image, ImageOps
+
+    from tfcnn.data.images import crop_box, resize_image
+
+    rng = np.random.default_rng(0)
+    order_matters = 0
+    for i in range(60):
+        (sw, sh), (w, h) = rng.integers(1, 70, 2), rng.integers(1, 30, 2)
+        arr = rng.integers(0, 256, (sh, sw, 3), dtype=np.uint8)
+        for fit in ("stretch", "center_crop"):
+            ours = resize_image(arr, (h, w), fit)
+            img = Image.fromarray(arr)
+            pil = ImageOps.fit(img, (w, h), Image.Resampling.BILINEAR) if fit == "center_crop" else img.resize((w, h), Image.Resampling.BILINEAR)
+            box = crop_box(sw, sh, w, h, fit)
+            if fit == "center_crop":
+                assert box[2] - box[0] <= sw and box[3] - box[1] <= sh and abs((box[2] - box[0]) * h - (box[3] - box[1]) * w) < 1e-6 * sw * sh
+            if not ((sh - h) > 0 and (sh - h) > (sw - w) * 2):  # Pillow 13 goes horizontal first
+                np.testing.assert_array_equal(ours, np.asarray(pil), err_msg=f"{sw}x{sh} -> {w}x{h} {fit}")
+            elif not np.array_equal(ours, np.asarray(pil)):
+                order_matters += 1
+                assert np.abs(ours.astype(int) - np.asarray(pil, int)).max() == 1
+    import PIL
+
+    assert order_matters > 0 or int(PIL.__version__.split(".")[0]) < 13  # Pillow 13's own order differs
+    grey = rng.integers(0, 256, (40, 30, 1), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_image(grey, (16, 16), "center_crop")[..., 0], resize_image(np.repeat(grey, 3, -1), (16, 16), "center_crop")[..., 0])
+    with pytest.raises(Exception, match="fit = 'letterbox' is not a resize fit; use one of stretch, center_crop"):
+        resize_image(grey, (8, 8), "letterbox")
+
+
+def test_contract_records_resize_fit_and_alpha(exported):
+    from tfcnn.config import ConfigError, from_dict
+
+    contract = json.loads((exported["v1"] / "contract.json").read_text())
+    assert {k: contract["input"][k] for k in ("resize", "fit", "alpha")} == {"resize": "bilinear", "fit": "stretch", "alpha": "over_black"}
+    assert "ImageOps.fit" in contract["input"]["resize_detail"] and "horizontal pass then vertical" in contract["input"]["resize_detail"]
+    base = {"name": "x", "data": {"source": "mnist"}, "model": {"name": "tiny_cnn"}}
+    assert from_dict({**base, "export": {"fit": "center_crop"}}).export.fit == "center_crop"
+    with pytest.raises(ConfigError, match=r"export.fit = 'crop' is not allowed; choose one of 'stretch', 'center_crop'"):
+        from_dict({**base, "export": {"fit": "crop"}})
+
+
+def test_golden_photos_are_small_real_pngs():
+    from PIL import Image
+
+    files = sorted((APP / PHOTOS).glob("*.png"))
+    modes = {}
+    for p in files:
+        assert p.stat().st_size < 8_000, p
+        with Image.open(p) as im:
+            modes[im.mode] = modes.get(im.mode, 0) + 1
+            assert min(im.size) >= 8 and im.size != (28, 28) and im.size != (16, 16), p
+            assert not {"gamma", "icc_profile", "srgb", "chromaticity"} & set(im.info), f"{p}: colour chunks some decoders apply"
+    assert {"RGB", "RGBA", "LA", "L", "P"} <= set(modes), modes
+
+
+def test_missing_photos_are_refused(exported, tmp_path):
+    app = copy_app(tmp_path / "android_demo")
+    shutil.rmtree(app / PHOTOS)
+    with pytest.raises(ExportError, match="has no PNG photos, so the app's resize could not be checked"):
+        write_android_assets(exported["v1"], app, n_samples=1)
+
+
+def test_serving_bytes_decode_is_within_one_step_of_the_reference():
+    """The SavedModel's serving_bytes resize (TF ops, float32 weights) against the Python
+    reference on the golden photos: never more than one step off, and rarely that."""
+    import tensorflow as tf
+
+    from tfcnn.data.images import load_image
+    from tfcnn.export.wrapper import Geometry, decode_image_bytes
+
+    g = Geometry(height=20, width=14, model_channels=3)
+    for fit in ("stretch", "center_crop"):
+        decode = tf.function(decode_image_bytes(g, fit))
+        off = total = 0
+        for path in sorted((APP / PHOTOS).glob("*.png")):
+            got = decode(tf.constant(path.read_bytes())).numpy().astype(int)
+            ref = load_image(path, (g.height, g.width), 3, fit).astype(int)
+            assert got.shape == ref.shape and np.abs(got - ref).max() <= 1, (path.name, fit)
+            off, total = off + int((got != ref).sum()), total + ref.size
+        assert off < 0.05 * total, (fit, off, total)
+        # an image at the model's size is passed through untouched
+        same = load_image(next((APP / PHOTOS).glob("china_wide*.png")), (g.height, g.width), 3, fit)
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(same).save(buf, format="PNG")
+        np.testing.assert_array_equal(decode(tf.constant(buf.getvalue())).numpy(), same)
+
+
+def test_predict_on_a_version_honours_the_contracts_fit(exported, tmp_path):
+    """`tfcnn predict VERSION_DIR` feeds each format what load_image makes with the contract's fit:
+    a copy of v1 whose contract says center_crop (card row updated, as an export would write it)."""
+    from tfcnn.data.images import load_image
+    from tfcnn.export.formats import FORMATS
+    from tfcnn.export.predict import predict_version
+
+    crop = tmp_path / "tiny" / "1"
+    shutil.copytree(exported["v1"], crop)
+    contract = json.loads((crop / "contract.json").read_text())
+    contract["input"]["fit"] = "center_crop"
+    (crop / "contract.json").write_text(json.dumps(contract))
+    card = json.loads((crop / "model_card.json").read_text())
+    row = next(r for r in card["artifacts"] if r["path"] == "contract.json")
+    row["sha256"], row["bytes"] = hashlib.sha256((crop / "contract.json").read_bytes()).hexdigest(), (crop / "contract.json").stat().st_size
+    (crop / "model_card.json").write_text(json.dumps(card))
+
+    files = sorted((APP / PHOTOS).glob("*.png"))
+    h, w = contract["input"]["height"], contract["input"]["width"]
+    runner = FORMATS["tflite_int8"].runner(crop, contract["artifacts"]["tflite_int8"], 1)
+    want = np.asarray(runner.predict(np.stack([load_image(f, (h, w), 3, "center_crop") for f in files])))
+    rows = predict_version(crop, files, format="tflite_int8", top_k=3)
+    for row, probs in zip(rows, want):
+        assert [t["class_id"] for t in row["top_k"]] == list(np.argsort(-probs, kind="stable")[:3])
+        np.testing.assert_allclose([t["probability"] for t in row["top_k"]], np.sort(probs)[::-1][:3], atol=1e-6)
+    assert predict_version(exported["v1"], files, format="tflite_int8", top_k=3) != rows  # stretch differs

@@ -19,6 +19,23 @@ def _format_help() -> str:
     return "subset of: " + "; ".join(f"{f.name} ({f.summary})" for f in ordered())
 
 
+def _add_skip_flags(sp: argparse.ArgumentParser) -> None:
+    """--skip-<client> for every client check a format registers (MediaPipe, OpenVINO)."""
+    from tfcnn.export.formats import client_names
+
+    for name in client_names():
+        sp.add_argument(f"--skip-{name}", dest=f"skip_{name}", action="store_true",
+                        help=f"do not run the {name} client checks (recorded as skipped); without this flag, "
+                        f"verification fails when {name} is missing or cannot be imported")
+
+
+def _skips(args: argparse.Namespace) -> dict[str, str]:
+    """The clients the user skipped on the command line, with the reason verify records."""
+    from tfcnn.export.formats import client_names
+
+    return {n: f"by the user (--skip-{n})" for n in client_names() if getattr(args, f"skip_{n}", False)}
+
+
 def _at_least_one(text: str) -> int:
     """argparse type for counts (--top-k, --threads, --runs, ...): a whole number >= 1, else one usage line."""
     try:
@@ -44,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="retrain from scratch in a run directory that holds a run made with other settings")
         return sp
 
-    pipeline_cmd("run", "train, evaluate, export, verify and report, as the pipeline file says")
+    _add_skip_flags(pipeline_cmd("run", "train, evaluate, export, verify and report, as the pipeline file says"))
     pipeline_cmd("train", "train and evaluate only (no export)")
     sp = pipeline_cmd("lr-find", "LR range test: loss against a geometrically growing learning rate; writes "
                       "lr_find.json and plots/lr_find.png into the run directory and suggests a rate")
@@ -95,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--android", type=Path, metavar="APP_DIR", help="also copy the TFLite model and golden vectors into this Android app")
     sp.add_argument("--android-variant", default="tflite_int8")
     sp.add_argument("--verify", action="store_true", help="run tfcnn verify on the new version")
+    _add_skip_flags(sp)
     sp.add_argument("--serving-base", metavar="PATH", help="the repository's path as TF Serving sees it, e.g. /models in "
                     "the usual container: models.config's base_path becomes PATH/<name> (default: this repository's absolute path)")
 
@@ -102,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("version_dir", type=Path)
     sp.add_argument("--samples", type=_at_least_one, help="test images to use (default: the run's export.verify_samples or all)")
     sp.add_argument("--threads", type=_at_least_one)
+    _add_skip_flags(sp)
 
     sp = sub.add_parser("benchmark", help="batch-1 latency of every artifact in an export version")
     sp.add_argument("version_dir", type=Path)
@@ -165,7 +184,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _load_pipeline(args)
         from tfcnn.pipeline import format_summary
 
-        print(format_summary(run_pipeline(cfg, args.out, export=None if cmd == "run" else False, overwrite=args.overwrite)))
+        skips = _skips(args) if cmd == "run" else {}
+        print(format_summary(run_pipeline(cfg, args.out, export=None if cmd == "run" else False, overwrite=args.overwrite,
+                                          skip_clients=skips)))
         return 0
     if cmd == "lr-find":
         from tfcnn.run import Run
@@ -238,12 +259,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         print(version_dir)
         if args.verify:
-            verify_version(version_dir, run=args.run_dir)
+            verify_version(version_dir, run=args.run_dir, skip_clients=_skips(args))
         return 0
     if cmd == "verify":
         from tfcnn.export import verify_version
 
-        verify_version(args.version_dir, samples=args.samples, threads=args.threads)
+        verify_version(args.version_dir, samples=args.samples, threads=args.threads, skip_clients=_skips(args))
         return 0
     if cmd == "benchmark":
         from tfcnn.export import benchmark_version

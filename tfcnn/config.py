@@ -340,6 +340,9 @@ class ExportConfig:
     fit: Literal["stretch", "center_crop"] = "stretch"
     verify: bool = True
     verify_samples: Optional[int] = field(default=None, metadata=_range(1, MAX_SAMPLES))  # None = whole test split
+    # client checks verify does not run, e.g. ["mediapipe"] where it cannot be installed (recorded as
+    # skipped by the user); a client that is neither skipped nor importable fails verify
+    skip_clients: list[str] = field(default_factory=list)
     latency_runs: int = field(default=50, metadata=_range(1, 100_000))
     threads: int = field(default=1, metadata=_range(1, 1024))
     author: str = "tfcnn"

@@ -94,21 +94,24 @@ def train_stage(cfg: PipelineConfig, run: Run | Path, *, overwrite: bool = False
     return metrics.to_dict()
 
 
-def export_stage(cfg: PipelineConfig, run: Run | Path) -> tuple[Path, dict | None]:
-    """Export the run's model into the model repository and verify every artifact."""
+def export_stage(cfg: PipelineConfig, run: Run | Path, skip_clients: dict[str, str] | None = None) -> tuple[Path, dict | None]:
+    """Export the run's model into the model repository and verify every artifact (``skip_clients``:
+    client checks the user skipped, with the reason verify records, e.g. from ``--skip-mediapipe``)."""
     from tfcnn.export import export_run, verify_version
 
     version_dir = export_run(run, formats=cfg.export.formats, name=cfg.export.name or cfg.name, root=Path(cfg.export.root))
     verification = None
     if cfg.export.verify:
-        verification = verify_version(version_dir, samples=cfg.export.verify_samples, run=run)
+        verification = verify_version(version_dir, samples=cfg.export.verify_samples, run=run, skip_clients=skip_clients)
     return version_dir, verification
 
 
 def run_pipeline(
-    cfg: PipelineConfig, run_dir: Path | None = None, *, export: bool | None = None, overwrite: bool = False
+    cfg: PipelineConfig, run_dir: Path | None = None, *, export: bool | None = None, overwrite: bool = False,
+    skip_clients: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run every enabled stage and return a summary (:func:`format_summary` makes it a table)."""
+    """Run every enabled stage and return a summary (:func:`format_summary` makes it a table);
+    ``skip_clients`` goes to verify (see :func:`export_stage`)."""
     started = time.perf_counter()
     validate(cfg)  # before anything is written or loaded
     run = Run.create(Path(run_dir) if run_dir else default_run_dir(cfg))
@@ -116,7 +119,7 @@ def run_pipeline(
     summary.metrics = train_stage(cfg, run, overwrite=overwrite)
     do_export = cfg.export.enabled if export is None else export
     if do_export:
-        version_dir, verification = export_stage(cfg, run)
+        version_dir, verification = export_stage(cfg, run, skip_clients)
         summary.export = str(version_dir)
         summary.verification = verification
     if cfg.report:

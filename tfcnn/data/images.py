@@ -7,8 +7,13 @@ demo must reproduce) is, in order:
 1. decode (first frame of an animated GIF), apply the EXIF orientation a phone camera records;
 2. transparency: RGBA / LA / palette-with-transparency images are composited over BLACK
    (``rgb * alpha / 255``, rounded), so fully transparent pixels read 0 whatever colour they hide;
-3. resize to (height, width) with BILINEAR interpolation (Pillow's ``Image.resize(BILINEAR)``)
-   in the image's own channels;
+3. resize to (height, width) with BILINEAR interpolation (Pillow's ``Image.resize(BILINEAR)``:
+   a triangle filter whose support widens with the downscale factor, so shrinking averages
+   every source pixel instead of aliasing; 22-bit fixed-point weights, horizontal pass then
+   vertical, each rounded to uint8) in the image's own channels. ``fit`` says what happens to
+   another aspect ratio: ``stretch`` (the default; what the folder source does to training
+   images) resizes the whole image, ``center_crop`` resizes the largest centred box of the
+   target's aspect ratio (``ImageOps.fit``'s sub-pixel box, no rounding of the crop);
 4. channels: grey -> RGB replicates the grey value; RGB -> grey uses ITU-R BT.601 luma
    ``Y = 0.299 R + 0.587 G + 0.114 B`` rounded (Pillow's ``convert("L")`` fixed-point maths).
 
@@ -44,19 +49,21 @@ from tfcnn.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 RESIZE_METHOD = "bilinear"  # the one resize every consumer (training, predict, Android) must use
+FITS = ("stretch", "center_crop")  # how an image of another aspect ratio meets (height, width)
 _COLOUR_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"}
 # BT.601 luma weights in the 16-bit fixed point Pillow uses, so arrays and files agree to the bit.
 _LUMA = np.array([19595, 38470, 7471], dtype=np.uint32)
 
 
-def load_image(path: str | Path, size: tuple[int, int] | None, channels: int) -> np.ndarray:
-    """uint8 (H, W, channels) array of one image file; `size` is (height, width) or None to keep it.
+def load_image(path: str | Path, size: tuple[int, int] | None, channels: int, fit: str = "stretch") -> np.ndarray:
+    """uint8 (H, W, channels) array of one image file; `size` is (height, width) or None to keep it,
+    `fit` one of :data:`FITS` (an export's ``contract.json`` input.fit).
 
     Raises DataError naming the file when it is missing, not an image, truncated or corrupt.
     """
     if channels not in (1, 3):
         raise DataError(f"channels = {channels!r} is not supported; use 1 (grey) or 3 (RGB)")
-    return conform_image(decode_image(path), size, channels)
+    return conform_image(decode_image(path), size, channels, fit)
 
 
 @contextmanager
@@ -298,22 +305,54 @@ def _jpeg_bytes_left_over(data: bytes) -> int | None:
         return None
 
 
-def conform_image(arr: np.ndarray, size: tuple[int, int] | None, channels: int) -> np.ndarray:
+def conform_image(arr: np.ndarray, size: tuple[int, int] | None, channels: int, fit: str = "stretch") -> np.ndarray:
     """Resize (bilinear, own channels) then convert channels; the single definition of both steps."""
     if size is not None and tuple(arr.shape[:2]) != tuple(size):
-        arr = resize_image(arr, size)
+        arr = resize_image(arr, size, fit)
     return to_channels(arr, channels)
 
 
-def resize_image(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_image(arr: np.ndarray, size: tuple[int, int], fit: str = "stretch") -> np.ndarray:
     """uint8 (H, W, C) -> (size[0], size[1], C) with Pillow BILINEAR, one channel plane at a time
-    when C is 1 so grey stays grey."""
+    when C is 1 so grey stays grey; ``center_crop`` resizes the centred box of the target's
+    aspect ratio (``ImageOps.fit``'s box). The Android core reproduces this to the bit."""
+    if fit not in FITS:
+        raise DataError(f"fit = {fit!r} is not a resize fit; use one of {', '.join(FITS)}")
     h, w = int(size[0]), int(size[1])
-    if arr.shape[-1] == 1:
-        out = Image.fromarray(np.ascontiguousarray(arr[..., 0])).resize((w, h), Image.Resampling.BILINEAR)
-        return np.asarray(out, dtype=np.uint8)[..., None]
-    out = Image.fromarray(np.ascontiguousarray(arr)).resize((w, h), Image.Resampling.BILINEAR)
-    return np.asarray(out, dtype=np.uint8)
+    img = Image.fromarray(np.ascontiguousarray(arr[..., 0] if arr.shape[-1] == 1 else arr))
+    out = _bilinear(img, (w, h), crop_box(img.width, img.height, w, h, fit))
+    out_arr = np.asarray(out, dtype=np.uint8)
+    return out_arr[..., None] if arr.shape[-1] == 1 else out_arr
+
+
+def crop_box(width: int, height: int, out_w: int, out_h: int, fit: str) -> tuple[float, float, float, float]:
+    """The source box (left, top, right, bottom) that becomes the output: the whole image to
+    stretch, or Pillow's ``ImageOps.fit`` box (centred, sub-pixel, same float maths) to crop."""
+    if fit == "stretch":
+        return (0.0, 0.0, float(width), float(height))
+    src_ratio, out_ratio = width / height, out_w / out_h
+    if src_ratio == out_ratio:
+        crop_w, crop_h = float(width), float(height)
+    elif src_ratio >= out_ratio:
+        crop_w, crop_h = out_ratio * height, float(height)
+    else:
+        crop_w, crop_h = float(width), width / out_ratio
+    left, top = (width - crop_w) * 0.5, (height - crop_h) * 0.5
+    return (left, top, left + crop_w, top + crop_h)
+
+
+def _bilinear(img: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float]) -> Image.Image:
+    """Pillow BILINEAR of ``box`` to ``size`` (w, h), horizontal pass first, then vertical.
+
+    Each pass is its own one-axis ``Image.resize``, because Pillow chooses the order of its two
+    passes itself and has changed the rule (13.0 runs the vertical pass first when the height
+    shrinks more than twice as much as the width; earlier versions did so only for images over
+    100x taller than wide), and the order moves some pixels by one step. Pinned, the folder
+    source, ``tfcnn predict`` and the Android core agree to the bit whatever Pillow is installed.
+    """
+    x0, y0, x1, y1 = box
+    img = img.resize((size[0], img.height), Image.Resampling.BILINEAR, box=(x0, 0, x1, img.height))
+    return img.resize(size, Image.Resampling.BILINEAR, box=(0, y0, size[0], y1))
 
 
 def to_channels(x: np.ndarray, channels: int) -> np.ndarray:

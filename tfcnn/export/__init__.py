@@ -38,13 +38,14 @@ def __getattr__(name: str) -> _Any:
 
 def _check(cfg) -> None:
     """`export.formats` and `export.thresholds` name registered formats (no I/O)."""
-    from tfcnn.export.formats import check_formats, check_threshold_overrides
+    from tfcnn.export.formats import check_formats, check_skip_clients, check_threshold_overrides
 
     from tfcnn.tasks import get_task
 
     if cfg.export.formats is not None:
         check_formats(cfg.export.formats, cfg.task, error=ConfigError)
     check_threshold_overrides(cfg.export.thresholds, get_task(cfg.task).limit_keys)
+    check_skip_clients(cfg.export.skip_clients)
 
 
 _config.register_check("export", _check)

@@ -5,6 +5,12 @@ wrote. To prove that its Kotlin core reads the contract the way the Python side 
 module also writes *golden vectors*: a few test images as the ARGB ints Android's
 ``Bitmap.getPixels`` returns, the exact input tensor bytes fed to LiteRT here, LiteRT's raw output
 tensor and the expected top-k. The classifier module's JVM tests replay them without the model.
+
+Real photos go through the resize those test images skip: every PNG the app ships in
+``classifier/src/test/resources/golden/photos`` (larger, smaller, non-square, with alpha, grey,
+palette) is decoded and resized here by :func:`tfcnn.data.images.load_image` — the same code as the
+folder source's training images and ``tfcnn predict`` — with both fits, and the JVM tests decode
+the same files with ``javax.imageio`` and must produce the same pixels and tensor bytes, byte for byte.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from tfcnn.util import atomic_path, read_json, sha256_file, write_json, write_te
 
 ASSETS = Path("app/src/main/assets")
 GOLDEN = Path("classifier/src/test/resources/golden")
+PHOTOS = GOLDEN / "photos"  # real PNGs of other sizes; android_demo/tools/golden_photos.py makes them
 GOLDEN_FILE = "golden.json"
-GOLDEN_SCHEMA = "tfcnn.android-golden/1"
+GOLDEN_SCHEMA = "tfcnn.android-golden/2"  # 2: + photos (the resize path)
 MODEL_FILE = "model.tflite"
 DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
 
@@ -204,6 +211,76 @@ def _card_run_dir(version_dir: Path) -> Path | None:
         return None
 
 
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+
+
+class _Replay:
+    """The app's model in LiteRT, fed with the contract's pixel maths: what the goldens record."""
+
+    def __init__(self, model_path: Path, contract: dict, labels: list[str], k: int):
+        self.contract, self.labels, self.k = contract, labels, k
+        inputs, outputs = tensor_specs(model_path)
+        self.tin, self.tout = inputs[0], outputs[0]
+        self.interp = _interpreter(model_path)
+        self.in_idx = self.interp.get_input_details()[0]["index"]
+        self.out_idx = self.interp.get_output_details()[0]["index"]
+
+    def tensor(self, argb: np.ndarray) -> np.ndarray:
+        return input_tensor(argb, self.contract, self.tin)
+
+    def __call__(self, tensor: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+        """Raw output tensor and top-k for one input tensor."""
+        self.interp.set_tensor(self.in_idx, tensor)
+        self.interp.invoke()
+        raw = self.interp.get_tensor(self.out_idx).reshape(-1).copy()
+        return raw, top_k(scores_from_raw(raw, self.contract, self.tout), self.labels, self.k)
+
+
+def photo_goldens(android_dir: Path, contract: dict, run_model: _Replay) -> list[dict]:
+    """One record per PNG in the app's golden photos: the Python reference resize of the file to
+    the contract's size with each fit (uint8 RGB), the input tensor for the contract's fit, and
+    the model's raw output and top-k for it.
+
+    Missing photos are an error: without them the app's resize path would go unchecked.
+    """
+    from PIL import Image
+
+    from tfcnn.data.images import FITS, load_image
+
+    folder = Path(android_dir) / PHOTOS
+    files = sorted(folder.glob("*.png"))
+    if not files:
+        raise ExportError(
+            f"{folder} has no PNG photos, so the app's resize could not be checked; restore them from git "
+            "(or make them with android_demo/tools/golden_photos.py)"
+        )
+    inp = contract["input"]
+    h, w, fit = int(inp["height"]), int(inp["width"]), inp.get("fit", "stretch")
+    if fit not in FITS:
+        raise ExportError(f"contract.json input.fit = {fit!r}; the Android core implements {', '.join(FITS)}")
+    records = []
+    for path in files:
+        with Image.open(path) as im:
+            size, mode = im.size, im.mode
+        resized = {f: load_image(path, (h, w), 3, f) for f in FITS}
+        tensor = run_model.tensor(rgb_to_argb(resized[fit][None])[0])
+        raw, top = run_model(tensor)
+        records.append(
+            {
+                "file": path.name,
+                "width": int(size[0]),
+                "height": int(size[1]),
+                "mode": mode,
+                "resized_b64": {f: _b64(resized[f]) for f in FITS},
+                "input_b64": _b64(tensor),
+                "output_raw": raw.tolist(),
+                "top_k": top,
+            }
+        )
+    return records
+
+
 def _samples_from_run(run_dir: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     from tfcnn.data import bundle_for
 
@@ -224,8 +301,9 @@ def write_android_assets(
     """Copy `variant` + labels + contract into the app's assets and write golden vectors for its JVM tests.
 
     Golden images come from `samples` (uint8 NHWC at the contract's size, labels), else from the
-    test split of `run_dir`, else from deterministic probe patterns (label -1).
-    Returns paths, the model's sha256 and the number of golden samples.
+    test split of `run_dir`, else from deterministic probe patterns (label -1); golden photos
+    (any size, resized by the Python reference) from the app's own test resources.
+    Returns paths, the model's sha256 and the number of golden samples and photos.
     """
     version_dir, android_dir = Path(version_dir), Path(android_dir)
     _require_app(android_dir)
@@ -251,8 +329,8 @@ def write_android_assets(
     }
     write_json(assets / "contract.json", app_contract)
 
-    inputs, outputs = tensor_specs(assets / MODEL_FILE)
-    tin, tout = inputs[0], outputs[0]
+    replay = _Replay(assets / MODEL_FILE, contract, labels, k)
+    tin, tout = replay.tin, replay.tout
     h, w = int(contract["input"]["height"]), int(contract["input"]["width"])
     source = "samples argument"
     if samples is None:
@@ -273,16 +351,11 @@ def write_android_assets(
             f"golden images must be uint8 NHWC at the contract size {h}x{w}, got {x.dtype} {_dims(x.shape)}"
         )
 
-    interp = _interpreter(assets / MODEL_FILE)
-    in_idx = interp.get_input_details()[0]["index"]
-    out_idx = interp.get_output_details()[0]["index"]
     argb = rgb_to_argb(x)
     records = []
     for i in range(len(x)):
-        tensor = input_tensor(argb[i], contract, tin)
-        interp.set_tensor(in_idx, tensor)
-        interp.invoke()
-        raw = interp.get_tensor(out_idx).reshape(-1).copy()
+        tensor = replay.tensor(argb[i])
+        raw, top = replay(tensor)
         records.append(
             {
                 "index": i,
@@ -290,11 +363,12 @@ def write_android_assets(
                 "width": w,
                 "height": h,
                 "argb": argb[i].tolist(),
-                "input_b64": base64.b64encode(tensor.tobytes()).decode("ascii"),
+                "input_b64": _b64(tensor),
                 "output_raw": raw.tolist(),
-                "top_k": top_k(scores_from_raw(raw, contract, tout), labels, k),
+                "top_k": top,
             }
         )
+    photos = photo_goldens(android_dir, contract, replay)
     golden = {
         "schema": GOLDEN_SCHEMA,
         "variant": variant,
@@ -306,6 +380,7 @@ def write_android_assets(
         "labels": labels,
         "model_tensors": {"input": tin, "output": tout},
         "samples": records,
+        "photos": photos,
     }
     golden_path = android_dir / GOLDEN / GOLDEN_FILE
     write_text(golden_path, json.dumps(golden, separators=(",", ":"), sort_keys=True) + "\n")
@@ -317,6 +392,7 @@ def write_android_assets(
         "golden": str(golden_path),
         "sha256": sha,
         "samples": len(records),
+        "photos": len(photos),
     }
 
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from tfcnn.export import gpu_delegate
 from tfcnn.export.formats.base import owner_of
 from tfcnn.export.repository import CARD_FILE, CARD_HASH_FILE
 from tfcnn.export.source import SourceRun
-from tfcnn.export.tflite import DESCRIPTIONS, VARIANTS
+from tfcnn.export.tflite import ALL_VARIANTS, DESCRIPTIONS
 from tfcnn.export.wrapper import GRAY_WEIGHTS, Geometry
 from tfcnn.util import format_bytes, sha256_file
 
@@ -34,7 +35,17 @@ def normalization_of(model, fallback_mean: list[float], fallback_std: list[float
         return list(fallback_mean), list(fallback_std)
 
 
-def input_contract(g: Geometry, mean: list[float], std: list[float]) -> dict[str, Any]:
+RESIZE_DETAIL = (
+    "PIL Image.resize(BILINEAR) of the source box: triangle filter widened by the downscale factor "
+    "(antialiased), 22-bit fixed-point weights, horizontal pass then vertical, each rounded to uint8 "
+    "(tfcnn.data.images.resize_image); fit center_crop takes PIL ImageOps.fit's centred sub-pixel box; "
+    "alpha is composited over black first, round(c * a / 255)"
+)
+
+
+def input_contract(g: Geometry, mean: list[float], std: list[float], fit: str = "stretch") -> dict[str, Any]:
+    """The image every artifact takes, and how a client's photo of any size becomes it (`fit`:
+    export.fit), stated precisely enough to reproduce bit for bit (the Android core does)."""
     r, gg, b = GRAY_WEIGHTS
     return {
         "height": g.height,
@@ -45,6 +56,9 @@ def input_contract(g: Geometry, mean: list[float], std: list[float]) -> dict[str
         "dtype": "uint8",
         "value_range": [0, 255],
         "resize": "bilinear",
+        "fit": fit,
+        "alpha": "over_black",
+        "resize_detail": RESIZE_DETAIL,
         "model_channels": g.model_channels,
         "grayscale": f"in_graph: {r}*R + {gg}*G + {b}*B" if g.model_channels == 1 else None,
         "normalization": {
@@ -82,17 +96,22 @@ def savedmodel_entry(version_dir: Path) -> dict[str, Any]:
 
 
 def tflite_entry(version_dir: Path, variant: str) -> dict[str, Any]:
-    from tfcnn.export.tflite import tensor_details
+    """The variant's interface, metadata and quantization recipe, each read back from the written file."""
+    from tfcnn.export.tflite import recipe, tensor_details
     from tfcnn.export.tflite_metadata import read_metadata
 
-    path = version_dir / VARIANTS[variant]
+    path = version_dir / ALL_VARIANTS[variant]
     details = tensor_details(path)
     meta = read_metadata(path.read_bytes())
+    found = recipe(path)
+    found.pop("per_layer")  # the summary; verify reads the file again
+    found["float_weights"] = found["float_weights"][:20]  # a float32 file lists every layer: the first few say enough
     return {
         "format": "tflite",
-        "file": VARIANTS[variant],
+        "file": ALL_VARIANTS[variant],
         "quantization_mode": variant.removeprefix("tflite_"),
         "description": DESCRIPTIONS[variant],
+        "recipe": found,
         "inputs": details["inputs"],
         "outputs": details["outputs"],
         "metadata": {
@@ -122,12 +141,13 @@ def coreml_entry(rel_path: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_contract(
-    name: str, version: int, g: Geometry, mean: list[float], std: list[float], labels: list[str], artifacts: dict[str, Any], task
+    name: str, version: int, g: Geometry, mean: list[float], std: list[float], labels: list[str], artifacts: dict[str, Any], task,
+    fit: str = "stretch",
 ) -> dict[str, Any]:
     return {
         "schema": CONTRACT_SCHEMA,
         "model": {"name": name, "version": version},
-        "input": input_contract(g, mean, std),
+        "input": input_contract(g, mean, std, fit),
         "output": task.output_contract(labels),
         "labels": {"file": "labels.txt", "names": list(labels)},
         "artifacts": artifacts,
@@ -238,7 +258,9 @@ def limitations(src: SourceRun, g: Geometry) -> list[str]:
     return [
         f"{trained}; images unlike them (photos, other domains, other framing) are out of scope.",
         f"Mobile artifacts take exactly {g.height}x{g.width} RGB uint8 at batch 1; the caller resizes "
-        "(bilinear) - only the SavedModel's serving_bytes signature decodes and resizes itself.",
+        f"(Pillow bilinear, fit {src.cfg.export.fit}, alpha over black: contract.json input.resize_detail; the Android "
+        "core reproduces it to the bit) - only the SavedModel's serving_bytes signature decodes and resizes itself "
+        "(the same steps in TF ops, float32 weights: within one step of that reference).",
         *task.card_limitations(),
         "CoreML predictions are checked with coremltools on macOS and, elsewhere, with tfcnn's numpy evaluator of "
         "the package's ML Program (float16 emulated op by op): that shows the converted program computes what Keras "
@@ -305,6 +327,35 @@ def _task_of(src: SourceRun):
     return get_task(src.cfg.task, src.cfg, src.run)
 
 
+def recipe_markdown(artifacts: dict[str, Any]) -> list[str]:
+    """The card's quantization section: each TFLite file's recipe as read back from it at export,
+    and the full-integer model's worst layers (tfcnn.export.quant_debug)."""
+    rows = [(fmt, e["recipe"]) for fmt, e in artifacts.items() if isinstance(e, dict) and e.get("recipe")]
+    if not rows:
+        return []
+    lines = ["", "## Quantization (read back from each file)", "",
+             "| format | recipe | weights | granularity | activations | input -> output |", "|---|---|---|---|---|---|"]
+    for fmt, r in rows:
+        lines.append(
+            f"| {fmt} | {r['kind']} | {', '.join(r['weight_dtypes']) or '-'} | {r['weight_granularity'] or '-'} | "
+            f"{', '.join(r['activation_dtypes']) or '-'} | {', '.join(r['input_dtypes'])} -> {', '.join(r['output_dtypes'])} |"
+        )
+    for fmt, e in artifacts.items():
+        qd = e.get("quant_debug") if isinstance(e, dict) else None
+        if not qd:
+            continue
+        if qd.get("error"):
+            lines += ["", f"Per-layer error of {fmt}: not available ({qd['error']})."]
+            continue
+        worst = "; ".join(
+            f"{w['op']} `{w['tensor'].split(';')[0]}` {'exact' if w['snr_db'] is None else format(w['snr_db'], '.1f') + ' dB'}, "
+            f"cosine {w['cosine']:.4f}"
+            for w in qd.get("worst", [])[:3]
+        )
+        lines += ["", f"Per-layer error of {fmt} ({qd['measured_on']}, `{qd['file']}`), lowest SNR first: {worst}."]
+    return lines
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     c = card["contract"]["input"]
     ds = card["dataset"]
@@ -326,7 +377,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         "## Input contract",
         "",
-        f"RGB uint8 {c['height']}x{c['width']}x3 (NHWC), raw pixels 0..255, resize {c['resize']}. "
+        f"RGB uint8 {c['height']}x{c['width']}x3 (NHWC), raw pixels 0..255, resize {c['resize']} "
+        f"(fit {c.get('fit', 'stretch')}, alpha {c.get('alpha', 'over_black').replace('_', ' ')}). "
         + (f"Grayscale {c['grayscale']}. " if c["grayscale"] else "")
         + f"Normalization in-graph: mean {c['normalization']['mean']}, std {c['normalization']['std']}. "
         + (
@@ -364,6 +416,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += ["", "## Artifacts", "", "| file | format | bytes | sha256 |", "|---|---|---|---|"]
     for row in card["artifacts"]:
         lines.append(f"| `{row['path']}` | {row['format']} | {format_bytes(row['bytes'])} | `{row['sha256'][:16]}…` |")
+    lines += recipe_markdown(card["contract"].get("artifacts", {}))
+    lines += gpu_delegate.markdown(card["contract"].get("artifacts", {}))
     lines += ["", "## Limitations", ""] + [f"- {l}" for l in card["limitations"]]
     return "\n".join(lines) + "\n"
 

@@ -181,7 +181,7 @@ def _build(src: SourceRun, chosen: list[str], name: str, version: int, out: Path
         mean, std = card_mod.normalization_of(model, src.info.mean, src.info.std)
         note["detail"] = f"{model.name}, input {g.height}x{g.width}x{g.model_channels}, {len(labels)} classes"
     write_text(out / "labels.txt", "\n".join(labels) + "\n")
-    contract_input = card_mod.input_contract(g, mean, std)
+    contract_input = card_mod.input_contract(g, mean, std, ecfg.fit)
     trained = "trained outside tfcnn" if card_mod.external(src) else "trained with tfcnn"
     description = ecfg.description or f"{task.describe(labels, card_mod.model_name(src))} {trained}"
     input_text = (
@@ -201,7 +201,7 @@ def _build(src: SourceRun, chosen: list[str], name: str, version: int, out: Path
         _build_format(ctx, fmt_name, settings)
     shutil.rmtree(ctx.scratch, ignore_errors=True)
     with _step("contract and model card") as note:
-        contract = card_mod.build_contract(name, version, g, mean, std, labels, ctx.built, task)
+        contract = card_mod.build_contract(name, version, g, mean, std, labels, ctx.built, task, ecfg.fit)
         write_json(out / "contract.json", contract)
         rows = card_mod.manifest(out)
         settings["tool_versions"] = _tool_versions()

@@ -4,7 +4,8 @@ An export version directory (``contract.json`` + ``model_card.json``) is predict
 its formats' runners (the SavedModel's ``serving_default``, a LiteRT interpreter, ONNX Runtime,
 ...; see :mod:`tfcnn.export.formats`), fed what the contract says: RGB uint8 NHWC at the
 contract's height x width, each file decoded by :func:`tfcnn.data.images.load_image` (bilinear
-resize in the file's own channels, grey replicated to RGB; grey models convert in-graph).
+resize in the file's own channels with the contract's ``fit``, grey replicated to RGB; grey
+models convert in-graph).
 Batching, error rows, progress and the row layout are :mod:`tfcnn.predict`'s, so a run and a
 version give the same rows.
 """
@@ -160,6 +161,7 @@ def predict_version(
     name = choose_format(vd, format)
     labels = _labels(vd, contract)
     height, width = int(contract["input"]["height"]), int(contract["input"]["width"])
+    fit = contract["input"].get("fit", "stretch")  # contracts before export.fit all stretched
     _check_files(vd, name)
     entry = contract["artifacts"][name]
     try:
@@ -177,7 +179,7 @@ def predict_version(
 
     return classify(
         images,
-        load=lambda p: load_image(p, size=(height, width), channels=3),
+        load=lambda p: load_image(p, size=(height, width), channels=3, fit=fit),
         scores=scores,
         labels=labels,
         top_k=top_k,

@@ -24,13 +24,14 @@ from tfcnn.errors import ExportError, TfcnnError
 from tfcnn.util import write_text
 
 
-def write_savedmodel(model, labels_file: Path, out_dir: Path, task=None) -> None:
-    """serving_default + serving_bytes written straight into the version dir (TF Serving layout)."""
+def write_savedmodel(model, labels_file: Path, out_dir: Path, task=None, fit: str = "stretch") -> None:
+    """serving_default + serving_bytes (resizing with export.fit) written straight into the
+    version dir (TF Serving layout)."""
     import tensorflow as tf
 
     from tfcnn.export.wrapper import serving_archive
 
-    archive = serving_archive(model, labels_file, task)
+    archive = serving_archive(model, labels_file, task, fit)
     archive.write_out(str(out_dir), options=tf.saved_model.SaveOptions(), verbose=False)
     if not (out_dir / "assets" / labels_file.name).is_file():
         raise ExportError(f"SavedModel in {out_dir} has no assets/{labels_file.name}; the label table did not export")

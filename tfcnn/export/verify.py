@@ -3,20 +3,24 @@
 Order matters: integrity first (sha256/size against the model card, so a truncated or edited
 file is reported by name and never handed to a native runtime that could crash on it), then
 accuracy / agreement / probability differences / latency per format on the held-out test split,
-then a real external client (MediaPipe Tasks) reading the TFLite metadata. verification.json and
-verification.md are always written before a failure is raised.
+then the formats' client checks on the same images: a real external client (MediaPipe Tasks)
+reading the TFLite metadata, and a second runtime (OpenVINO) re-running each file, whose
+disagreements are reported as warnings (:mod:`tfcnn.export.openvino_check` says why). A client that
+cannot be imported fails unless skipped. verification.json and verification.md are always
+written before a failure is raised.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from tfcnn.errors import TfcnnError, VerificationError
-from tfcnn.export.formats import FORMATS, ordered, thresholds_for
+from tfcnn.export import quant_debug
+from tfcnn.export.formats import FORMATS, client_names, client_of, ordered, thresholds_for
 from tfcnn.run import Run, Verification
 from tfcnn.tasks import get_task
 from tfcnn.util import first_line, format_bytes, log, read_json, write_json, write_text
@@ -51,6 +55,41 @@ def _agreement(client: dict[str, Any]) -> Any:
     return None
 
 
+def _gates(result: dict[str, Any]) -> bool:
+    """A client result fails verification when it did not pass, unless all it reports are warnings
+    (a second runtime's disagreement with the file's own runtime: tfcnn.export.openvino_check)."""
+    return result.get("passed") is False and (bool(result.get("failures")) or not result.get("warnings"))
+
+
+def _skips(given: Mapping[str, str] | Sequence[str] | None, configured: list[str]) -> dict[str, str]:
+    """Client name -> why its checks are skipped: the run's ``export.skip_clients``, then the
+    caller's (a CLI flag, or the ``skip_clients`` argument). An unknown name is one error line."""
+    out = {name: "by the user (export.skip_clients)" for name in configured}
+    if isinstance(given, Mapping):
+        out.update(given)
+    else:
+        out.update({name: f"by the user (skip_clients={name!r})" for name in given or ()})
+    known = client_names()
+    for name in out:
+        if name not in known:
+            raise VerificationError(f"cannot skip client {name!r}: the client checks are {', '.join(known)}")
+    return out
+
+
+def _cross_check_lines(report: dict[str, Any]) -> list[str]:
+    """verification.md: every client other than MediaPipe (OpenVINO, ...), one line per format,
+    and the warnings the checks reported without failing verification."""
+    lines: list[str] = []
+    for client in report.get("cross_checks") or []:
+        lines += ["", f"## Cross-check: {client}", ""]
+        for fmt, m in (report.get(client) or {}).items():
+            text = m.get("summary") or (f"skipped ({m['skipped']})" if m.get("skipped") else f"passed {m.get('passed')}")
+            lines.append(f"- {fmt}: {text}" + ("" if m.get("summary") or not m.get("failures") else ": " + "; ".join(m["failures"])))
+    if report.get("warnings"):
+        lines += ["", "## Cross-check warnings (reported, not failing verification)", ""] + [f"- {w}" for w in report["warnings"]]
+    return lines
+
+
 def _open_card(vd: Path) -> dict[str, Any]:
     if not vd.is_dir():
         raise VerificationError(f"version directory {str(vd)!r} does not exist")
@@ -70,12 +109,16 @@ def verify_version(
     threads: int | None = None,
     run: Run | Path | None = None,
     run_dir: Path | None = None,
+    skip_clients: Mapping[str, str] | Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Verify every artifact; write verification.json/.md; raise VerificationError when anything fails.
 
     ``run`` (a :class:`Run` or a path; ``run_dir`` is the same) overrides the reference run the
     model card records (the Keras model and data); passing the pipeline's Run shares its decoded
-    test split.
+    test split. ``skip_clients``: client checks not to run (registered names, e.g. "mediapipe",
+    "openvino"; a mapping gives each the reason recorded, e.g. "by the user (--skip-mediapipe)"),
+    on top of the run's ``export.skip_clients``. A client that is not skipped and cannot be
+    imported fails verification: its checks did not run.
     """
     from tfcnn.export import card as card_mod
     from tfcnn.export.runtime import latency_ms, set_tf_threads
@@ -83,6 +126,7 @@ def verify_version(
     from tfcnn.export.wrapper import to_rgb
     from tfcnn.util import sha256_file
 
+    given = _skips(skip_clients, [])  # a misspelt client is one line before any work
     vd = Path(version_dir).resolve()
     card = _open_card(vd)
     integrity = card_mod.check_integrity(vd, card.get("artifacts", []))
@@ -104,6 +148,7 @@ def verify_version(
     threads = threads if threads is not None else ecfg.threads
     runs = ecfg.latency_runs
     set_tf_threads(threads)
+    skipped = {**_skips(None, list(getattr(ecfg, "skip_clients", None) or [])), **given}
 
     contract = card["contract"]
     entries = contract.get("artifacts", {})
@@ -132,6 +177,8 @@ def verify_version(
 
     sizes: dict[str, int] = {}
     for row in card.get("artifacts", []):
+        if row["path"].endswith(quant_debug.SUFFIX):  # a report about the model, not part of what ships
+            continue
         sizes[row["format"]] = sizes.get(row["format"], 0) + int(row["bytes"])
 
     results: dict[str, dict[str, Any]] = {}
@@ -152,6 +199,9 @@ def verify_version(
         if fmt.static_check is not None:
             fails += fmt.static_check(vd, entry, card)
             row["spec_checked"] = True
+        if "quant_debug" in entry:  # the per-layer error analysis written at export (full-integer int8)
+            row["quant_debug"], problems = quant_debug.read_summary(vd, entry)
+            fails += problems
         reason = fmt.cannot_run()
         if reason is not None or fmt.runner is None:
             row["predictions"] = reason or "this format has no runner"
@@ -189,30 +239,38 @@ def verify_version(
         shown = {"latency_ms_median": float("nan"), **row}
         log.info("verify: %s: %s -> %s", fmt_name, task.verify_line(shown), "ok" if not fails else "FAILED: " + "; ".join(fails))
 
-    clients: dict[str, Any] = {}
+    # Client checks (MediaPipe Tasks, OpenVINO): each format's, on the whole test split and that
+    # format's outputs; results by client, then format (verification.json: "mediapipe", "openvino").
+    by_client: dict[str, dict[str, Any]] = {}
     for fmt_name in formats:
         for check in FORMATS[fmt_name].client_checks:
             if fmt_name not in outputs:
                 continue
-            n = min(len(rgb), 200)
-            path = vd / entries[fmt_name]["file"]
-            out = outputs[fmt_name]
-            first = {k: v[:n] for k, v in out.items()} if isinstance(out, dict) else out[:n]
+            client, file = client_of(check), entries[fmt_name]["file"]
+            if client in skipped:
+                by_client.setdefault(client, {})[fmt_name] = {"passed": None, "skipped": skipped[client]}
+                continue
             try:
-                result = check(path, rgb[:n], first, labels)  # None: the check is for another task's outputs
+                result = check(vd / file, rgb, outputs[fmt_name], labels)  # None: the check is for another task's outputs
                 if result is None:
                     continue
-                clients[fmt_name] = result
-            except ImportError as exc:
-                clients[fmt_name] = {"passed": None, "skipped": f"client not importable: {exc}"}
-                continue
+            except ImportError as exc:  # a missing client is not a pass: its checks did not run
+                result = {"passed": False, "failures": [
+                    f"{client} is not importable ({type(exc).__name__}: {first_line(exc)}); install it "
+                    f"(pip install {client}) or skip its checks with --skip-{client} (export.skip_clients)"]}
             except Exception as exc:
-                clients[fmt_name] = {"passed": False, "failures": [f"could not load/run {entries[fmt_name]['file']}: {type(exc).__name__}: {exc}"]}
-            m = clients[fmt_name]
-            log.info(
-                "verify: mediapipe %s: %s (%s agreement, labels from metadata %s)",
-                fmt_name, "ok" if m["passed"] else "FAILED", _agreement(m), m.get("labels_from_metadata"),
-            )
+                result = {"passed": False, "failures": [f"could not load/run {file}: {type(exc).__name__}: {first_line(exc)}"]}
+            by_client.setdefault(client, {})[fmt_name] = result
+            if "summary" in result:
+                log.info("verify: %s %s: %s", client, fmt_name, result["summary"])
+            else:
+                log.info(
+                    "verify: %s %s: %s (%s agreement, labels from metadata %s)", client, fmt_name,
+                    "ok" if result["passed"] else "FAILED", _agreement(result), result.get("labels_from_metadata"),
+                )
+    clients = by_client.pop("mediapipe", {})  # the published file's "mediapipe" section; others by their name
+    warnings = [f"{c} {fmt}: {w}" for c, per in {"mediapipe": clients, **by_client}.items()
+                for fmt, m in per.items() for w in m.get("warnings") or []]
 
     changes: dict[str, list] = {}
     for fmt_name in formats:
@@ -226,9 +284,10 @@ def verify_version(
     failures += [f"{fmt}: not a format this tfcnn knows; re-export with this version" for fmt in unknown]
     failures += [f"integrity: {p['file']}: {p['problem']}" for p in integrity if p["format"] not in results]
     failures += [
-        f"mediapipe {v}: " + "; ".join(m.get("failures") or [f"agreement {_agreement(m)}, labels_from_metadata {m.get('labels_from_metadata')}"])
-        for v, m in clients.items()
-        if m.get("passed") is False
+        f"{c} {v}: " + "; ".join(m.get("failures") or [f"agreement {_agreement(m)}, labels_from_metadata {m.get('labels_from_metadata')}"])
+        for c, per in {"mediapipe": clients, **by_client}.items()
+        for v, m in per.items()
+        if _gates(m)
     ]
     record = Verification(
         version_dir=str(vd),
@@ -248,7 +307,8 @@ def verify_version(
         clients=clients,
         passed=not failures,
         failures=failures,
-        extra={"test_indices_source": "bundle.arrays['test'] order", "int8_changed": [], **changes},
+        extra={"test_indices_source": "bundle.arrays['test'] order", "int8_changed": [], **changes, **by_client,
+               "cross_checks": sorted(by_client), "warnings": warnings},
     )
     report = record.to_dict()
     try:  # each write is atomic; the card is rewritten last, so a failure leaves it as it was
@@ -326,6 +386,8 @@ def _task_markdown(report: dict[str, Any], columns: list[tuple[str, str, str, fl
     clients = report.get("clients") or report.get("mediapipe") or {}
     for v, m in clients.items():
         lines += ["", f"- client check {v}: passed {m.get('passed')}" + (f" ({m['skipped']})" if m.get("skipped") else "")]
+    lines += quant_debug.markdown_lines(report)
+    lines += _cross_check_lines(report)
     if report["failures"]:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in report["failures"]]
     return "\n".join(lines) + "\n"
@@ -364,6 +426,8 @@ def verification_markdown(report: dict[str, Any]) -> str:
         lines += ["| test index | true | keras (p) | int8 (p) |", "|---:|---:|---|---|"]
         for c in report["int8_changed"][:50]:
             lines.append(f"| {c['index']} | {c['label']} | {c['keras_class']} ({_fmt(c['keras_prob'], '.3f')}) | {c['int8_class']} ({_fmt(c['int8_prob'], '.3f')}) |")
+    lines += quant_debug.markdown_lines(report)
+    lines += _cross_check_lines(report)
     if report["failures"]:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in report["failures"]]
     return "\n".join(lines) + "\n"

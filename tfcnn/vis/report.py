@@ -500,10 +500,62 @@ def _export_version(ctx: RunContext, vdir: Path) -> str:
                  for v, m in mp.items()]
         out += "<h4>MediaPipe Tasks (labels from the TFLite metadata)</h4>" + table(
             ["variant", "passed", "images", "top-1 agreement with LiteRT", "labels from metadata", "notes"], mrows, "num")
+    out += _quantization(card, ver)
+    out += _cross_checks(card, ver)
     if ver.get("failures"):
         out += '<h4>Failures</h4><ul class="bad">' + "".join(f"<li>{esc(f)}</li>" for f in ver["failures"]) + "</ul>"
     out += "<h4>Test images whose prediction changed under int8 quantization</h4>"
     out += _guard(lambda: _int8_changed(ctx, ver))
+    return out
+
+
+def _quantization(card: dict[str, Any], ver: dict[str, Any]) -> str:
+    """Each TFLite file's recipe as read back at export (contract.json), and the worst layers of
+    the per-layer quantization analysis verify checked (tfcnn.export.quant_debug)."""
+    artifacts = (card.get("contract") or {}).get("artifacts") or {}
+    rows = [[fmt_name, r.get("kind"), ", ".join(r.get("weight_dtypes") or []), r.get("weight_granularity") or "–",
+             ", ".join(r.get("activation_dtypes") or []), f"{', '.join(r.get('input_dtypes') or [])} → {', '.join(r.get('output_dtypes') or [])}"]
+            for fmt_name, e in artifacts.items() if isinstance(e, dict) and (r := e.get("recipe"))]
+    out = ""
+    if rows:
+        out += "<h4>Quantization recipe, read back from each TFLite file</h4>" + table(
+            ["format", "recipe", "weights", "granularity", "activations", "input → output"], rows)
+    for fmt_name, r in (ver.get("formats") or {}).items():
+        qd = r.get("quant_debug")
+        if not qd:
+            continue
+        out += f"<h4>Per-layer quantization error of {esc(fmt_name)} (lowest SNR first)</h4>"
+        if not qd.get("worst"):
+            out += note(f"not available: {qd.get('error') or 'the analysis file is missing or unreadable'}")
+            continue
+        match = qd.get("matches_published") or {}
+        out += (f"<p>{esc(qd.get('method'))}; measured on {esc(qd.get('measured_on'))}; {esc(qd.get('layers'))} quantized layers, "
+                f"{esc(match.get('same_scale', '?'))} with the published file's exact scale.</p>")
+        wrows = [[w["index"], w["op"], w["tensor"].split(";")[0], "exact" if w["snr_db"] is None else w["snr_db"], w["cosine"],
+                  w.get("rmse_over_scale")] for w in qd["worst"]]
+        out += table(["layer", "op", "tensor", "SNR dB", "cosine", "RMSE / scale"], wrows, "num")
+    return out
+
+
+def _cross_checks(card: dict[str, Any], ver: dict[str, Any]) -> str:
+    """The second runtimes verify ran on each file (OpenVINO: agrees / disagrees / not compared, and
+    why), the warnings they reported without failing, and each TFLite file's GPU-delegate record."""
+    from tfcnn.export.gpu_delegate import describe
+
+    out = ""
+    for client in ver.get("cross_checks") or []:
+        rows = [[fmt_name, _Raw(_verdict(m.get("passed"))), m.get("checked"), m.get("compared_with"), m.get("max_abs_diff"),
+                 m.get("top1_agreement"), m.get("unsupported") or m.get("skipped") or "; ".join(m.get("warnings") or m.get("failures") or [])]
+                for fmt_name, m in (ver.get(client) or {}).items()]
+        out += f"<h4>Cross-check: the same files in {esc(client)}</h4>" + table(
+            ["format", "agrees", "images", "compared with", "max |Δ|", "top-1 agreement", "notes"], rows, "num")
+    if ver.get("warnings"):
+        out += "<h4>Cross-check warnings (reported, not failing verification)</h4><ul>" + "".join(
+            f"<li>{esc(w)}</li>" for w in ver["warnings"]) + "</ul>"
+    artifacts = (card.get("contract") or {}).get("artifacts") or {}
+    gpu = [[e.get("file", f), describe(e["gpu_delegate"])] for f, e in artifacts.items() if isinstance(e, dict) and "gpu_delegate" in e]
+    if gpu:
+        out += "<h4>GPU delegate (tf.lite.experimental.Analyzer)</h4>" + table(["file", "GPU delegate"], gpu)
     return out
 
 
@@ -628,6 +680,8 @@ def section_detection_export(ctx: RunContext) -> str:
                 f"{esc(fmt(ver.get('keras', {}).get('map_50')))}.</p>")
         rows = det_vis.export_rows(ver, size_text, lambda passed: _Raw(_verdict(passed)))
         out += table(det_vis.EXPORT_HEADERS, rows, "num")
+        out += _quantization(ctx.json(vdir / _CARD_FILE), ver)
+        out += _cross_checks(ctx.json(vdir / _CARD_FILE), ver)
         if ver.get("failures"):
             out += '<h4>Failures</h4><ul class="bad">' + "".join(f"<li>{esc(f)}</li>" for f in ver["failures"]) + "</ul>"
     return _section("export", "Exports", out)
@@ -664,6 +718,8 @@ def section_task_export(ctx: RunContext) -> str:
             for name, r in ver.get("formats", {}).items()
         ]
         out += table(["format", "passed", *[head for head, *_ in columns], "size", "p50 ms", "notes"], rows, "num")
+        out += _quantization(ctx.json(vdir / _CARD_FILE), ver)
+        out += _cross_checks(ctx.json(vdir / _CARD_FILE), ver)
     return _section("export", "Exports", out)
 
 

@@ -96,7 +96,9 @@ class ExportFormat:
     order: int = 100  # build/report order (lower first)
     cannot_run: Callable[[], str | None] = lambda: None  # why predictions cannot run on this machine
     static_check: Callable[[Path, dict[str, Any], dict[str, Any]], list[str]] | None = None  # (vd, entry, card)
-    client_checks: tuple[Callable[..., dict[str, Any]], ...] = ()  # external clients (MediaPipe)
+    # external clients and second runtimes (MediaPipe Tasks, OpenVINO): each a callable
+    # (file, images, this format's outputs, labels) -> result dict or None, named by its `client`
+    client_checks: tuple[Callable[..., dict[str, Any] | None], ...] = ()
     changes_key: str | None = None  # verification.json key listing test images whose top-1 changed
     card_settings: Callable[[BuildContext], dict[str, Any]] = lambda ctx: {}
     limit_keys: tuple[str, ...] = ("max_abs_diff", "agreement", "max_accuracy_drop")
@@ -123,6 +125,29 @@ PREREQUISITES: Registry = Registry("export prerequisite", "export prerequisite")
 
 def register(fmt: ExportFormat) -> ExportFormat:
     return FORMATS.register(fmt.name, fmt)
+
+
+def client_of(check: Callable[..., Any]) -> str:
+    """The client a check exercises ("mediapipe", "openvino"): its ``client`` attribute (a
+    functools.partial's function's), which names its section in verification.json and its
+    ``--skip-<client>`` flag."""
+    name = getattr(check, "client", None) or getattr(getattr(check, "func", None), "client", None)
+    if not name:
+        raise ExportError(f"client check {check!r} has no `client` name; give the function a `client` attribute")
+    return str(name)
+
+
+def client_names() -> list[str]:
+    """Every client some registered format checks with (the CLI's --skip-<client> flags)."""
+    return sorted({client_of(c) for f in FORMATS.values() for c in f.client_checks})
+
+
+def check_skip_clients(skip: Sequence[str]) -> None:
+    """`export.skip_clients` names clients some format checks with (one error line otherwise)."""
+    known = client_names()
+    for name in skip:
+        if name not in known:
+            raise ConfigError(f"export.skip_clients: {name!r} is not a client check; choose from {', '.join(known)}")
 
 
 def ordered() -> list[ExportFormat]:

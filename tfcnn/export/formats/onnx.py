@@ -19,6 +19,7 @@ import numpy as np
 
 from tfcnn.errors import ExportError
 from tfcnn.export.formats.base import PREREQUISITES, PRIMARY_OUTPUT, BuildContext, ExportFormat, Prerequisite, register, runner_result
+from tfcnn.export.openvino_check import OpenVINOCheck
 from tfcnn.util import format_bytes
 
 FILE = "onnx/model.onnx"
@@ -206,6 +207,7 @@ register(
         order=50,
         tasks=("classification", "reconstruction", "detection", "segmentation"),
         static_check=static_check,
+        client_checks=(OpenVINOCheck("onnx", max_abs_diff=1e-5),),  # a second runtime besides ONNX Runtime
         card_settings=lambda ctx: {"onnx": {"opset": OPSET, "tools": _versions()}},
     )
 )

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tfcnn.export.formats.base import PRIMARY_OUTPUT, BuildContext, ExportFormat, register, runner_result
+from tfcnn.export.openvino_check import OpenVINOCheck
 
 
 def build(ctx: BuildContext) -> dict[str, Any]:
@@ -24,7 +25,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     from tfcnn.export.source import bundle_of
 
     # The label table reads labels.txt at save time and copies it to assets/.
-    write_savedmodel(ctx.model, ctx.out / "labels.txt", ctx.out, ctx.task)
+    write_savedmodel(ctx.model, ctx.out / "labels.txt", ctx.out, ctx.task, ctx.ecfg.fit)
     x_test = bundle_of(ctx.run).arrays["test"][0]
     write_warmup(ctx.out, ctx.name, np.repeat(x_test[:1], 3, axis=-1) if x_test.shape[-1] == 1 else x_test[:1])
     return savedmodel_entry(ctx.out)
@@ -78,5 +79,6 @@ register(
         thresholds=lambda entry: {"max_abs_diff": 1e-5, "agreement": 1.0},
         order=10,
         tasks=("classification", "reconstruction", "detection", "segmentation"),
+        client_checks=(OpenVINOCheck("savedmodel", max_abs_diff=1e-5),),  # a second runtime on serving_default
     )
 )

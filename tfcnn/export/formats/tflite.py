@@ -1,4 +1,10 @@
-"""Four TFLite (LiteRT) variants: float32, float16 weights, dynamic-range int8, full-integer int8.
+"""TFLite (LiteRT) variants: float32, float16 weights, dynamic-range int8, full-integer int8, and
+the opt-in int16x8 and weight-only int8.
+
+Each variant's file is read back after conversion and again by verify (its recipe: weights'
+type and granularity, activations' type, :func:`tfcnn.export.tflite.recipe`), and must be what
+its name promises; the full-integer int8 file gets a per-layer error analysis against float
+(:mod:`tfcnn.export.quant_debug`).
 
 Every variant takes the same uint8 RGB input, so an app can swap files without touching its
 preprocessing; each carries flatbuffer metadata with labels.txt packed in (what MediaPipe Tasks
@@ -7,7 +13,9 @@ for ObjectDetector, a segmenter's class_probabilities (moved to the last output,
 reads it) and mask, with background-first axis labels. Verify runs them with the LiteRT
 interpreter and, for float32 and int8, with the MediaPipe Tasks API Android apps use
 (ImageClassifier, ObjectDetector or ImageSegmenter, whichever fits the outputs; each check
-returns None for another task's).
+returns None for another task's), and every variant again with OpenVINO, a second runtime
+(:mod:`tfcnn.export.openvino_check`). Each file's contract entry records what
+``tf.lite.experimental.Analyzer`` says of its GPU-delegate compatibility (:mod:`tfcnn.export.gpu_delegate`).
 """
 
 from __future__ import annotations
@@ -19,7 +27,10 @@ from typing import Any, Callable
 import numpy as np
 
 from tfcnn.errors import ExportError
+from tfcnn.export import quant_debug
+from tfcnn.export import gpu_delegate
 from tfcnn.export import tflite as tflite_mod
+from tfcnn.export.openvino_check import OpenVINOCheck
 from tfcnn.export.formats.base import BuildContext, ExportFormat, register
 from tfcnn.util import format_bytes, write_bytes
 
@@ -41,9 +52,8 @@ def _build(variant: str) -> Callable[[BuildContext], dict[str, Any]]:
 
         full_int = variant == "tflite_int8"
         source = ctx.need("mobile_float32" if full_int else "mobile_uint8")
-        raw = ctx.call_native(
-            tflite_mod.convert, variant, source, ctx.need("representative") if full_int else None, ctx.task.int8_float_names
-        )
+        calibration = ctx.need("representative") if variant in tflite_mod.CALIBRATED else None
+        raw = ctx.call_native(tflite_mod.convert, variant, source, calibration, ctx.task.int8_float_names)
         output_contract = ctx.task.output_contract(ctx.labels)
         kind = output_contract.get("kind")
         detection, segmentation = kind == "detection", kind == "segmentation"
@@ -69,7 +79,7 @@ def _build(variant: str) -> Callable[[BuildContext], dict[str, Any]]:
         if segmentation:
             files[SEGMENTATION_LABELS_FILE] = ("\n".join(segmentation_label_lines(list(ctx.labels))) + "\n").encode()
         data = populate(raw, build_metadata(spec), files)
-        path = ctx.out / tflite_mod.VARIANTS[variant]
+        path = ctx.out / tflite_mod.ALL_VARIANTS[variant]
         write_bytes(path, data)
         read_back = read_metadata(data)
         if read_back.labels != ctx.labels:  # the packed file must read back
@@ -77,6 +87,12 @@ def _build(variant: str) -> Callable[[BuildContext], dict[str, Any]]:
         if segmentation and read_back.axis_labels != segmentation_label_lines(list(ctx.labels)):
             raise ExportError(f"{path.name}: the segmentation axis labels packed in the metadata do not read back")
         entry = tflite_entry(ctx.out, variant)
+        wrong = tflite_mod.recipe_problems(variant, tflite_mod.recipe(path))  # read back from the written file
+        if wrong:
+            raise ExportError(f"{path.name}: " + "; ".join(wrong))
+        if full_int:  # where the int8 model loses signal, layer by layer (tfcnn.export.quant_debug)
+            entry["quant_debug"] = quant_debug.write_analysis(ctx, source, calibration, data, tflite_mod.ALL_VARIANTS[variant])
+        entry["gpu_delegate"] = gpu_delegate.entry_for(ctx, path)  # the analyzer's verdict, and whether it means anything
         entry["_detail"] = format_bytes(len(data))
         return entry
 
@@ -505,39 +521,85 @@ def _output_step(tflite_path: Path, name: str) -> float:
         return 0.0
 
 
+# OpenVINO's cross-check of each variant against LiteRT on the same file (tfcnn.export.openvino_check):
+# float files to float32 round-off. The full-integer file: OpenVINO emulates each requantization in
+# float where LiteRT uses fixed-point multipliers, so a layer may land one step apart and steps add up
+# (compact_cnn on Fashion-MNIST: 99.3% of outputs on the same step, none more than 3 apart), hence 4
+# steps at most and 90% on the very step (a misread zero point moves them all); a one-step score
+# difference can flip a flag or mask pixel at a tie, hence 99% agreement there. Any other variant
+# (dynamic range: LiteRT quantizes activations at run time, OpenVINO computes them in float): 0.02
+# and 99% agreement, the rounding of run-time int8 activations.
+_OPENVINO = {
+    "tflite_float32": OpenVINOCheck("tflite", max_abs_diff=1e-5),
+    "tflite_float16": OpenVINOCheck("tflite", max_abs_diff=1e-5),
+    "tflite_int8": OpenVINOCheck("tflite", max_abs_diff=1e-5, quantized_steps=4.0, quantized_exact=0.9, discrete_agreement=0.99),
+}
+_OPENVINO_OTHER = OpenVINOCheck("tflite", max_abs_diff=0.02, quantized_steps=1.0, agreement=0.99, discrete_agreement=0.99)
+mediapipe_check.client = mediapipe_detector_check.client = "mediapipe"  # their section in verification.json
+
 _LIMITS = {
     "tflite_float32": {"max_abs_diff": 1e-4, "agreement": 0.9995},
     "tflite_float16": {"agreement": 0.995},
     "tflite_dynamic": {"agreement": 0.99},
     "tflite_int8": {"agreement": 0.985, "max_accuracy_drop": 0.01},
+    # int8 weights as dynamic range, activations 256x finer than int8's: at least dynamic range's agreement
+    "tflite_int16x8": {"agreement": 0.99, "max_accuracy_drop": 0.01},
+    "tflite_weight_only_int8": {"agreement": 0.99},  # dynamic range's weights, float activations
 }
 _SUMMARIES = {
     "tflite_float32": "TFLite float32",
     "tflite_float16": "TFLite float16 weights",
     "tflite_dynamic": "TFLite dynamic-range int8 weights",
     "tflite_int8": "TFLite full-integer int8 (uint8 in/out), calibrated on training images",
+    "tflite_int16x8": "TFLite int16 activations / int8 weights (uint8 in, float32 out), calibrated on training images",
+    "tflite_weight_only_int8": "TFLite weight-only int8 (ai-edge-quantizer): int8 weights dequantized at run time, float compute",
 }
 
-for _order, _variant in enumerate(tflite_mod.VARIANTS, start=20):
+
+def _recipe_check(variant: str) -> Callable[[Path, dict[str, Any], dict[str, Any]], list[str]]:
+    """verify's static check: the file's recipe, read back again, is what the variant's name promises
+    (and what contract.json recorded at export)."""
+
+    def check(version_dir: Path, entry: dict[str, Any], card: dict[str, Any]) -> list[str]:
+        rel = entry.get("file", tflite_mod.ALL_VARIANTS[variant])
+        found = tflite_mod.recipe(Path(version_dir) / rel)
+        problems = [f"{rel}: {p}" for p in tflite_mod.recipe_problems(variant, found)]
+        recorded = (entry.get("recipe") or {}).get("kind")
+        if recorded is not None and recorded != found["kind"]:
+            problems.append(f"{rel}: contract.json records a {recorded} recipe, the file is {found['kind']}")
+        return problems
+
+    return check
+
+
+_NEEDS = {"tflite_int8": ("mobile_float32", "representative"), "tflite_int16x8": ("mobile_uint8", "representative")}
+
+for _order, _variant in enumerate(tflite_mod.ALL_VARIANTS, start=20):
     register(
         ExportFormat(
             name=_variant,
             summary=_SUMMARIES[_variant],
-            files=(tflite_mod.VARIANTS[_variant],),
+            files=(tflite_mod.ALL_VARIANTS[_variant],)
+            + ((quant_debug.sidecar(tflite_mod.ALL_VARIANTS[_variant]),) if _variant == "tflite_int8" else ()),
             build=_build(_variant),
             runner=LiteRTFileRunner,
             thresholds=lambda entry, v=_variant: dict(_LIMITS[v]),
-            needs=("mobile_float32", "representative") if _variant == "tflite_int8" else ("mobile_uint8",),
+            needs=_NEEDS.get(_variant, ("mobile_uint8",)),
             order=_order,
-            tasks=("classification", "reconstruction", "detection", "segmentation"),
+            default=_variant in tflite_mod.VARIANTS,  # the extra variants are opt-in (export.formats)
+            # the extra variants are tested on classifiers only
+            tasks=("classification", "reconstruction", "detection", "segmentation") if _variant in tflite_mod.VARIANTS
+            else ("classification",),
+            static_check=_recipe_check(_variant),
             client_checks=(
                 (mediapipe_check, functools.partial(mediapipe_detector_check, score_floor=0.3 if _variant == "tflite_int8" else 0.0))
                 if _variant in ("tflite_int8", "tflite_float32") else ()
-            ),
+            ) + (_OPENVINO.get(_variant, _OPENVINO_OTHER),),
             changes_key="int8_changed" if _variant == "tflite_int8" else None,
             card_settings=lambda ctx, v=_variant: {
                 "tflite_variants": {v: tflite_mod.DESCRIPTIONS[v]},
-                **({"representative_samples": ctx.ecfg.representative_samples} if v == "tflite_int8" else {}),
+                **({"representative_samples": ctx.ecfg.representative_samples,
+                    "calibration": quant_debug.calibration_record(ctx)} if v in tflite_mod.CALIBRATED else {}),
             },
         )
     )

@@ -29,8 +29,13 @@ import java.util.concurrent.ExecutorService
 import java.util.concurrent.Executors
 
 /**
- * Pick or take a photo (or tap a bundled Fashion-MNIST sample), resize it to the contract's size
- * with bilinear filtering, and show the top-3 labels and the inference time.
+ * Pick or take a photo (or tap a bundled Fashion-MNIST sample), let the classifier core resize it
+ * to the contract's size exactly as the Python side does (Pillow's bilinear, `input.fit`, alpha
+ * over black: see `Resizer`), and show the top-3 labels and the inference time.
+ *
+ * Files are decoded at full resolution (up to [MAX_PIXELS]) and with straight alpha
+ * (`inPremultiplied = false`), because Python decodes them that way: a pre-shrunk decode
+ * (`inSampleSize`) or a premultiplied round trip would change the pixels the resize starts from.
  *
  * Model loading and inference run on one worker thread (the interpreter is not thread-safe). Any
  * problem with the assets — missing model, contract that does not match the model, unreadable
@@ -51,9 +56,13 @@ class MainActivity : ComponentActivity() {
         if (uri != null) classify { decodeUri(uri) }
     }
 
+    // The camera app's preview is an opaque, already small Bitmap, not a file: nothing to match.
     private val takePhoto = registerForActivityResult(ActivityResultContracts.TakePicturePreview()) { bitmap: Bitmap? ->
-        if (bitmap != null) classify { bitmap }
+        if (bitmap != null) classify { Decoded(bitmap, bitmap) }
     }
+
+    /** [pixels]: what the model gets (straight alpha, full size); [preview]: a drawable copy to show. */
+    private class Decoded(val pixels: Bitmap, val preview: Bitmap, val note: String? = null)
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
@@ -153,8 +162,8 @@ class MainActivity : ComponentActivity() {
 
     // ------------------------------------------------------------------ classification
 
-    /** Decode (off the UI thread), resize with bilinear filtering, classify, show. */
-    private fun classify(load: () -> Bitmap?) {
+    /** Decode (off the UI thread), classify (the core resizes), show. */
+    private fun classify(load: () -> Decoded?) {
         worker.execute {
             val c = classifier
             if (c == null) {
@@ -163,37 +172,37 @@ class MainActivity : ComponentActivity() {
                 return@execute
             }
             try {
-                val bitmap = load() ?: throw IOException("the image could not be decoded")
-                val result = classifyBitmap(c, bitmap)
-                runOnUiThread { show(bitmap, result) }
+                val image = load() ?: throw IOException("the image could not be decoded")
+                val result = classifyBitmap(c, image.pixels)
+                runOnUiThread { show(image, result) }
             } catch (e: Exception) {
                 runOnUiThread { showProblem("Could not classify this image: ${e.message}") }
+            } catch (e: OutOfMemoryError) {
+                runOnUiThread { showProblem("This image is too large to decode on this device.") }
             }
         }
     }
 
     private fun classifyBitmap(c: ImageClassifier, bitmap: Bitmap): Classification {
-        val w = c.inputWidth
-        val h = c.inputHeight
         val software = if (Build.VERSION.SDK_INT >= 26 && bitmap.config == Bitmap.Config.HARDWARE) {
             bitmap.copy(Bitmap.Config.ARGB_8888, false)
         } else {
             bitmap
         }
-        // The contract's resize method: bilinear, i.e. createScaledBitmap with filter = true.
-        val scaled = Bitmap.createScaledBitmap(software, w, h, true)
-        val argb = if (scaled.config == Bitmap.Config.ARGB_8888) scaled else scaled.copy(Bitmap.Config.ARGB_8888, false)
-        val pixels = IntArray(w * h)
-        argb.getPixels(pixels, 0, w, 0, 0, w, h)
-        return c.classify(pixels, w, h, TOP_K)
+        val argb = if (software.config == Bitmap.Config.ARGB_8888) software else software.copy(Bitmap.Config.ARGB_8888, false)
+        val width = argb.width
+        val height = argb.height
+        // The contract's resize (Pillow's bilinear, input.fit, alpha over black) is the classifier
+        // core's, reading the bitmap one row at a time: Android's own filtering is never used.
+        return c.classify(width, height, TOP_K) { y, row -> argb.getPixels(row, 0, width, 0, y, width, 1) }
     }
 
-    private fun show(bitmap: Bitmap, result: Classification) {
+    private fun show(image: Decoded, result: Classification) {
         problem.visibility = View.GONE
-        preview.setImageBitmap(bitmap)
+        preview.setImageBitmap(image.preview)
         results.text = result.top.mapIndexed { i, p ->
             String.format(Locale.US, "%d. %-14s %5.1f%%", i + 1, p.label, 100 * p.score)
-        }.joinToString("\n")
+        }.joinToString("\n") + (image.note?.let { "\n$it" } ?: "")
         timing.text = String.format(Locale.US, "Inference: %.2f ms (LiteRT, CPU, %d threads)", result.inferenceMillis, THREADS)
     }
 
@@ -211,46 +220,83 @@ class MainActivity : ComponentActivity() {
         val row = findViewById<LinearLayout>(R.id.samples)
         val size = (72 * resources.displayMetrics.density).toInt()
         for (path in samples) {
-            val thumb = decodeAsset(path) ?: continue
+            val thumb = decodeAsset(path)?.preview ?: continue
             val button = ImageButton(this)
-            button.setImageBitmap(Bitmap.createScaledBitmap(thumb, size, size, false))
+            button.setImageBitmap(Bitmap.createScaledBitmap(thumb, size, size, false)) // display only
             button.contentDescription = path.substringAfterLast('/')
             button.setOnClickListener { classify { decodeAsset(path) } }
             row.addView(button, LinearLayout.LayoutParams(size + size / 4, size + size / 4))
         }
     }
 
-    private fun decodeAsset(path: String): Bitmap? = try {
-        assets.open(path).use { BitmapFactory.decodeStream(it, null, argbOptions()) }
-    } catch (e: IOException) {
-        null
+    /** An opaque bitmap can be drawn as decoded; one with alpha is decoded a second time, premultiplied, to show. */
+    private fun decodeAsset(path: String): Decoded? {
+        try {
+            val pixels = assets.open(path).use { BitmapFactory.decodeStream(it, null, straightOptions(1)) } ?: return null
+            if (!pixels.hasAlpha()) return Decoded(pixels, pixels)
+            val preview = assets.open(path).use { BitmapFactory.decodeStream(it, null, previewOptions(1)) } ?: return null
+            return Decoded(pixels, preview)
+        } catch (e: IOException) {
+            return null
+        }
     }
 
-    private fun argbOptions() = BitmapFactory.Options().apply { inPreferredConfig = Bitmap.Config.ARGB_8888 }
+    /** ARGB_8888 with straight alpha, as the file (and Pillow) has it; such bitmaps cannot be drawn. */
+    private fun straightOptions(sample: Int) = BitmapFactory.Options().apply {
+        inPreferredConfig = Bitmap.Config.ARGB_8888
+        inPremultiplied = false
+        inSampleSize = sample
+    }
 
-    /** Photos can be large: decode at most ~MAX_SIDE pixels per side; ImageDecoder also applies EXIF rotation. */
-    private fun decodeUri(uri: Uri): Bitmap? {
+    private fun previewOptions(sample: Int) = BitmapFactory.Options().apply {
+        inPreferredConfig = Bitmap.Config.ARGB_8888
+        inSampleSize = sample
+    }
+
+    /** The smallest power-of-two subsampling that keeps a decode under MAX_PIXELS (1 for photos up to 16 MP). */
+    private fun sampleFor(width: Int, height: Int, maxPixels: Long): Int {
+        var sample = 1
+        while (width.toLong() / sample * (height.toLong() / sample) > maxPixels) sample *= 2
+        return sample
+    }
+
+    private fun subsampledNote(sample: Int): String? = if (sample == 1) null else
+        "Decoded at 1/$sample size (over ${MAX_PIXELS / 1_000_000} MP): Python decodes full size, so scores may differ slightly."
+
+    /**
+     * Full resolution, straight alpha. ImageDecoder (API 28+) applies the EXIF orientation as
+     * Pillow's exif_transpose does; BitmapFactory (API 24-27) does not, so rotated camera JPEGs
+     * differ from Python there.
+     */
+    private fun decodeUri(uri: Uri): Decoded? {
         if (Build.VERSION.SDK_INT >= 28) {
             val source = ImageDecoder.createSource(contentResolver, uri)
-            return ImageDecoder.decodeBitmap(source) { decoder, info, _ ->
+            var sample = 1
+            val pixels = ImageDecoder.decodeBitmap(source) { decoder, info, _ ->
                 decoder.allocator = ImageDecoder.ALLOCATOR_SOFTWARE
-                var sample = 1
-                while (info.size.width / (2 * sample) >= MAX_SIDE && info.size.height / (2 * sample) >= MAX_SIDE) sample *= 2
-                decoder.setTargetSampleSize(sample)
+                decoder.isUnpremultipliedRequired = true
+                sample = sampleFor(info.size.width, info.size.height, MAX_PIXELS)
+                if (sample > 1) decoder.setTargetSampleSize(sample)
             }
+            val preview = ImageDecoder.decodeBitmap(ImageDecoder.createSource(contentResolver, uri)) { decoder, info, _ ->
+                decoder.setTargetSampleSize(sampleFor(info.size.width, info.size.height, PREVIEW_PIXELS))
+            }
+            return Decoded(pixels, preview, subsampledNote(sample))
         }
         val bounds = BitmapFactory.Options().apply { inJustDecodeBounds = true }
         contentResolver.openInputStream(uri)?.use { BitmapFactory.decodeStream(it, null, bounds) }
         if (bounds.outWidth <= 0 || bounds.outHeight <= 0) return null
-        var sample = 1
-        while (bounds.outWidth / (2 * sample) >= MAX_SIDE && bounds.outHeight / (2 * sample) >= MAX_SIDE) sample *= 2
-        val options = argbOptions().apply { inSampleSize = sample }
-        return contentResolver.openInputStream(uri)?.use { BitmapFactory.decodeStream(it, null, options) }
+        val sample = sampleFor(bounds.outWidth, bounds.outHeight, MAX_PIXELS)
+        val pixels = contentResolver.openInputStream(uri)?.use { BitmapFactory.decodeStream(it, null, straightOptions(sample)) } ?: return null
+        val previewSample = sampleFor(bounds.outWidth, bounds.outHeight, PREVIEW_PIXELS)
+        val preview = contentResolver.openInputStream(uri)?.use { BitmapFactory.decodeStream(it, null, previewOptions(previewSample)) } ?: return null
+        return Decoded(pixels, preview, subsampledNote(sample))
     }
 
     companion object {
         private const val TOP_K = 3
         private const val THREADS = 2
-        private const val MAX_SIDE = 1024
+        private const val MAX_PIXELS = 16_000_000L // a 12 MP photo decodes whole: 48 MB, read row by row
+        private const val PREVIEW_PIXELS = 1_000_000L
     }
 }

@@ -52,7 +52,11 @@ class TensorSpec(val name: String, val shape: IntArray, val dtype: String, val q
 
 class Normalization(val inGraph: Boolean, val mean: DoubleArray, val std: DoubleArray)
 
-/** The image the model wants: always RGB NHWC at a fixed size, see the tfcnn export contract. */
+/**
+ * The image the model wants: always RGB NHWC at a fixed size, see the tfcnn export contract.
+ * [resize] (always "bilinear": Pillow's), [fit] and [alpha] ("over_black") say how a photo of
+ * any size becomes that image; [resizer] does it.
+ */
 class InputSpec(
     val height: Int,
     val width: Int,
@@ -60,9 +64,19 @@ class InputSpec(
     val dtype: String,
     val resize: String,
     val modelChannels: Int,
-    val normalization: Normalization
+    val normalization: Normalization,
+    val fit: Fit = Fit.STRETCH,
+    val alpha: String = ALPHA_OVER_BLACK
 ) {
     val shape: IntArray get() = intArrayOf(1, height, width, channels)
+
+    /** The contract's resize to width x height. */
+    fun resizer(): Resizer = Resizer(width, height, fit)
+
+    companion object {
+        const val RESIZE_BILINEAR = "bilinear"
+        const val ALPHA_OVER_BLACK = "over_black"
+    }
 }
 
 class OutputSpec(val kind: String, val activation: String?, val numClasses: Int)
@@ -124,12 +138,23 @@ class Contract(
                     throw ContractException("${root.source}: input.normalization.std[$i] is 0")
                 }
             }
+            // Contracts written before fit/alpha were recorded meant exactly these defaults.
+            val resize = inp["resize"].stringOr(InputSpec.RESIZE_BILINEAR) ?: InputSpec.RESIZE_BILINEAR
+            if (resize != InputSpec.RESIZE_BILINEAR) {
+                throw ContractException("${root.source}: input.resize is \"$resize\"; the app implements only \"bilinear\" (Pillow's)")
+            }
+            val alpha = inp["alpha"].stringOr(InputSpec.ALPHA_OVER_BLACK) ?: InputSpec.ALPHA_OVER_BLACK
+            if (alpha != InputSpec.ALPHA_OVER_BLACK) {
+                throw ContractException("${root.source}: input.alpha is \"$alpha\"; the app composites over black (\"over_black\") only")
+            }
             val input = InputSpec(
                 height, width, channels,
                 inp["dtype"].string(),
-                inp["resize"].stringOr("bilinear") ?: "bilinear",
+                resize,
                 inp["model_channels"].intOr(channels) ?: channels,
-                normalization
+                normalization,
+                Fit.parse(inp["fit"].stringOr(Fit.STRETCH.key) ?: Fit.STRETCH.key, root.source),
+                alpha
             )
             val out = root["output"]
             val output = OutputSpec(

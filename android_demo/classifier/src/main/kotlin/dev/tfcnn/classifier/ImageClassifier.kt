@@ -21,18 +21,30 @@ class ImageClassifier(
     private val preprocessor: Preprocessor
     private val postprocessor: Postprocessor
 
+    /** The contract's resize (bilinear, input.fit, alpha over black) to the model's width x height. */
+    val resizer: Resizer
+
     init {
         ModelSpec.require(contract, labels, engine.inputTensor, engine.outputTensor, modelSha256)
         preprocessor = Preprocessor(contract.input, engine.inputTensor, order)
         postprocessor = Postprocessor(contract.output, engine.outputTensor, labels, order)
+        resizer = Resizer(preprocessor.width, preprocessor.height, contract.input.fit)
     }
 
-    /** The size images must be resized to before [classify] (the contract's width x height). */
+    /** The model's input size (the contract's width x height); [classify] resizes to it. */
     val inputWidth: Int get() = preprocessor.width
     val inputHeight: Int get() = preprocessor.height
 
-    fun classify(argb: IntArray, width: Int, height: Int, k: Int = 3): Classification {
-        val input = preprocessor.toInputBytes(argb, width, height)
+    /** Top-[k] for straight-alpha ARGB pixels of any size: resized exactly as the Python side does. */
+    fun classify(argb: IntArray, width: Int, height: Int, k: Int = 3): Classification =
+        classifyResized(resizer.resize(argb, width, height), k)
+
+    /** Same, reading the image one row at a time (see [Resizer.resize]), e.g. from a Bitmap. */
+    fun classify(width: Int, height: Int, k: Int = 3, rows: (Int, IntArray) -> Unit): Classification =
+        classifyResized(resizer.resize(width, height, rows), k)
+
+    private fun classifyResized(pixels: IntArray, k: Int): Classification {
+        val input = preprocessor.toInputBytes(pixels, preprocessor.width, preprocessor.height)
         val start = System.nanoTime()
         val raw = engine.run(input)
         val millis = (System.nanoTime() - start) / 1e6

@@ -4,8 +4,8 @@ import java.nio.ByteBuffer
 import java.nio.ByteOrder
 
 /**
- * Turns ARGB_8888 pixels (as `Bitmap.getPixels` returns them, already resized to the contract's
- * width x height) into the exact bytes of the model's input tensor.
+ * Turns opaque ARGB_8888 pixels already at the contract's width x height (what [Resizer] returns)
+ * into the exact bytes of the model's input tensor.
  *
  * Per pixel: take R, G, B (or BT.601 luma when the tensor has one channel); when the contract says
  * normalization is NOT in the graph, apply (v - mean) / std per channel; then write float32, or
@@ -59,7 +59,7 @@ class Preprocessor(
         if (width != this.width || height != this.height) {
             throw IllegalArgumentException(
                 "image is ${width}x$height but the model input is ${tensor.dims}; " +
-                    "resize with Bitmap.createScaledBitmap(bitmap, ${this.width}, ${this.height}, true) first"
+                    "resize with Resizer(${this.width}, ${this.height}, fit) first (ImageClassifier.classify does)"
             )
         }
         if (argb.size != width * height) {

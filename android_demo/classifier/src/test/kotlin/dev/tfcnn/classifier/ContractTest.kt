@@ -57,6 +57,23 @@ class ContractTest {
         expect("schema is \"tfcnn.contract/2\"") { Contract.parse(contractJson().replace("contract/1", "contract/2")) }
         expect("input.normalization.std[0] is 0") { Contract.parse(contractJson(inGraph = false, std = "[0]")) }
         expect("contract.json: invalid JSON at line") { Contract.parse(contractJson() + "}") }
+        expect("contract.json: input.resize is \"bicubic\"") { Contract.parse(contractJson().replace("\"bilinear\"", "\"bicubic\"")) }
+        expect("contract.json: input.fit is \"letterbox\"; the app supports stretch and center_crop") {
+            Contract.parse(contractJson().replace("\"resize\": \"bilinear\",", "\"resize\": \"bilinear\", \"fit\": \"letterbox\","))
+        }
+        expect("contract.json: input.alpha is \"drop\"") {
+            Contract.parse(contractJson().replace("\"resize\": \"bilinear\",", "\"resize\": \"bilinear\", \"alpha\": \"drop\","))
+        }
+    }
+
+    @Test
+    fun fitAndAlphaAreReadWithTheOldContractsDefaults() {
+        val old = Contract.parse(contractJson())
+        assertEquals(Fit.STRETCH, old.input.fit)
+        assertEquals("over_black", old.input.alpha)
+        val crop = Contract.parse(contractJson().replace("\"resize\": \"bilinear\",", "\"resize\": \"bilinear\", \"fit\": \"center_crop\", \"alpha\": \"over_black\","))
+        assertEquals(Fit.CENTER_CROP, crop.input.fit)
+        assertEquals(Fit.CENTER_CROP, crop.input.resizer().fit)
     }
 
     @Test

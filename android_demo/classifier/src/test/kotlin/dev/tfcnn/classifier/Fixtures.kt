@@ -40,7 +40,7 @@ fun contractJson(
 """
 
 /** The golden vectors `tfcnn export --android` wrote: from -Dtfcnn.golden.dir, else the test resources. */
-class Golden(text: String, val where: String) {
+class Golden(text: String, val where: String, private val dir: File? = null) {
     val root = JsonNode.parse(text, where)
     val contract: Contract = Contract.fromNode(JsonNode(root["contract"].value, "", true, "$where contract"))
     val labels: List<String> = root["labels"].list().map { it.string() }
@@ -49,6 +49,21 @@ class Golden(text: String, val where: String) {
     val output: TensorSpec = TensorSpec.parse(root["model_tensors"]["output"])
     val k: Int = root["k"].int()
     val samples: List<JsonNode> = root["samples"].list()
+
+    /** Real PNGs of other sizes (the resize path); golden.json before schema 2 has none. */
+    val photos: List<JsonNode> = if (root["photos"].isNull) emptyList() else root["photos"].list()
+
+    /** The bytes of golden photo [name]: photos/ next to golden.json, or on the test classpath. */
+    fun photoBytes(name: String): ByteArray {
+        if (dir != null) {
+            val file = File(File(dir, "photos"), name)
+            if (!file.isFile) throw AssertionError("$file is missing; golden.json names it (restore android_demo's photos from git)")
+            return file.readBytes()
+        }
+        val resource = Golden::class.java.getResource("/golden/photos/$name")
+            ?: throw AssertionError("golden/photos/$name is not on the test classpath; golden.json names it")
+        return resource.readBytes()
+    }
 
     init {
         val order = root["byte_order"].string()
@@ -78,7 +93,7 @@ class Golden(text: String, val where: String) {
             if (dir != null && dir.isNotBlank()) {
                 val file = File(dir, "golden.json")
                 if (!file.isFile) throw AssertionError("$file is missing; run `tfcnn export RUN_DIR --android android_demo`")
-                return Golden(file.readText(), file.path)
+                return Golden(file.readText(), file.path, File(dir))
             }
             val resource = Golden::class.java.getResource("/golden/golden.json")
                 ?: throw AssertionError("golden/golden.json is not on the test classpath; run `tfcnn export RUN_DIR --android android_demo`")

@@ -94,7 +94,7 @@ class PreprocessorTest {
             fail("a 3x3 image was accepted by a 2x2 model")
         } catch (e: IllegalArgumentException) {
             assertTrue(e.message.orEmpty(), e.message.orEmpty().contains("image is 3x3 but the model input is 1x2x2x3"))
-            assertTrue(e.message.orEmpty(), e.message.orEmpty().contains("createScaledBitmap(bitmap, 2, 2, true)"))
+            assertTrue(e.message.orEmpty(), e.message.orEmpty().contains("Resizer(2, 2, fit)"))
         }
     }
 
