@@ -20,6 +20,7 @@ def test_import_tfcnn_loads_no_stage_and_no_tensorflow():
 
 def test_every_public_name_resolves():
     import tfcnn
+    import tfcnn.export.predict  # noqa: F401  (imports the prediction module: no submodule may shadow a public name)
 
     for name in tfcnn.__all__:
         assert callable(getattr(tfcnn, name)), name

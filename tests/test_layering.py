@@ -36,7 +36,7 @@ LAYERS: dict[str, int] = {
     "tasks": 5,
     "train": 6,
     "evaluate": 7,
-    "predict": 7,
+    "prediction": 7,
     "export": 8,
     "vis": 9,
     "pipeline": 10,

@@ -58,7 +58,7 @@ def image_files(image_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def keras_rows(tiny_run, image_dir):
-    from tfcnn.predict import predict_images
+    from tfcnn.prediction import predict_images
 
     return predict_images(tiny_run, image_files(image_dir), top_k=3)
 
@@ -106,7 +106,7 @@ def test_run_rows_through_cli_match_library(capsys, tiny_run, image_dir, keras_r
 
 
 def test_folder_finds_every_image(capsys, version, image_dir):
-    from tfcnn.predict import find_images
+    from tfcnn.prediction import find_images
 
     expected = image_files(image_dir)
     found = find_images([image_dir])
@@ -189,7 +189,7 @@ def test_missing_image_path_is_an_error(capsys, version, tmp_path):
 
 def test_bad_image_is_one_error_row(capsys, tiny_run, version, image_dir, tmp_path):
     from tfcnn.export.predict import predict_version
-    from tfcnn.predict import predict_images
+    from tfcnn.prediction import predict_images
 
     good = image_files(image_dir)[:3]
     bad = tmp_path / "broken.png"
@@ -240,7 +240,7 @@ def test_out_file_and_progress_without_terminal(capsys, version, image_dir, tmp_
 
 
 def test_library_progress_lines_are_plain(capsys, tiny_run, image_dir):
-    from tfcnn.predict import predict_images
+    from tfcnn.prediction import predict_images
     from tfcnn.util import setup_logging
 
     setup_logging()

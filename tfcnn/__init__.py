@@ -56,7 +56,7 @@ def __getattr__(name: str) -> _Any:
 
         return benchmark_version
     if name == "predict":
-        from tfcnn.predict import predict_images
+        from tfcnn.prediction import predict_images
 
         return predict_images
     if name == "run_pipeline":

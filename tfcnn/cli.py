@@ -213,7 +213,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if cmd == "predict":
         from tfcnn.export.predict import check_source, predict_version
-        from tfcnn.predict import find_images, predict_images, render_rows
+        from tfcnn.prediction import find_images, predict_images, render_rows
         from tfcnn.util import log, write_text
 
         kind = "csv" if args.csv else "json" if args.json else None

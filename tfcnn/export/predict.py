@@ -6,7 +6,7 @@ its formats' runners (the SavedModel's ``serving_default``, a LiteRT interpreter
 contract's height x width, each file decoded by :func:`tfcnn.data.images.load_image` (bilinear
 resize in the file's own channels with the contract's ``fit``, grey replicated to RGB; grey
 models convert in-graph).
-Batching, error rows, progress and the row layout are :mod:`tfcnn.predict`'s, so a run and a
+Batching, error rows, progress and the row layout are :mod:`tfcnn.prediction`'s, so a run and a
 version give the same rows.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from tfcnn.data.images import load_image
 from tfcnn.errors import TfcnnError
 from tfcnn.export.formats import FORMATS, ordered
-from tfcnn.predict import BATCH_SIZE, classify
+from tfcnn.prediction import BATCH_SIZE, classify
 from tfcnn.run import Run
 from tfcnn.util import first_line, read_json
 
@@ -149,7 +149,7 @@ def predict_version(
     progress: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k rows for each image file with one artifact of an export version (see :func:`choose_format`);
-    the rows are :func:`tfcnn.predict.predict_images`'s, an unreadable file is an error row."""
+    the rows are :func:`tfcnn.prediction.predict_images`'s, an unreadable file is an error row."""
     vd = Path(version_dir)
     contract = _contract(vd)
     kind = contract.get("output", {}).get("kind", "probabilities")
