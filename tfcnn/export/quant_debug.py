@@ -118,12 +118,25 @@ def analyse(
         "images": int(len(images)),
         "matches_published": matched,
         "layers": layers,
-        "worst": worst(layers),
+        "worst": worst([l for l in layers if not l.get("unmeasurable")]),
     }
+
+
+def _finite(value: str) -> float | None:
+    """A debugger statistic, None when it is NaN / inf (a metric the debugger could not compute,
+    e.g. its nanmean over images that all gave NaN): the analysis file stays valid JSON, and the
+    reader fails a layer whose cosine or SNR is missing instead of comparing NaN."""
+    v = float(value)
+    return v if math.isfinite(v) else None
 
 
 def _layer(row: dict[str, str]) -> dict[str, Any]:
     signal, noise = float(row["signal_energy"]), float(row["noise_energy"])
+    cosine, max_abs = _finite(row["cosine"]), _finite(row["max_abs_error"])
+    # The float op's own output is not finite (e.g. a probabilities -> logits Log of a 0): no SNR
+    # exists to measure; recorded as such, and not held against the file (its outputs are checked
+    # against Keras by verify anyway).
+    unmeasurable = None if math.isfinite(signal) else "the float output is not finite (e.g. the log of a 0 probability)"
     scale = float(row["scale"])
     mse = float(row["mean_squared_error"])
     snr = 10.0 * math.log10(signal / noise) if noise > 0 and signal > 0 else None
@@ -132,17 +145,18 @@ def _layer(row: dict[str, str]) -> dict[str, Any]:
         "tensor": row["tensor_name"],
         "snr_db": None if snr is None else round(snr, 3),
         "exact": noise == 0.0,
-        "cosine": round(float(row["cosine"]), 6),
+        "cosine": None if cosine is None else round(cosine, 6),
         "rmse_over_scale": round(math.sqrt(mse) / scale, 4) if scale > 0 and math.isfinite(mse) else None,
-        "max_abs_error": float(row["max_abs_error"]),
+        "max_abs_error": max_abs,
         "scale": scale,
         "zero_point": int(float(row["zero_point"])),
+        **({"unmeasurable": unmeasurable} if unmeasurable else {}),
     }
 
 
 def worst(layers: list[dict[str, Any]], n: int = WORST) -> list[dict[str, Any]]:
     """The n layers with the lowest SNR (an exact layer last), each with its rank in the graph."""
-    ranked = sorted(enumerate(layers), key=lambda il: (il[1]["snr_db"] is None, il[1]["snr_db"] or 0.0, il[1]["cosine"]))
+    ranked = sorted(enumerate(layers), key=lambda il: (il[1]["snr_db"] is None, il[1]["snr_db"] or 0.0, -2.0 if il[1]["cosine"] is None else il[1]["cosine"]))
     return [{"index": i, **{k: l[k] for k in ("op", "tensor", "snr_db", "cosine", "rmse_over_scale")}} for i, l in ranked[:n]]
 
 
@@ -182,8 +196,8 @@ def read_summary(version_dir: Path, entry: dict[str, Any]) -> tuple[dict[str, An
     layers = data.get("layers") or []
     if data.get("schema") != SCHEMA or not layers:
         return {"file": rel}, [f"{rel}: not a {SCHEMA} analysis with layers; re-export"]
-    nan = [l["tensor"] for l in layers if l.get("cosine") is None or not math.isfinite(float(l["cosine"]))
-           or (l.get("snr_db") is None and not l.get("exact"))]
+    nan = [l["tensor"] for l in layers if not l.get("unmeasurable") and (
+           l.get("cosine") is None or not math.isfinite(float(l["cosine"])) or (l.get("snr_db") is None and not l.get("exact")))]
     summary = {
         "file": rel,
         "method": data.get("method"),
@@ -191,7 +205,8 @@ def read_summary(version_dir: Path, entry: dict[str, Any]) -> tuple[dict[str, An
         "measured_on": data.get("measured_on"),
         "layers": len(layers),
         "matches_published": data.get("matches_published"),
-        "worst": worst(layers),
+        "worst": worst([l for l in layers if not l.get("unmeasurable")]),
+        "unmeasurable": [l["tensor"] for l in layers if l.get("unmeasurable")],
     }
     return summary, ([f"{rel}: no finite SNR / cosine for {', '.join(nan[:3])}"] if nan else [])
 
@@ -216,7 +231,7 @@ def markdown_lines(report: dict[str, Any]) -> list[str]:
         for w in qd["worst"]:
             snr = "exact" if w["snr_db"] is None else f"{w['snr_db']:.1f}"
             rs = "-" if w["rmse_over_scale"] is None else f"{w['rmse_over_scale']:.3f}"
-            lines.append(f"| {w['index']} | {w['op']} | `{w['tensor'].split(';')[0]}` | {snr} | {w['cosine']:.5f} | {rs} |")
+            lines.append(f"| {w['index']} | {w['op']} | `{w['tensor'].split(';')[0]}` | {snr} | {'n/a' if w['cosine'] is None else format(w['cosine'], '.5f')} | {rs} |")
     return lines
 
 
@@ -247,11 +262,24 @@ def write_analysis(ctx: Any, source: Path, calibration: np.ndarray, published: b
         log.info("export: per-layer quantization analysis failed: %s", exc)
         result = {"schema": SCHEMA, "method": METHOD, "error": str(exc)}
     result["measured_on"] = where
+    result = _json_safe(result)
     write_json(ctx.out / rel, result)
     summary = {"file": rel, "method": METHOD, "images": result.get("images"), "measured_on": where}
     if "error" in result:
         return {**summary, "error": result["error"]}
     return {**summary, "matches_published": result["matches_published"], "worst": result["worst"]}
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / inf statistics (the debugger's, e.g. a scale it could not read) as None, so the
+    analysis is valid JSON; the reader fails a layer whose cosine or SNR is missing."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def calibration_record(ctx: Any) -> dict[str, Any]:
