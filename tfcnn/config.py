@@ -242,7 +242,7 @@ class FinetuneConfig:
 
     # None: all trainable; a fraction in [0, 1] of the backbone's weighted layers, from the input
     # side; or a layer name: that layer and every layer before it
-    freeze: Union[float, str, None] = None
+    freeze: Union[float, str, None] = field(default=None, metadata=_range(0.0, 1.0))
     # gradual unfreezing: {epoch = freeze value}, from that (1-based) epoch on, e.g. {3 = 0.5, 6 = 0.0}
     unfreeze: dict = field(default_factory=dict)
     # BatchNormalization of *unfrozen* backbone layers: "frozen" keeps it in inference mode (its
@@ -570,6 +570,8 @@ def _check_meta(value: Any, meta: typing.Mapping, key: str) -> None:
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{key} = {value!r} is not allowed; choose one of {', '.join(map(repr, meta['choices']))}")
     lo, hi = meta.get("min"), meta.get("max")
+    if isinstance(value, str):  # a union's other choice (train.finetune.freeze: a layer name); ranges are for numbers
+        return
     if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
         op = ">" if meta.get("lo_open") else ">="
         raise ConfigError(f"{key} = {value!r} is impossible; it must be {op} {lo}")
