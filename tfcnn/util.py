@@ -251,3 +251,14 @@ class Registry(dict):
         close = difflib.get_close_matches(str(name), list(self), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{self.config_key} = {name!r} is not a registered {self.what}{hint}; choose one of {', '.join(self)}"
+
+
+def finite(obj: Any) -> Any:
+    """A state mapping with NaN and infinities as None, for a JSON file (which has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj

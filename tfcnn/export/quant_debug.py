@@ -252,7 +252,7 @@ def write_analysis(ctx: Any, source: Path, calibration: np.ndarray, published: b
     """Run :func:`analyse` in the export's native child, write it beside the TFLite file, and
     return the contract entry's summary. A failure is recorded (verify then fails on it), not
     raised: the int8 file itself is fine, its analysis is what is missing."""
-    from tfcnn.util import log, write_json
+    from tfcnn.util import finite, log, write_json
 
     rel = sidecar(tflite_rel)
     images, where = measurement_images(ctx, calibration)
@@ -262,24 +262,12 @@ def write_analysis(ctx: Any, source: Path, calibration: np.ndarray, published: b
         log.info("export: per-layer quantization analysis failed: %s", exc)
         result = {"schema": SCHEMA, "method": METHOD, "error": str(exc)}
     result["measured_on"] = where
-    result = _json_safe(result)
+    result = finite(result)  # NaN / inf debugger statistics as null: the reader fails a layer missing its cosine or SNR
     write_json(ctx.out / rel, result)
     summary = {"file": rel, "method": METHOD, "images": result.get("images"), "measured_on": where}
     if "error" in result:
         return {**summary, "error": result["error"]}
     return {**summary, "matches_published": result["matches_published"], "worst": result["worst"]}
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN / inf statistics (the debugger's, e.g. a scale it could not read) as None, so the
-    analysis is valid JSON; the reader fails a layer whose cosine or SNR is missing."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def calibration_record(ctx: Any) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
+from tfcnn.util import finite  # noqa: F401  (re-exported)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -159,15 +161,6 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] 
     return None if a == b else (prefix, a, b)
 
 
-def finite(obj: Any) -> Any:
-    """A state mapping with NaN and infinities as None, for a JSON file (which has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
 
 
 def _num(v: Any) -> float:
