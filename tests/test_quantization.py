@@ -137,6 +137,22 @@ def test_per_layer_error_of_the_full_integer_model(exported):
     assert data["worst"][0]["tensor"].split(";")[0] in html
 
 
+def test_published_scales_match_as_the_debugger_prints_them(exported):
+    """The debugger's CSV has float32's ~8 significant digits: a layer printed that way matches its
+    tensor in the published file (rounding both to 9 decimals once failed on 0.0140662035), while a
+    scale 1e-4 off or another zero point does not."""
+    from tfcnn.export.quant_debug import _match_published
+    from tfcnn.export.tflite import interpreter
+
+    vd, _ = exported
+    published = (vd / "tflite" / "model_int8.tflite").read_bytes()
+    rows = [d for d in interpreter(published).get_tensor_details() if d["quantization"][0]]
+    printed = [{"tensor": d["name"], "scale": float(f"{d['quantization'][0]:.8g}"), "zero_point": int(d["quantization"][1])} for d in rows]
+    assert _match_published(printed, published) == {"layers": len(rows), "same_scale": len(rows), "differing": []}
+    off = [{**printed[0], "scale": printed[0]["scale"] * 1.0001}, {**printed[1], "zero_point": printed[1]["zero_point"] + 1}]
+    assert _match_published(off, published)["differing"] == [printed[0]["tensor"], printed[1]["tensor"]]
+
+
 def test_the_analysis_sees_a_calibration_that_clips(exported, tiny_run, tmp_path):
     """Calibrated on images at a tenth of their brightness, real images clip: the per-layer SNR
     must drop and the RMS error grow past a rounding step (the measurement is not a constant)."""

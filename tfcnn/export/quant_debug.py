@@ -166,12 +166,18 @@ def _match_published(layers: list[dict[str, Any]], published: bytes) -> dict[str
     calibration; fully quantizing the interface can move the scales of the layers next to it)."""
     from tfcnn.export.tflite import interpreter
 
-    found: dict[str, set[tuple[float, int]]] = {}
+    found: dict[str, list[tuple[float, int]]] = {}
     for d in interpreter(published).get_tensor_details():
         scale, zero = d["quantization"]
         if scale:
-            found.setdefault(d["name"], set()).add((round(float(scale), 9), int(zero)))
-    same = [l["tensor"] for l in layers if (round(l["scale"], 9), l["zero_point"]) in found.get(l["tensor"], set())]
+            found.setdefault(d["name"], []).append((float(scale), int(zero)))
+
+    def same_as_published(layer: dict[str, Any]) -> bool:
+        # The debugger's CSV prints a scale with float32's ~8 significant digits (0.0140662035
+        # for 0.014066203497...): equal means within 1e-6 relative, the zero point exactly.
+        return any(math.isclose(layer["scale"], s, rel_tol=1e-6) and layer["zero_point"] == z for s, z in found.get(layer["tensor"], []))
+
+    same = [l["tensor"] for l in layers if same_as_published(l)]
     return {"layers": len(layers), "same_scale": len(same), "differing": [l["tensor"] for l in layers if l["tensor"] not in same][:10]}
 
 
