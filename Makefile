@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# Test processes (pytest-xdist, whole files per process: module fixtures are built once). Most tests
+# are dispatch-bound and keep one core busy, so 2 processes on 2 cores ran the suite 1.6x faster.
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test bench reliability clean
 
@@ -21,7 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash .ci/apt-deps.sh test
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
