@@ -14,6 +14,9 @@ course's PyTorch loop (shared/seeds/000, lines 843-930: the same two-conv CNN as
 1e-3 with weight_decay 1e-4, batch 64, a shuffled DataLoader over the same uint8 images scaled to
 [0, 1], ``loss.item()`` every step) when ``torch`` is importable (``pip install '.[bench]'``
 pins the CPU wheel); it uses torch's default intra-op threads (all cores), as the course's does.
+A sixth, ``tape_bf16``, is the tape engine with ``train.mixed_precision = true`` (Keras'
+mixed_bfloat16 policy on a CPU: bfloat16 compute, float32 variables and logits); it runs by
+default where the CPU has bfloat16 instructions (AVX512-BF16 or AMX), where oneDNN can use them.
 
 The variants alternate for --rounds rounds and each keeps its best round. Prints images/s for
 each (median over its timed windows) and images per CPU-second of this process (steadier on a
@@ -35,7 +38,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from machine import describe  # noqa: E402  (bench/machine.py, beside this script)
+from machine import cpu, describe  # noqa: E402  (bench/machine.py, beside this script)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -61,7 +64,7 @@ def rates(images: int, wall: list[float], cpu: list[float]) -> dict[str, float]:
     }
 
 
-def make_config(args: argparse.Namespace, engine: str):
+def make_config(args: argparse.Namespace, engine: str, mixed_precision: bool = False):
     return from_dict(
         {
             "name": f"bench-{engine}",
@@ -80,6 +83,7 @@ def make_config(args: argparse.Namespace, engine: str):
                 "jit_compile": args.jit,
                 "tensorboard": False,
                 "gradient_norms": args.gradient_norms,
+                "mixed_precision": mixed_precision,
                 "early_stopping": {"enabled": False},
             },
             "export": {"enabled": False},
@@ -87,8 +91,8 @@ def make_config(args: argparse.Namespace, engine: str):
     )
 
 
-def bench_engine(args, engine: str, synthetic: bool) -> dict[str, float]:
-    cfg = make_config(args, engine)
+def bench_engine(args, engine: str, synthetic: bool, mixed_precision: bool = False) -> dict[str, float]:
+    cfg = make_config(args, engine, mixed_precision)
     bundle = bundle_for(cfg, synthetic)
     timer = train_timed(cfg, bundle)
     return rates(bundle.info.num_train, timer.wall[1:], timer.cpu[1:])
@@ -192,6 +196,11 @@ def torch_available() -> bool:
     return True
 
 
+def has_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (where mixed_bfloat16 can pay off)."""
+    return bool({"avx512_bf16", "amx_tile"} & set(cpu()[1]))
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=150, help="steps per epoch (train_subset = batch * steps)")
@@ -207,12 +216,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--synthetic", action="store_true", help="random images instead of Fashion-MNIST")
     ap.add_argument(
-        "--only", choices=["tape", "fit", "plain_fit", "eager", "torch"], action="append", help="run only these (repeatable)"
+        "--only", choices=["tape", "fit", "plain_fit", "eager", "torch", "tape_bf16"], action="append", help="run only these (repeatable)"
     )
     args = ap.parse_args(argv)
 
     synthetic = args.synthetic or not (FASHION / "train-images-idx3-ubyte.gz").exists()
-    which = args.only or ["tape", "fit", "plain_fit", "eager", *(["torch"] if torch_available() else [])]
+    which = args.only or ["tape", "fit", "plain_fit", "eager", *(["torch"] if torch_available() else []),
+                          *(["tape_bf16"] if has_bf16() else [])]
     if "torch" in which and not torch_available():
         print("train_throughput: error: --only torch needs PyTorch (pip install '.[bench]')", file=sys.stderr)
         sys.exit(2)
@@ -232,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
                 r = bench_eager(args, synthetic)
             elif name == "torch":
                 r = bench_torch(args, synthetic)
+            elif name == "tape_bf16":
+                r = bench_engine(args, "tape", synthetic, mixed_precision=True)
             elif name == "plain_fit":
                 r = bench_plain_fit(args, synthetic)
             else:
@@ -269,6 +281,10 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_ips_cpu": val("torch", "ips_cpu"),
         "tape_vs_torch": ratio("tape", "torch"),
         "tape_vs_torch_cpu": ratio("tape", "torch", "ips_cpu"),
+        "tape_bf16_ips": val("tape_bf16"),
+        "tape_bf16_ips_cpu": val("tape_bf16", "ips_cpu"),
+        "bf16_vs_tape": ratio("tape_bf16", "tape"),
+        "bf16_vs_tape_cpu": ratio("tape_bf16", "tape", "ips_cpu"),
         "machine": describe(),
         "synthetic": synthetic,
     }

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from fakedata import Interrupted, interrupt_after, synthetic_arrays
+from fakedata import Interrupted, interrupt_after, synthetic_arrays, write_npz
 from tfcnn.config import EarlyStoppingConfig, TrainConfig, from_dict
 from tfcnn.data.bundle import make_bundle
 from tfcnn.errors import ConfigError, TfcnnError
@@ -360,10 +360,33 @@ def test_mixed_precision_on_cpu_uses_bfloat16_and_keeps_float32_logits(tmp_path)
     result, _ = run(cfg, tmp_path)
     diag = json.loads((tmp_path / "diagnostics.json").read_text())
     assert diag["precision_policy"] == "mixed_bfloat16"
-    assert result.model.get_layer("conv1").compute_dtype == "bfloat16"
     assert result.model.outputs[0].dtype == "float32"
     assert all(math.isfinite(v) for v in result.history["loss"]) and result.history["loss"][1] < result.history["loss"][0]
     assert keras.mixed_precision.global_policy().name == before  # later stages are not affected
+    # what training returns and writes computes in float32 (bfloat16 ops do not convert to TFLite)
+    saved = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    for model in (result.model, saved):
+        assert {l.compute_dtype for l in model.layers} == {"float32"}
+    for a, b in zip(saved.get_weights(), result.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_mixed_precision_run_exports_and_verifies(tmp_path):
+    """Before model.keras was written in float32, every export of a mixed_bfloat16 run failed
+    in the TFLite converter ("Could not translate MLIR to FlatBuffer" on a bfloat16 Sub)."""
+    from tfcnn.export import export_run, verify_version
+    from tfcnn.pipeline import run_pipeline
+
+    npz = tmp_path / "synthetic.npz"
+    write_npz(npz)
+    cfg = from_dict({"name": "bf16", "data": {"source": f"numpy:{npz}", "batch_size": 32, "val_fraction": 0.2},
+                     "model": {"name": "tiny_cnn"}, "export": {"enabled": False}, "report": False,
+                     "train": {"epochs": 2, "learning_rate": 0.01, "mixed_precision": True, "tensorboard": False}})
+    run_pipeline(cfg, tmp_path / "run")
+    vd = export_run(tmp_path / "run", formats=["tflite_float32", "onnx"], root=tmp_path / "export")
+    report = verify_version(vd, skip_clients=["openvino"])
+    assert report["passed"] and all(report["formats"][f]["agreement"] == 1.0 for f in ("tflite_float32", "onnx"))
+    assert json.loads((vd / "model_card.json").read_text())["training"]["config"]["mixed_precision"] is True
 
 
 def test_float16_loss_scaling_path_tracks_float32(tmp_path, monkeypatch):
@@ -375,7 +398,7 @@ def test_float16_loss_scaling_path_tracks_float32(tmp_path, monkeypatch):
     reference, _ = run(make_cfg(opts), tmp_path / "f32")
     monkeypatch.setattr(core, "precision_policy", lambda tc, strategy: "mixed_float16")
     result, _ = run(make_cfg(opts), tmp_path / "f16")
-    assert result.model.get_layer("conv1").compute_dtype == "float16"
+    assert json.loads((tmp_path / "f16" / "diagnostics.json").read_text())["precision_policy"] == "mixed_float16"
     np.testing.assert_allclose(result.history["loss"], reference.history["loss"], rtol=0.05)
     norms = [json.loads((tmp_path / d / "diagnostics.json").read_text())["gradient_norms"]["global"][0] for d in ("f16", "f32")]
     assert norms[0] == pytest.approx(norms[1], rel=0.1)  # unscaled: not 2**15 times larger

@@ -18,6 +18,7 @@ import numpy as np
 
 from tfcnn.config import from_dict
 from tfcnn.errors import ExportError
+from tfcnn.models.precision import float32_model
 from tfcnn.run import Metrics, Run
 from tfcnn.util import atomic_path, ensure_dir, log
 
@@ -244,7 +245,8 @@ def export_model(
 
     bundle = bundle_for(run)
     run.write(bundle.info)
-    ref = _reference_model(model, mean, std, outputs, geometry)
+    # A model trained under mixed precision is exported as its float32 rebuild (bfloat16 ops do not convert).
+    ref = _reference_model(float32_model(model), mean, std, outputs, geometry)
     try:
         with atomic_path(run.path("model"), suffix=".keras") as tmp:
             ref.save(tmp)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tfcnn.errors import TfcnnError
+from tfcnn.models.precision import float32_model
 from tfcnn.run import Run
 from tfcnn.util import first_line
 
@@ -26,7 +27,8 @@ def _retrain_hint(run: Run) -> str:
 
 
 def load_trained_model(run: "Run | Path | str") -> "keras.Model":
-    """The run's ``model.keras`` (logits out, normalization inside), without its compile state.
+    """The run's ``model.keras`` (logits out, normalization inside), without its compile state,
+    computing in float32 (:func:`tfcnn.models.precision.float32_model`).
 
     A missing or unreadable file is one :class:`TfcnnError` line naming the file and saying to
     re-run training; Keras raises several exception types for a corrupt or foreign file.
@@ -41,8 +43,9 @@ def load_trained_model(run: "Run | Path | str") -> "keras.Model":
     if not path.is_file():
         raise TfcnnError(f"{path} is missing; {_retrain_hint(run)}")
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - zip, h5, JSON and deserialisation errors alike
         raise TfcnnError(
             f"{path} could not be loaded as a Keras model ({type(exc).__name__}: {first_line(exc)}); {_retrain_hint(run)}"
         ) from None
+    return float32_model(model)  # a file written in mixed precision by an earlier tfcnn: evaluate and export in float32

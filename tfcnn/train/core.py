@@ -23,6 +23,7 @@ import tensorflow as tf
 from tfcnn.config import PipelineConfig
 from tfcnn.data.bundle import DataBundle
 from tfcnn.errors import ConfigError, TfcnnError, TrainingError
+from tfcnn.models.precision import float32_model
 from tfcnn.run import Run
 from tfcnn.tasks import get_task
 from tfcnn.train import fit as fit_engine
@@ -115,7 +116,7 @@ def train(
     record = ENGINES[tc.engine](session)
     wall = time.perf_counter() - started
     record.stop_reason = record.stop_reason or "completed"
-    save_model(session)
+    model = save_model(session)  # what was written: float32 even when trained in mixed precision
     record.write(out, extra=_diagnostics_extra(cfg))
     log.info(f"train: {record.epochs_done} epochs in {wall:.1f} s ({record.stop_reason})")
     return TrainResult(
@@ -222,13 +223,15 @@ def _clear(run: Run) -> None:
         model.unlink()
 
 
-def save_model(s: Session) -> None:
+def save_model(s: Session) -> keras.Model:
     """model.keras: the final (or best) weights, compiled with the task's loss and metrics.
 
     The file is a deployment artifact, not a training state (that is checkpoints/): it is
     compiled with a stateless SGD so it carries no optimizer slots (a third of the size for
     Adam) and no tfcnn-specific schedule, and with the loss on plain labels (no smoothing), so
-    `keras.models.load_model` works in any process with or without `compile=False`.
+    `keras.models.load_model` works in any process with or without `compile=False`. A model
+    trained under a mixed precision policy is written as its float32 rebuild; returns what was written
+    (the model training returns and evaluation measures).
     Non-finite weights are refused (the engines keep the last finite state; this is the last guard).
     """
     if not guard.all_finite(s.model.get_weights()):
@@ -238,14 +241,18 @@ def save_model(s: Session) -> None:
             f"{guard.advice_for(tc.learning_rate, tc.clipnorm)}"
         )
     with s.strategy.scope():
-        s.model.compile(
+        # Trained under mixed precision: the file computes in float32 (what every export needs;
+        # tfcnn.models.precision says why), the same weights.
+        model = float32_model(s.model)
+        model.compile(
             optimizer=keras.optimizers.SGD(learning_rate=s.cfg.train.learning_rate),
             loss=s.task.keras_loss(0.0),
             metrics=s.task.keras_metrics(0.0),
         )
-        s.model.optimizer.build(s.model.trainable_variables)
+        model.optimizer.build(model.trainable_variables)
     with atomic_path(s.run.path("model"), suffix=".keras") as tmp:
-        s.model.save(tmp)
+        model.save(tmp)
+    return model
 
 
 def _diagnostics_extra(cfg: PipelineConfig) -> dict:
