@@ -49,3 +49,33 @@ def test_the_float32_twin_has_the_weights_and_the_outputs_to_rounding(policy):
 def test_a_float32_model_is_returned_as_it_is():
     model = _nested("float32")
     assert not is_mixed(model) and float32_model(model) is model
+
+
+def test_auto_mixed_precision_follows_the_cpu(monkeypatch):
+    import tensorflow as tf
+
+    from tfcnn.config import TrainConfig, from_dict
+    from tfcnn.train import distribute
+
+    assert distribute.cpu_has_bfloat16("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert distribute.cpu_has_bfloat16("flags\t: avx2 amx_bf16 amx_tile\n")
+    assert not distribute.cpu_has_bfloat16("flags\t: fpu sse4_2 avx2 fma\n")
+    assert not distribute.cpu_has_bfloat16("model name\t: no flags line\n")
+    assert distribute.cpu_has_bfloat16("Features\t: fp asimd bf16 i8mm\n")  # ARM
+
+    auto = from_dict({"train": {"mixed_precision": "auto"}}).train
+    assert auto.mixed_precision == "auto"
+    strategy = tf.distribute.get_strategy()
+    for has, want in ((True, "mixed_bfloat16"), (False, "float32")):
+        monkeypatch.setattr(distribute, "cpu_has_bfloat16", lambda has=has: has)
+        assert distribute.precision_policy(auto, strategy) == want
+        assert distribute.precision_policy(TrainConfig(mixed_precision=True), strategy) == "mixed_bfloat16"
+        assert distribute.precision_policy(TrainConfig(), strategy) == "float32"
+
+
+def test_mixed_precision_takes_true_false_or_auto_only():
+    from tfcnn.config import from_dict
+    from tfcnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        from_dict({"train": {"mixed_precision": "bf16"}})

@@ -506,6 +506,29 @@ def test_engines_take_exactly_one_epoch_of_steps_per_epoch(tmp_path, engine, ste
     assert result.history["lr"] == pytest.approx([0.01 * 0.5**e for e in range(3)], rel=1e-5)
 
 
+def test_fit_keeps_one_iterator_when_steps_per_execution_does_not_tile_the_epoch(tmp_path, monkeypatch):
+    """6 steps per epoch in calls of 4: Keras would run 8 steps per epoch on one iterator (2 from
+    the next epoch); the last call of each epoch now runs 2, on the same repeated iterator (it
+    was one iterator per epoch, whose shuffle refill stalls every epoch end)."""
+    import tensorflow as tf
+
+    seen = []
+    fit = keras.Model.fit
+
+    def spy(self, x=None, *args, **kwargs):
+        seen.append(int(tf.data.experimental.cardinality(x)))
+        return fit(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
+    opts = {"engine": "fit", "epochs": 3, "early_stopping": {"enabled": False}}
+    blocks, _ = run(make_cfg({**opts, "steps_per_execution": 4}), tmp_path / "blocks")
+    single, _ = run(make_cfg({**opts, "steps_per_execution": 1}), tmp_path / "single")
+    assert seen == [int(tf.data.experimental.INFINITE_CARDINALITY)] * 2
+    assert blocks.history["loss"] == pytest.approx(single.history["loss"], rel=1e-4)
+    assert max_diff(blocks.model, single.model) < 1e-4
+    assert blocks.model.train_function is None and "make_train_function" not in vars(blocks.model)
+
+
 def test_one_repeated_iterator_sees_the_same_epochs_as_one_iterator_per_epoch():
     # What the engines rely on when they keep one iterator over train.repeat(): the same
     # shuffle order and augmentation draws as a fresh iterator per epoch, and no batch that

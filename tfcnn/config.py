@@ -292,7 +292,9 @@ class TrainConfig:
     reduce_lr_on_plateau: bool = False  # fit engine: keras ReduceLROnPlateau
     strategy: Literal["default", "mirrored", "multi_worker", "tpu"] = "default"
     devices: Optional[list[str]] = None  # for mirrored, e.g. ["/cpu:0", "/cpu:1"]
-    mixed_precision: bool = False  # mixed_float16 on GPU, mixed_bfloat16 on CPU/TPU
+    # true: mixed_float16 on GPU, mixed_bfloat16 on CPU/TPU; "auto": the same where the hardware has the
+    # instructions for it (a GPU, a TPU, a CPU with AVX512-BF16 or AMX), float32 elsewhere
+    mixed_precision: Union[bool, Literal["auto"]] = False
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism
     seed: int = field(default=42, metadata=_range(0, MAX_SEED))
     checkpoint_every: int = field(default=1, metadata=_range(1, MAX_EPOCHS))  # epochs

@@ -36,6 +36,30 @@ def default_run_dir(cfg: PipelineConfig) -> Path:
     return Path(cfg.out_dir) if cfg.out_dir else Path("runs") / cfg.name
 
 
+def _worker_run(cfg: PipelineConfig, run: Run) -> Run:
+    """``run`` itself, or for a multi-worker cluster's non-chief a scratch Run: every worker
+    decodes the data and trains, but only the chief writes the run directory (which may be one
+    shared file system), and only the chief exports and reports."""
+    import tempfile
+
+    from tfcnn.train.distribute import is_chief, start_strategy
+
+    strategy = start_strategy(cfg.train)
+    if strategy is None or is_chief(strategy):
+        return run
+    scratch = Run.create(Path(tempfile.mkdtemp(prefix="tfcnn-worker-")))
+    log.info("train: this worker is not the chief: it writes to %s; the chief writes %s", scratch.root, run.root)
+    return scratch
+
+
+def is_chief_process(cfg: PipelineConfig) -> bool:
+    """False only on a multi-worker cluster's non-chief workers (they neither export nor report)."""
+    from tfcnn.train.distribute import is_chief, start_strategy
+
+    strategy = start_strategy(cfg.train)
+    return strategy is None or is_chief(strategy)
+
+
 def train_stage(cfg: PipelineConfig, run: Run | Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Data, model, training and evaluation; writes everything `tfcnn export` needs.
 
@@ -53,6 +77,7 @@ def train_stage(cfg: PipelineConfig, run: Run | Path, *, overwrite: bool = False
 
     validate(cfg)
     run = run if isinstance(run, Run) else Run.create(Path(run))
+    run = _worker_run(cfg, run)  # a multi-worker strategy starts here, before any TensorFlow op
     if not overwrite:
         check_rerun(run, cfg)  # before config.json is replaced or any data is decoded
     run.save_config(cfg)
@@ -117,6 +142,9 @@ def run_pipeline(
     run = Run.create(Path(run_dir) if run_dir else default_run_dir(cfg))
     summary = RunSummary(run_dir=str(run.root))
     summary.metrics = train_stage(cfg, run, overwrite=overwrite)
+    if not is_chief_process(cfg):  # a non-chief worker: the chief exports, verifies and reports
+        summary.wall_seconds = round(time.perf_counter() - started, 1)
+        return summary.to_dict()
     do_export = cfg.export.enabled if export is None else export
     if do_export:
         version_dir, verification = export_stage(cfg, run, skip_clients)

@@ -32,6 +32,13 @@ def check_train_config(cfg: PipelineConfig) -> None:
             "train.use_ema averages the weights over the whole run, which restoring the best epoch's raw weights "
             "would undo; set train.early_stopping.restore_best = false (or turn train.use_ema off)"
         )
+    if tc.engine == "fit" and tc.strategy == "multi_worker":
+        # Measured with two worker processes: Keras 3.15's fit hands a PerReplica batch to
+        # convert_to_tensor and fails in the first step (open upstream: keras-team/keras#20585).
+        raise ConfigError(
+            "train.strategy = 'multi_worker' needs engine = 'tape': Keras 3's model.fit cannot train under "
+            "MultiWorkerMirroredStrategy (keras-team/keras#20585); 'mirrored' works with both engines"
+        )
     if tc.nesterov and tc.optimizer != "sgd":
         raise ConfigError(f"train.nesterov applies to optimizer = 'sgd' only (got {tc.optimizer!r})")
     if tc.reduce_lr_on_plateau and (tc.schedule != "constant" or tc.warmup_epochs > 0):

@@ -14,6 +14,20 @@ from tfcnn.config import TrainConfig
 from tfcnn.errors import ConfigError
 
 
+_STARTED: dict[str, tf.distribute.Strategy] = {}
+
+
+def start_strategy(tc: TrainConfig) -> tf.distribute.Strategy | None:
+    """Create ``train.strategy`` now when it must exist before TensorFlow runs any op.
+
+    MultiWorkerMirroredStrategy configures the process's collective ops, which TensorFlow allows
+    only before its first op: created after the data are decoded it fails ("Collective ops must
+    be configured at program startup"). The pipeline calls this first; :func:`make_strategy`
+    then returns the same object. Other strategies are created when training starts (None here).
+    """
+    return make_strategy(tc) if tc.strategy == "multi_worker" else None
+
+
 def make_strategy(tc: TrainConfig) -> tf.distribute.Strategy:
     """The tf.distribute strategy named by ``train.strategy`` (with one clear error per failure)."""
     if tc.strategy == "default":
@@ -30,6 +44,8 @@ def make_strategy(tc: TrainConfig) -> tf.distribute.Strategy:
                 )
         return tf.distribute.MirroredStrategy(devices=devices)
     if tc.strategy == "multi_worker":
+        if _STARTED.get("multi_worker") is not None:  # one per process, created by start_strategy
+            return _STARTED["multi_worker"]
         raw = os.environ.get("TF_CONFIG")
         if raw:
             try:
@@ -37,7 +53,8 @@ def make_strategy(tc: TrainConfig) -> tf.distribute.Strategy:
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"TF_CONFIG is not valid JSON ({exc}); see tf.distribute.MultiWorkerMirroredStrategy") from None
         try:
-            return tf.distribute.MultiWorkerMirroredStrategy()
+            _STARTED["multi_worker"] = tf.distribute.MultiWorkerMirroredStrategy()
+            return _STARTED["multi_worker"]
         except (RuntimeError, ValueError) as exc:
             raise ConfigError(
                 f"train.strategy = 'multi_worker' could not start ({exc}); it must be created before TensorFlow "
@@ -73,13 +90,42 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in spec
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags in /proc/cpuinfo for bfloat16 arithmetic
+
+
+def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where oneDNN runs
+    mixed_bfloat16 faster than float32; without them bfloat16 is emulated and slower.
+    Reads /proc/cpuinfo (Linux); elsewhere False. ARM's ``bf16`` flag counts too."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags = set(value.split())
+            return bool(flags & {*BF16_CPU_FLAGS, "bf16"})
+    return False
+
+
 def precision_policy(tc: TrainConfig, strategy: tf.distribute.Strategy) -> str:
-    """float32, or mixed_float16 on GPU and mixed_bfloat16 on CPU/TPU (float16 needs GPU tensor cores)."""
+    """float32, or mixed_float16 on GPU and mixed_bfloat16 on CPU/TPU (float16 needs GPU tensor cores).
+
+    ``mixed_precision = "auto"`` is mixed only where it pays: on a GPU, a TPU, or a CPU with
+    bfloat16 instructions (measured on an AMD EPYC with AVX512-BF16: bench/train_throughput.py's
+    tape_bf16 variant, README "Mixed precision on CPUs")."""
     if not tc.mixed_precision:
         return "float32"
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "mixed_bfloat16"
-    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+    if tf.config.list_logical_devices("GPU"):
+        return "mixed_float16"
+    if tc.mixed_precision == "auto" and not cpu_has_bfloat16():
+        return "float32"
+    return "mixed_bfloat16"
 
 
 @contextlib.contextmanager

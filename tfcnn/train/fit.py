@@ -43,6 +43,65 @@ class FinetuneCallback(keras.callbacks.Callback):
             self.model.make_train_function(force=True)
 
 
+class EpochAlignedSteps:
+    """The train function of a fit whose ``steps_per_execution`` does not divide the epoch.
+
+    Keras 3 runs ``steps_per_execution`` steps per call on one iterator over the repeated
+    training set: with 422 steps per epoch and 16 per call its 27th call would take 10 batches of
+    the next epoch. So the last call of every epoch runs the remainder (a second train function
+    traced with ``steps_per_execution = 422 % 16 = 6``) and every epoch is exactly its own
+    batches, still from one iterator (a new iterator per epoch refills the shuffle buffer: the
+    end-of-epoch stall bench/epoch_stall.py measures). Calls are counted from the start of the
+    fit, which always starts at an epoch boundary (BackupAndRestore resumes whole epochs).
+    """
+
+    def __init__(self, model: keras.Model, block, remainder, steps: tuple[int, int], calls_per_epoch: int, counter: list[int]):
+        self.model, self.block, self.remainder, self.steps = model, block, remainder, steps
+        self.calls_per_epoch, self.counter = calls_per_epoch, counter
+
+    def __call__(self, iterator):
+        call = self.counter[0]
+        self.counter[0] += 1
+        if call % self.calls_per_epoch != self.calls_per_epoch - 1:
+            return self.block(iterator)
+        # Keras' multi-step loop reads model.steps_per_execution when it is traced, i.e. on the
+        # first call: that call (and only the trace) must see the remainder.
+        per_call, remainder = self.steps
+        self.model.steps_per_execution = remainder
+        try:
+            return self.remainder(iterator)
+        finally:
+            self.model.steps_per_execution = per_call
+
+
+def align_steps_to_epochs(model: keras.Model, steps_per_epoch: int) -> int:
+    """Make ``model``'s (re)built train functions stop each epoch on its last step; the remainder
+    steps of an epoch's last call (0 when ``steps_per_execution`` tiles the epoch: nothing to do).
+
+    ``make_train_function`` is wrapped on the instance, so a retrace (the fine-tuning callback
+    forces one when the trainable set changes) builds the aligned pair again."""
+    per_call = int(model.steps_per_execution)
+    remainder = steps_per_epoch % per_call
+    if per_call <= 1 or remainder == 0:
+        return 0
+    build = model.make_train_function  # Keras' own, bound to the model
+    counter = [0]  # shared by every rebuilt pair: a retrace at an epoch start keeps the count
+
+    def make_train_function(force: bool = False):
+        if model.train_function is not None and not force:
+            return model.train_function
+        build(force=True)
+        tail = model.train_function  # a second function: its own trace, for `remainder` steps
+        build(force=True)
+        model.train_function = EpochAlignedSteps(model, model.train_function, tail, (per_call, remainder),
+                                                 -(-steps_per_epoch // per_call), counter)
+        return model.train_function
+
+    model.make_train_function = make_train_function
+    model.train_function = None
+    return remainder
+
+
 class RulesCallback(keras.callbacks.Callback):
     """Early stopping through :class:`StopRules`, keeping the best epoch's weights.
 
@@ -236,17 +295,18 @@ def run(s: Session) -> RunRecord:
     for _ in range(resume_epoch):
         iter(s.bundle.train)
     # Repeated, with steps_per_epoch, Keras keeps one iterator for the run instead of one per epoch
-    # (see tape.TapeTrainer.run: per-epoch iterators stalled at epoch ends). Keras 3 then runs
-    # whole steps_per_execution blocks, so this is only exact when they tile the epoch; otherwise a
-    # new iterator per epoch it is (the stall hit 1 of 7 epochs of a 190-step fit run with 16 per block).
-    repeat = s.steps_per_epoch % steps_per_execution == 0
+    # (see tape.TapeTrainer.run: per-epoch iterators stalled at epoch ends); each epoch's last
+    # call runs only the steps left in it when steps_per_execution does not tile the epoch.
+    remainder = align_steps_to_epochs(s.model, s.steps_per_epoch)
+    if remainder:
+        log.info(f"train: {s.steps_per_epoch} steps per epoch in calls of {steps_per_execution}, the last of each epoch {remainder}")
     # The task turns the bundle's (images, labels) into what the model learns (identity for classifiers).
     train_ds = prepare(s.task.feed(s.bundle.train, s.cfg, training=True))
     weights = s.class_weights
     if weights is not None:  # Keras' sample_weight, from the prepared labels (tfcnn.train.class_weights)
         w = tf.constant(weights, tf.float32)
         train_ds = train_ds.map(lambda x, y: (x, y, example_weights(y, w)), num_parallel_calls=tf.data.AUTOTUNE)
-    train_ds = train_ds.repeat() if repeat else train_ds
+    train_ds = train_ds.repeat()
     val_ds = prepare(s.task.feed(s.bundle.val, s.cfg, training=False)) if s.has_validation else None
 
     rules_cb = RulesCallback(
@@ -277,15 +337,20 @@ def run(s: Session) -> RunRecord:
     callbacks.extend(s.callbacks)
     if resume_epoch:
         log.info(f"train: resuming the interrupted fit after epoch {resume_epoch}")
-    s.model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=tc.epochs,
-        steps_per_epoch=s.steps_per_epoch if repeat else None,
-        shuffle=False,  # the bundle's pipeline shuffles (seeded, every epoch)
-        callbacks=callbacks,
-        verbose=keras_verbose(),
-    )
+    try:
+        s.model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=tc.epochs,
+            steps_per_epoch=s.steps_per_epoch,
+            shuffle=False,  # the bundle's pipeline shuffles (seeded, every epoch)
+            callbacks=callbacks,
+            verbose=keras_verbose(),
+        )
+    finally:
+        if remainder:  # the model leaves with Keras' own train function builder
+            del s.model.make_train_function
+            s.model.train_function = None
     if rules.reason is None and record.rows and not math.isfinite(record.rows[-1]["loss"]):
         record.stop_reason = "non_finite_loss"  # TerminateOnNaN stopped inside the epoch
     if rules_cb.kept_epoch is not None:

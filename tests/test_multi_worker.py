@@ -1,0 +1,125 @@
+"""MultiWorkerMirroredStrategy with two real worker processes on loopback (TF_CONFIG, ports chosen
+free at test time), started as `tfcnn run` starts them (the pipeline): the final weights match a
+one-process run with the same global batch, and only the chief writes its run directory. The
+tape engine only: Keras 3.15's fit cannot run under the strategy (refused in one line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    sys.path[:0] = [sys.argv[1]]
+    from tfcnn.config import from_dict
+    from tfcnn.pipeline import run_pipeline
+    engine, strategy, npz, run_dir = sys.argv[2:6]
+    # the fit engine's Keras loop shards its distributed input in another order: unshuffled data
+    data = {"source": f"numpy:{npz}", "batch_size": 32, "val_fraction": 0.2, **({"shuffle_buffer": 1} if engine == "fit" else {})}
+    cfg = from_dict({"name": "mw", "data": data, "model": {"name": "tiny_cnn", "batch_norm": False, "l2": 1e-2},
+                     "train": {"engine": engine, "epochs": 2, "learning_rate": 0.01, "strategy": strategy, "tensorboard": False,
+                               "early_stopping": {"enabled": False}},
+                     "export": {"enabled": False}, "report": False})
+    summary = run_pipeline(cfg, run_dir)  # what `tfcnn run` does on each worker
+    print(json.dumps({"replicas": summary["metrics"]["replicas"], "accuracy": summary["metrics"].get("test_accuracy")}))
+    """
+)
+
+
+def free_ports(n: int) -> list[int]:
+    """n ports nothing listens on now (bound to port 0, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _env(tf_config: dict | None) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    return env
+
+
+def _start(script: Path, engine: str, strategy: str, npz: Path, run_dir: Path, tf_config: dict | None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(script), str(REPO), engine, strategy, str(npz), str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tf_config), cwd=REPO,
+    )
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[dict]:
+    """Each process's JSON line; a process still running after ``timeout`` is killed (a hang fails)."""
+    out = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=timeout)
+            assert p.returncode == 0, stderr[-3000:]
+            out.append(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return out
+
+
+def _weights(run_dir: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.saving.load_model(run_dir / "model.keras", compile=False).get_weights()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["tape"])
+def test_two_worker_processes_match_one_process_and_only_the_chief_writes(tmp_path, engine):
+    from fakedata import write_npz
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    npz = tmp_path / "synthetic.npz"
+    write_npz(npz)
+    (reference,) = _finish([_start(script, engine, "default", npz, tmp_path / "single", None)])
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
+    workers = [  # each its own run directory, as on two machines
+        _start(script, engine, "multi_worker", npz, tmp_path / f"run{i}", {"cluster": cluster, "task": {"type": "worker", "index": i}})
+        for i in range(2)
+    ]
+    results = _finish(workers)
+    assert [r["replicas"] for r in results] == [2, 2] and reference["replicas"] == 1
+    # the chief (worker 0) ends with the one-process weights (synchronous all-reduce, same global batch)
+    got, want = _weights(tmp_path / "run0"), _weights(tmp_path / "single")
+    assert max(float(np.abs(a - b).max()) for a, b in zip(got, want)) < 1e-4
+    assert results[0]["accuracy"] == pytest.approx(reference["accuracy"], abs=1e-9)
+    # the chief wrote its run directory; worker 1 wrote nothing in its own (only in a scratch directory)
+    assert len((tmp_path / "run0" / "history.csv").read_text().splitlines()) == 3  # a header, two epochs
+    assert [p.name for p in (tmp_path / "run1").iterdir()] == []
+
+
+def test_the_fit_engine_under_multi_worker_is_one_line_before_any_work():
+    """Keras 3.15's fit fails under MultiWorkerMirroredStrategy (tried with these two workers: a
+    PerReplica batch reaches convert_to_tensor; keras-team/keras#20585), so the pair is refused
+    by the config check, naming the engine that works."""
+    from tfcnn.config import from_dict
+    from tfcnn.errors import ConfigError
+    from tfcnn.pipeline import validate
+
+    with pytest.raises(ConfigError) as err:
+        validate(from_dict({"train": {"engine": "fit", "strategy": "multi_worker"}}))
+    assert "engine = 'tape'" in str(err.value) and "\n" not in str(err.value)
