@@ -5,11 +5,13 @@ tape engine only: Keras 3.15's fit cannot run under the strategy (refused in one
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -24,14 +26,19 @@ WORKER = textwrap.dedent(
     sys.path[:0] = [sys.argv[1]]
     from tfcnn.config import from_dict
     from tfcnn.pipeline import run_pipeline
-    engine, strategy, npz, run_dir = sys.argv[2:6]
+    from tfcnn.errors import TfcnnError
+    engine, strategy, npz, run_dir, epochs = sys.argv[2:7]
     # the fit engine's Keras loop shards its distributed input in another order: unshuffled data
     data = {"source": f"numpy:{npz}", "batch_size": 32, "val_fraction": 0.2, **({"shuffle_buffer": 1} if engine == "fit" else {})}
     cfg = from_dict({"name": "mw", "data": data, "model": {"name": "tiny_cnn", "batch_norm": False, "l2": 1e-2},
-                     "train": {"engine": engine, "epochs": 2, "learning_rate": 0.01, "strategy": strategy, "tensorboard": False,
+                     "train": {"engine": engine, "epochs": int(epochs), "learning_rate": 0.01, "strategy": strategy, "tensorboard": False,
                                "early_stopping": {"enabled": False}},
                      "export": {"enabled": False}, "report": False})
-    summary = run_pipeline(cfg, run_dir)  # what `tfcnn run` does on each worker
+    try:
+        summary = run_pipeline(cfg, run_dir)  # what `tfcnn run` does on each worker
+    except TfcnnError as exc:  # as the CLI reports it: one line, exit status 1
+        print(f"tfcnn: error: {exc}", file=sys.stderr)
+        sys.exit(1)
     print(json.dumps({"replicas": summary["metrics"]["replicas"], "accuracy": summary["metrics"].get("test_accuracy")}))
     """
 )
@@ -57,9 +64,9 @@ def _env(tf_config: dict | None) -> dict:
     return env
 
 
-def _start(script: Path, engine: str, strategy: str, npz: Path, run_dir: Path, tf_config: dict | None) -> subprocess.Popen:
+def _start(script: Path, engine: str, strategy: str, npz: Path, run_dir: Path, tf_config: dict | None, epochs: int = 2) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(script), str(REPO), engine, strategy, str(npz), str(run_dir)],
+        [sys.executable, str(script), str(REPO), engine, strategy, str(npz), str(run_dir), str(epochs)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tf_config), cwd=REPO,
     )
 
@@ -110,6 +117,63 @@ def test_two_worker_processes_match_one_process_and_only_the_chief_writes(tmp_pa
     # the chief wrote its run directory; worker 1 wrote nothing in its own (only in a scratch directory)
     assert len((tmp_path / "run0" / "history.csv").read_text().splitlines()) == 3  # a header, two epochs
     assert [p.name for p in (tmp_path / "run1").iterdir()] == []
+    key = hashlib.sha256(str((tmp_path / "run1").resolve()).encode()).hexdigest()[:12]
+    assert not (Path(tempfile.gettempdir()) / f"tfcnn-worker-worker1-{key}").exists()  # its scratch: removed once it finished
+
+
+@pytest.mark.slow
+def test_a_lost_worker_fails_the_chief_in_one_line_and_rerunning_both_resumes(tmp_path):
+    """Worker 1 is SIGKILLed once the chief has a checkpoint: the chief stops within seconds (the
+    strategy's health check aborts its collectives) with one line naming the checkpoint, instead of
+    hanging; both started again resume from their checkpoints and end with the weights of the same
+    cluster never interrupted (shuffle passes replayed)."""
+    import time
+
+    from fakedata import write_npz
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    npz = tmp_path / "synthetic.npz"
+    write_npz(npz, n_train=1000)
+    epochs = 6
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
+
+    def start(prefix: str) -> list[subprocess.Popen]:
+        return [_start(script, "tape", "multi_worker", npz, tmp_path / f"{prefix}{i}", {"cluster": cluster, "task": {"type": "worker", "index": i}}, epochs)
+                for i in range(2)]
+
+    reference = _finish(start("whole"))[0]  # the same cluster, never interrupted
+    workers = start("run")
+    try:
+        marker = tmp_path / "run0" / "checkpoints" / "checkpoint"
+        deadline = time.monotonic() + 240
+        while not marker.exists() and time.monotonic() < deadline and workers[0].poll() is None:
+            time.sleep(0.05)
+        assert marker.exists() and workers[0].poll() is None, "the chief wrote no checkpoint before it ended"
+        workers[1].kill()
+        killed = time.monotonic()
+        _, stderr = workers[0].communicate(timeout=120)  # a hang fails here
+        stopped = time.monotonic() - killed
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+            w.wait()
+    assert workers[0].returncode == 1
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("tfcnn: error: train: a worker of the multi-worker cluster was lost"), last
+    assert "the last checkpoint is epoch-" in last and "start every worker again" in last
+    assert stopped < 60, stopped
+    results = _finish(start("run"))  # both again, same command: they resume
+    assert [r["replicas"] for r in results] == [2, 2]
+    diagnostics = json.loads((tmp_path / "run0" / "diagnostics.json").read_text())
+    assert diagnostics["resumed_at"] and 1 <= diagnostics["resumed_at"][0] < epochs
+    got, want = _weights(tmp_path / "run0"), _weights(tmp_path / "whole0")
+    assert max(float(np.abs(a - b).max()) for a, b in zip(got, want)) < 1e-5
+    assert results[0]["accuracy"] == pytest.approx(reference["accuracy"], abs=1e-9)
+    assert [p.name for p in (tmp_path / "run1").iterdir()] == []
+    key = hashlib.sha256(str((tmp_path / "run1").resolve()).encode()).hexdigest()[:12]
+    assert not (Path(tempfile.gettempdir()) / f"tfcnn-worker-worker1-{key}").exists()  # its scratch: removed once it finished
 
 
 def test_the_fit_engine_under_multi_worker_is_one_line_before_any_work():

@@ -40,14 +40,12 @@ def _worker_run(cfg: PipelineConfig, run: Run) -> Run:
     """``run`` itself, or for a multi-worker cluster's non-chief a scratch Run: every worker
     decodes the data and trains, but only the chief writes the run directory (which may be one
     shared file system), and only the chief exports and reports."""
-    import tempfile
-
-    from tfcnn.train.distribute import is_chief, start_strategy
+    from tfcnn.train.distribute import is_chief, start_strategy, worker_scratch
 
     strategy = start_strategy(cfg.train)
     if strategy is None or is_chief(strategy):
         return run
-    scratch = Run.create(Path(tempfile.mkdtemp(prefix="tfcnn-worker-")))
+    scratch = Run.create(worker_scratch(run.root, strategy))
     log.info("train: this worker is not the chief: it writes to %s; the chief writes %s", scratch.root, run.root)
     return scratch
 
@@ -143,6 +141,12 @@ def run_pipeline(
     summary = RunSummary(run_dir=str(run.root))
     summary.metrics = train_stage(cfg, run, overwrite=overwrite)
     if not is_chief_process(cfg):  # a non-chief worker: the chief exports, verifies and reports
+        import shutil
+
+        from tfcnn.train.distribute import start_strategy, worker_scratch
+
+        # trained to the end: its checkpoints are needed no more (after a failure they stay, to resume)
+        shutil.rmtree(worker_scratch(run.root, start_strategy(cfg.train)), ignore_errors=True)
         summary.wall_seconds = round(time.perf_counter() - started, 1)
         return summary.to_dict()
     do_export = cfg.export.enabled if export is None else export

@@ -30,7 +30,9 @@ from tfcnn.train import fit as fit_engine
 from tfcnn.train import guard
 from tfcnn.train import tape as tape_engine
 from tfcnn.train.checks import check_train_config
-from tfcnn.train.distribute import global_policy, is_chief, make_strategy, precision_policy, seed_everything
+from tfcnn.train.distribute import (
+    LOST_PEER, global_policy, is_chief, lost_worker_error, make_strategy, precision_policy, seed_everything, worker_scratch,
+)
 from tfcnn.train.records import RunRecord, check_fingerprint, fingerprint
 from tfcnn.train.disk import check_free_space
 from tfcnn.train.finetune import Finetuner
@@ -91,7 +93,7 @@ def train(
     chief = is_chief(strategy)
     if overwrite and chief:
         _clear(run)
-    out = run if chief else Run.create(Path(tempfile.mkdtemp(prefix="tfcnn-worker-")))
+    out = run if chief else Run.create(worker_scratch(run.root, strategy))
     with global_policy(policy):
         with strategy.scope():
             model = build()
@@ -113,7 +115,12 @@ def train(
         resume_dir=run.path("checkpoints"),
     )
     started = time.perf_counter()
-    record = ENGINES[tc.engine](session)
+    try:
+        record = ENGINES[tc.engine](session)
+    except LOST_PEER as exc:
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise
+        raise TrainingError(lost_worker_error(exc, out.path("checkpoints"))) from None
     wall = time.perf_counter() - started
     record.stop_reason = record.stop_reason or "completed"
     model = save_model(session)  # what was written: float32 even when trained in mixed precision

