@@ -186,6 +186,57 @@ class RulesCallback(keras.callbacks.Callback):
             self._keep_finite(self.last_epoch)
 
 
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, with a backup that a kill cannot leave half-written.
+
+    Keras overwrites ``latest.weights.h5`` in place and then ``training_metadata.json``: a kill
+    inside the weights write leaves a truncated file that the next run cannot load, and a kill
+    between the two writes pairs epoch N's weights with epoch N-1's epoch number. Here each
+    epoch's weights go to their own file (``epoch-N.weights.h5``, written to a temp path and
+    renamed), then the metadata, which names that file, replaces the old one in one rename: that
+    rename is the commit. Until it happens the previous epoch's files are what a rerun loads;
+    after it, older weight files are removed.
+    """
+
+    def _load_model(self) -> None:
+        meta = Path(self._training_metadata_path)
+        for partial in meta.parent.glob(".epoch-*"):  # a write a kill interrupted: never committed
+            partial.unlink(missing_ok=True)
+        if meta.is_file():
+            try:
+                name = json.loads(meta.read_text()).get("weights")
+            except json.JSONDecodeError:
+                name = None  # cannot happen through the rename commit; Keras' own loader then reports it
+            if name:
+                self._weights_path = str(meta.parent / name)
+        super()._load_model()
+
+    def _save_model(self) -> None:
+        backup = Path(self.backup_dir)
+        backup.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{self._current_epoch}.weights.h5"
+        with atomic_path(backup / name, suffix=".weights.h5") as tmp:
+            self.model.save_weights(str(tmp), overwrite=True)
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
+        write_json(Path(self._training_metadata_path), metadata)  # the commit (temp file, then rename)
+        self._weights_path = str(backup / name)
+        for old in backup.glob("epoch-*.weights.h5"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+
+def seed_states(model: keras.Model) -> list:
+    """The model's random-number state (its layers' SeedGenerators: dropout, in-model augmentation).
+
+    Keras' BackupAndRestore saves ``model.weights``, which leave these out, so a resumed fit drew
+    its dropout masks afresh from the first epoch's state (a killed-and-resumed run ended 0.25 away
+    in max weight difference from one never interrupted); RecordCallback keeps them in the
+    ``fit_state`` snapshot of every epoch and puts them back on resume, as the tape engine's
+    checkpoint (which holds every variable) does."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
 class RecordCallback(keras.callbacks.Callback):
     """The history and Diagnostics record per epoch, training-phase timing, and resumable state."""
 
@@ -226,6 +277,10 @@ class RecordCallback(keras.callbacks.Callback):
             setattr(self.record, key, getattr(record, key))
         self.record.resumed_at = record.resumed_at + [epoch]
         self.rules.load_state(snap["rules"])
+        seeds = seed_states(self.model)
+        if len(snap.get("seeds", [])) == len(seeds):  # the dropout draws go on where they stopped
+            for var, value in zip(seeds, snap["seeds"]):
+                var.assign(np.asarray(value, dtype=var.dtype))
         self.snapshots = {k: v for k, v in saved["snapshots"].items() if int(k) <= epoch}
 
     def on_test_begin(self, logs: dict | None = None) -> None:
@@ -243,7 +298,8 @@ class RecordCallback(keras.callbacks.Callback):
         self.record.best_epoch = self.rules.best_epoch
         self.record.stopped_epoch = self.rules.stopped_epoch
         self.record.stop_reason = self.rules.reason
-        self.snapshots[str(epoch + 1)] = {"record": self.record.state(), "rules": self.rules.state()}
+        self.snapshots[str(epoch + 1)] = {"record": self.record.state(), "rules": self.rules.state(),
+                                          "seeds": [np.asarray(v).tolist() for v in seed_states(self.model)]}
         write_json(self.state_path, finite({"fingerprint": self.record.fingerprint, "snapshots": self.snapshots}))
         self.record.write(self.s.run)
 
@@ -333,7 +389,7 @@ def run(s: Session) -> RunRecord:
         callbacks.append(
             keras.callbacks.TensorBoard(log_dir=str(run.path("tensorboard")), histogram_freq=tc.histogram_freq, write_graph=False)
         )
-    callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
+    callbacks.append(AtomicBackupAndRestore(str(backup_dir)))
     callbacks.extend(s.callbacks)
     if resume_epoch:
         log.info(f"train: resuming the interrupted fit after epoch {resume_epoch}")
