@@ -137,6 +137,40 @@ def test_per_layer_error_of_the_full_integer_model(exported):
     assert data["worst"][0]["tensor"].split(";")[0] in html
 
 
+def test_int8_keep_float_keeps_the_named_layers_float_and_the_rest_integer(tiny_run, tmp_path):
+    """export.int8_keep_float: the matching layer (tiny_cnn's first conv) runs in float inside the
+    int8 file, every other weighted layer stays integer, the interface stays uint8 in and out, the
+    per-layer analysis sees the same split, and verify passes; a pattern matching no tensor is one
+    error line, and a pattern that is not a regular expression is refused before any work."""
+    from tfcnn.config import from_dict
+    from tfcnn.errors import ExportError
+    from tfcnn.export import export_run, verify_version
+    from tfcnn.pipeline import validate
+
+    def export(keep: list[str], name: str) -> Path:
+        run = tmp_path / name
+        shutil.copytree(tiny_run, run)
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["export"]["int8_keep_float"] = keep
+        (run / "config.json").write_text(json.dumps(cfg))
+        return export_run(run, formats=["tflite_int8"], root=tmp_path / f"{name}_repo")
+
+    vd = export(["conv1"], "kept")
+    recipe = _contract(vd)["artifacts"]["tflite_int8"]["recipe"]
+    assert recipe["execution"]["float"] == 1 and recipe["execution"]["integer"] >= 2
+    assert recipe["input_dtypes"] == ["uint8"] and recipe["output_dtypes"] == ["uint8"]
+    layers = json.loads((vd / "tflite" / "model_int8.quant_debug.json").read_text())["layers"]
+    assert layers and not any("conv1" in l["tensor"] for l in layers if l["op"] == "CONV_2D")
+    report = verify_version(vd, skip_clients=["openvino", "mediapipe"])
+    assert report["formats"]["tflite_int8"]["passed"], report["formats"]["tflite_int8"]["failures"]
+    with pytest.raises(ExportError) as err:
+        export(["no_such_layer"], "misspelt")
+    assert "export.int8_keep_float" in str(err.value) and "'no_such_layer'" in str(err.value)
+    assert not (tmp_path / "misspelt_repo" / "tiny" / "1").exists()  # nothing half-written
+    with pytest.raises(ConfigError, match=r"export.int8_keep_float\[0\] = '\(' is not a regular expression"):
+        validate(from_dict({"export": {"int8_keep_float": ["("]}}))
+
+
 def test_published_scales_match_as_the_debugger_prints_them(exported):
     """The debugger's CSV has float32's ~8 significant digits: a layer printed that way matches its
     tensor in the published file (rounding both to 9 decimals once failed on 0.0140662035), while a

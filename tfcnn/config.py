@@ -335,6 +335,10 @@ class ExportConfig:
     # Registered export formats (tfcnn.export.formats) to write; None = every format the task exports by default.
     formats: Optional[list[str]] = None
     representative_samples: int = field(default=300, metadata=_range(1, 1_000_000))
+    # tflite_int8: regular expressions matched against tensor names (they hold the Keras layer
+    # names); matching ops stay float32 inside the integer model. For the few layers the per-layer
+    # analysis (tflite/model_int8.quant_debug.json) shows losing the signal, e.g. ["block14_project"].
+    int8_keep_float: list[str] = field(default_factory=list)
     coreml_precision: Literal["float16", "float32"] = "float16"
     # How a client's image of another aspect ratio meets the model's size (contract.json input.fit;
     # tfcnn predict on the version and the Android core honour it): "stretch" resizes the whole

@@ -37,7 +37,8 @@ def __getattr__(name: str) -> _Any:
 
 
 def _check(cfg) -> None:
-    """`export.formats` and `export.thresholds` name registered formats (no I/O)."""
+    """`export.formats` and `export.thresholds` name registered formats; `export.int8_keep_float`
+    holds regular expressions (no I/O)."""
     from tfcnn.export.formats import check_formats, check_skip_clients, check_threshold_overrides
 
     from tfcnn.tasks import get_task
@@ -46,6 +47,13 @@ def _check(cfg) -> None:
         check_formats(cfg.export.formats, cfg.task, error=ConfigError)
     check_threshold_overrides(cfg.export.thresholds, get_task(cfg.task).limit_keys)
     check_skip_clients(cfg.export.skip_clients)
+    import re
+
+    for i, pattern in enumerate(cfg.export.int8_keep_float):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"export.int8_keep_float[{i}] = {pattern!r} is not a regular expression ({exc}); e.g. 'block14_project'") from None
 
 
 _config.register_check("export", _check)

@@ -75,14 +75,16 @@ _METRICS = {"signal_energy": _signal, "noise_energy": _noise, "cosine": _cosine}
 
 
 def analyse(
-    source: Path, representative: np.ndarray, images: np.ndarray, float_names: tuple[str, ...] | None, published: bytes
+    source: Path, representative: np.ndarray, images: np.ndarray, float_names: tuple[str, ...] | None, published: bytes,
+    keep_float: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Per-layer error of full-integer int8 (run it with ``ctx.call_native``: the converter is native).
 
     ``source``: the float32-input archive the int8 file was converted from; ``representative``:
     the same calibration images; ``images``: the float32 RGB images (0..255) to measure on;
     ``float_names``: the task's tensors kept float (as :func:`tfcnn.export.tflite.convert`);
-    ``published``: the int8 file's bytes, whose scales the instrumented model's are compared with.
+    ``published``: the int8 file's bytes, whose scales the instrumented model's are compared with;
+    ``keep_float``: ``export.int8_keep_float`` (those layers stay float here too).
     """
     import tensorflow as tf
     from tensorflow.lite.python import convert as tflite_convert
@@ -92,7 +94,8 @@ def analyse(
     if len(images) == 0:
         raise ExportError("no image to measure the per-layer quantization error on")
     calibrated = tflite_mod.calibrated_model(source, representative)
-    keep = tflite_mod.float_tensor_names(calibrated, tuple(float_names)) if float_names is not None else None
+    tail = None if float_names is None else tuple(float_names)
+    keep = tflite_mod.float_tensor_names(calibrated, tail, tuple(keep_float)) if tail is not None or keep_float else None
     debug_model = tflite_convert.mlir_quantize(calibrated, enable_numeric_verify=True, denylisted_nodes=keep)
 
     def dataset() -> Iterator[list[np.ndarray]]:
@@ -263,7 +266,8 @@ def write_analysis(ctx: Any, source: Path, calibration: np.ndarray, published: b
     rel = sidecar(tflite_rel)
     images, where = measurement_images(ctx, calibration)
     try:
-        result = ctx.call_native(analyse, source, calibration, images, ctx.task.int8_float_names, published)
+        result = ctx.call_native(analyse, source, calibration, images, ctx.task.int8_float_names, published,
+                                 tuple(ctx.ecfg.int8_keep_float))
     except ExportError as exc:
         log.info("export: per-layer quantization analysis failed: %s", exc)
         result = {"schema": SCHEMA, "method": METHOD, "error": str(exc)}

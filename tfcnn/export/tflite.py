@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -70,7 +71,10 @@ def representative_images(images: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.concatenate([rgb, pin])
 
 
-def convert(variant: str, source: Path, representative: np.ndarray | None, float_names: tuple[str, ...] | None = None) -> bytes:
+def convert(
+    variant: str, source: Path, representative: np.ndarray | None, float_names: tuple[str, ...] | None = None,
+    keep_float: tuple[str, ...] = (),
+) -> bytes:
     """Convert one variant from a batch-1 archive written by wrapper.mobile_archive.
 
     ``source`` is the uint8-input archive for every variant but full-integer int8, which takes
@@ -80,6 +84,8 @@ def convert(variant: str, source: Path, representative: np.ndarray | None, float
     the outputs): full-integer int8 keeps the uint8 input and the int8 model, but those ops and
     the outputs stay float32, so class ids stay whole numbers and boxes are not rounded to 1/255
     steps (see :func:`_quantize_keeping_float`). None: uint8 outputs, everything int8.
+    ``keep_float`` (``export.int8_keep_float``): regular expressions for tensors whose ops stay
+    float in full-integer int8; the interface keeps its types (uint8 out unless a task's tail is float).
 
     int16x8 converts the uint8-input archive: the 16x8 converter accepts only float32 or int16
     at the interface, so the uint8 pixels are cast to float in-graph (a float CAST op, the one op
@@ -108,8 +114,8 @@ def convert(variant: str, source: Path, representative: np.ndarray | None, float
     elif variant == "tflite_int8":
         _calibrate_with(converter, variant, representative, np.float32)
         converter.inference_input_type = tf.uint8
-        if float_names is not None:
-            data = _quantize_keeping_float(converter, tuple(float_names))
+        if float_names is not None or keep_float:
+            data = _quantize_keeping_float(converter, None if float_names is None else tuple(float_names), tuple(keep_float))
             _check_int8_interface(data)
             return data
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -175,20 +181,34 @@ def _calibrate_only(converter) -> bytes:
     return converter.convert()
 
 
-def float_tensor_names(calibrated: bytes, names: tuple[str, ...]) -> list[str]:
-    """The tensors a task keeps float in full-integer int8: those named like one of ``names``
-    (the first: the post-processing's name scope) and the outputs."""
+def float_tensor_names(calibrated: bytes, names: tuple[str, ...] | None, keep: tuple[str, ...] = ()) -> list[str]:
+    """The tensors kept float in full-integer int8: a task's (those named like one of ``names``,
+    the first being the post-processing's name scope, and the outputs; None: no task tail) and
+    those matching one of the ``keep`` regular expressions (``export.int8_keep_float``), each of
+    which must match a tensor: a misspelt layer name is one error line, not a silent no-op."""
     it = interpreter(calibrated)
-    outputs = {d["name"] for d in it.get_output_details()}
-    keep = [d["name"] for d in it.get_tensor_details() if any(n in d["name"] for n in names) or d["name"] in outputs]
-    if names and not any(names[0] in name for name in keep):
-        raise ExportError(f"no tensor of the graph is named like {names[0]!r}; the post-processing would be quantized")
-    return keep
+    details = it.get_tensor_details()
+    kept: list[str] = []
+    if names is not None:
+        outputs = {d["name"] for d in it.get_output_details()}
+        kept = [d["name"] for d in details if any(n in d["name"] for n in names) or d["name"] in outputs]
+        if names and not any(names[0] in name for name in kept):
+            raise ExportError(f"no tensor of the graph is named like {names[0]!r}; the post-processing would be quantized")
+    for pattern in keep:
+        matched = [d["name"] for d in details if re.search(pattern, d["name"])]
+        if not matched:
+            raise ExportError(
+                f"export.int8_keep_float: no tensor of the int8 graph matches {pattern!r}; use a layer name as it "
+                "appears in the tensor names of tflite/model_int8.quant_debug.json"
+            )
+        kept += [m for m in matched if m not in kept]
+    return kept
 
 
-def _quantize_keeping_float(converter, names: tuple[str, ...]) -> bytes:
+def _quantize_keeping_float(converter, names: tuple[str, ...] | None, keep: tuple[str, ...] = ()) -> bytes:
     """Full-integer quantization except for the tensors whose names contain one of ``names``
-    (the first: the post-processing's name scope) and the outputs.
+    (the first: the post-processing's name scope) and the outputs, and those matching ``keep``
+    (see :func:`float_tensor_names`; with no task tail the output stays uint8).
 
     The converter alone quantizes every float tensor it has a range for, post-processing
     included (a detector's class ids came out as 0.996). This is TensorFlow's selective
@@ -200,10 +220,9 @@ def _quantize_keeping_float(converter, names: tuple[str, ...]) -> bytes:
     from tensorflow.lite.python import convert as tflite_convert
 
     calibrated = _calibrate_only(converter)
-    keep = float_tensor_names(calibrated, names)
-    return bytes(
-        tflite_convert.mlir_quantize(calibrated, input_data_type=tf.uint8, output_data_type=tf.float32, denylisted_nodes=keep)
-    )
+    denied = float_tensor_names(calibrated, names, keep)
+    out = tf.float32 if names is not None else tf.uint8
+    return bytes(tflite_convert.mlir_quantize(calibrated, input_data_type=tf.uint8, output_data_type=out, denylisted_nodes=denied))
 
 
 def _check_int8_interface(data: bytes) -> None:

@@ -53,7 +53,8 @@ def _build(variant: str) -> Callable[[BuildContext], dict[str, Any]]:
         full_int = variant == "tflite_int8"
         source = ctx.need("mobile_float32" if full_int else "mobile_uint8")
         calibration = ctx.need("representative") if variant in tflite_mod.CALIBRATED else None
-        raw = ctx.call_native(tflite_mod.convert, variant, source, calibration, ctx.task.int8_float_names)
+        keep = tuple(ctx.ecfg.int8_keep_float) if full_int else ()
+        raw = ctx.call_native(tflite_mod.convert, variant, source, calibration, ctx.task.int8_float_names, keep)
         output_contract = ctx.task.output_contract(ctx.labels)
         kind = output_contract.get("kind")
         detection, segmentation = kind == "detection", kind == "segmentation"
