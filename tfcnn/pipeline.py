@@ -40,12 +40,11 @@ def _worker_run(cfg: PipelineConfig, run: Run) -> Run:
     """``run`` itself, or for a multi-worker cluster's non-chief a scratch Run: every worker
     decodes the data and trains, but only the chief writes the run directory (which may be one
     shared file system), and only the chief exports and reports."""
-    from tfcnn.train.distribute import is_chief, start_strategy, worker_scratch
+    from tfcnn.train.distribute import start_strategy, worker_scratch
 
-    strategy = start_strategy(cfg.train)
-    if strategy is None or is_chief(strategy):
+    if is_chief_process(cfg):
         return run
-    scratch = Run.create(worker_scratch(run.root, strategy))
+    scratch = Run.create(worker_scratch(run.root, start_strategy(cfg.train)))
     log.info("train: this worker is not the chief: it writes to %s; the chief writes %s", scratch.root, run.root)
     return scratch
 
