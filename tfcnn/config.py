@@ -304,6 +304,9 @@ class TrainConfig:
     gradient_norms: bool = True  # tape engine: per-layer gradient norms per epoch
     steps_per_execution: int = field(default=16, metadata=_range(1, 100_000))  # train steps per compiled call (both engines)
     jit_compile: bool = False  # XLA-compile the train step (tape engine)
+    # BatchNormalization through TensorFlow's fused kernel while training (both engines; model.keras
+    # keeps Keras' own layer): same results, about 1.3x faster training steps for compact_cnn on a CPU
+    fused_batch_norm: bool = True
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 

@@ -23,6 +23,7 @@ import tensorflow as tf
 from tfcnn.config import PipelineConfig
 from tfcnn.data.bundle import DataBundle
 from tfcnn.errors import ConfigError, TfcnnError, TrainingError
+from tfcnn.models.fused_bn import with_fused_batch_norm, without_fused_batch_norm
 from tfcnn.models.precision import float32_model
 from tfcnn.run import Run
 from tfcnn.tasks import get_task
@@ -97,6 +98,8 @@ def train(
     with global_policy(policy):
         with strategy.scope():
             model = build()
+            if tc.fused_batch_norm:  # TensorFlow's fused kernel while training (tfcnn.models.fused_bn says why)
+                model = with_fused_batch_norm(model)
     _check_model(model, bundle, task)
     if chief:
         check_free_space(run.root, int(model.count_params()), tc)
@@ -237,7 +240,8 @@ def save_model(s: Session) -> keras.Model:
     compiled with a stateless SGD so it carries no optimizer slots (a third of the size for
     Adam) and no tfcnn-specific schedule, and with the loss on plain labels (no smoothing), so
     `keras.models.load_model` works in any process with or without `compile=False`. A model
-    trained under a mixed precision policy is written as its float32 rebuild; returns what was written
+    trained under a mixed precision policy is written as its float32 rebuild, and fused batch
+    normalisation layers as Keras' own; returns what was written
     (the model training returns and evaluation measures).
     Non-finite weights are refused (the engines keep the last finite state; this is the last guard).
     """
@@ -250,7 +254,8 @@ def save_model(s: Session) -> keras.Model:
     with s.strategy.scope():
         # Trained under mixed precision: the file computes in float32 (what every export needs;
         # tfcnn.models.precision says why), the same weights.
-        model = float32_model(s.model)
+        # Fused batch normalisation is a training-time kernel: the file holds plain Keras layers.
+        model = without_fused_batch_norm(float32_model(s.model))
         model.compile(
             optimizer=keras.optimizers.SGD(learning_rate=s.cfg.train.learning_rate),
             loss=s.task.keras_loss(0.0),

@@ -40,6 +40,7 @@ RESUMABLE_KEYS = {
     "early_stopping",
     "steps_per_execution",
     "jit_compile",
+    "fused_batch_norm",  # the same variables either way: a kernel choice
 }
 
 
