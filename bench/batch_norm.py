@@ -25,15 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from machine import describe  # noqa: E402  (bench/machine.py, beside this script)
+from subset import add_subset_args, subset_overrides  # noqa: E402  (bench/subset.py)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("pipeline", nargs="?", default=str(ROOT / "pipelines" / "fashion_mnist.toml"))
-    ap.add_argument("--images", type=int, default=12800, help="training images per epoch (a stratified subset)")
-    ap.add_argument("--epochs", type=int, default=2, help="timed epochs, after one warm-up epoch")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--synthetic", action="store_true", help="random images instead of the pipeline's data")
+    add_subset_args(ap)
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -42,18 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     from timing import bundle_for, train_timed  # bench/timing.py (loads TensorFlow)
 
     def config(fused: bool):
-        return load(
-            args.pipeline,
-            overrides=[
-                f"data.train_subset={args.images}",
-                "data.val_fraction=0",
-                f"train.epochs={1 + args.epochs}",
-                "train.early_stopping.enabled=false",
-                "train.tensorboard=false",
-                f"train.fused_batch_norm={'true' if fused else 'false'}",
-                "export.enabled=false",
-            ],
-        )
+        return load(args.pipeline, overrides=[*subset_overrides(args.images, args.epochs),
+                                               f"train.fused_batch_norm={'true' if fused else 'false'}"])
 
     bundle = bundle_for(config(True), args.synthetic)
     model_name = config(True).model.name

@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 from machine import describe  # noqa: E402  (bench/machine.py, beside this script)
+from subset import add_subset_args, subset_overrides  # noqa: E402  (bench/subset.py)
 
 
 def child(args: argparse.Namespace) -> dict:
@@ -36,17 +37,7 @@ def child(args: argparse.Namespace) -> dict:
 
     from tfcnn.config import load
 
-    cfg = load(
-        args.pipeline,
-        [
-            f"train.epochs={1 + args.epochs}",
-            "train.tensorboard=false",
-            "train.early_stopping.enabled=false",
-            "data.val_fraction=0.0",
-            f"data.train_subset={args.images}",
-            "export.enabled=false",
-        ],
-    )
+    cfg = load(args.pipeline, subset_overrides(args.images, args.epochs))
     bundle = bundle_for(cfg, args.synthetic)
     timer = train_timed(cfg, bundle)
     timed = timer.wall[1:]
@@ -61,11 +52,7 @@ def child(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("pipeline", nargs="?", default=str(ROOT / "pipelines" / "fashion_mnist.toml"))
-    p.add_argument("--images", type=int, default=12800, help="training images per epoch")
-    p.add_argument("--epochs", type=int, default=2, help="timed epochs (after one warm-up epoch)")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--synthetic", action="store_true", help="random images instead of Fashion-MNIST")
+    add_subset_args(p)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:

@@ -65,3 +65,10 @@ def test_input_pipeline_bench_reports_both_rates_and_their_ratio():
               "--rounds", "1", "--no-augmented-train")
     assert r["pipeline_ips"] > 0 and r["step_ips"] > 0
     assert r["ratio"] == pytest.approx(r["pipeline_ips"] / r["step_ips"], rel=1e-2)
+
+
+def test_batch_norm_bench_times_both_kernels():
+    r = bench("batch_norm.py", "--synthetic", "--images", "512", "--epochs", "1", "--rounds", "1")
+    assert r["fused_ips"] > 0 and r["keras_ips"] > 0
+    assert r["speedup"] == pytest.approx(r["fused_ips"] / r["keras_ips"], rel=1e-2)
+    assert r["model"] == "compact_cnn" and "CPUs" in r["machine"]
