@@ -145,3 +145,23 @@ def test_weight_files_load_across_the_two_kinds(tmp_path):
     plain.load_weights(tmp_path / "fused.weights.h5")
     for a, b in zip(fused.get_weights(), plain.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+class _Forgetful(keras.layers.Layer):
+    """A custom layer whose config misses its constructor argument (from_config fails)."""
+
+    def __init__(self, scale, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def call(self, x):
+        return x * self.scale
+
+
+def test_a_model_that_cannot_be_rebuilt_trains_with_keras_layers(caplog):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+    model = keras.Model(inputs, _Forgetful(2.0)(x))
+    with caplog.at_level("WARNING", logger="tfcnn"):
+        assert with_fused_batch_norm(model) is model
+    assert "fused batch normalisation not used" in caplog.text and "train.fused_batch_norm = false" in caplog.text

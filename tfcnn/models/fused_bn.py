@@ -28,6 +28,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tfcnn.models.precision import all_layers
+from tfcnn.util import first_line, log
+
 KERAS_BN = {"module": "keras.layers", "class_name": "BatchNormalization", "registered_name": None}
 FUSED_NAME = "tfcnn>FusedBatchNormalization"
 
@@ -103,14 +106,7 @@ def _swap(node: Any, to_fused: bool) -> tuple[Any, int]:
 
 def count_fused(model: keras.Model) -> int:
     """How many layers of ``model`` (nested models included) are fused batch normalisation."""
-    return sum(isinstance(layer, FusedBatchNormalization) for layer in _walk(model))
-
-
-def _walk(model: keras.Model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _walk(layer)
+    return sum(isinstance(layer, FusedBatchNormalization) for layer in all_layers(model))
 
 
 def _rebuild(model: keras.Model, to_fused: bool) -> keras.Model:
@@ -129,8 +125,20 @@ def _rebuild(model: keras.Model, to_fused: bool) -> keras.Model:
 def with_fused_batch_norm(model: keras.Model) -> keras.Model:
     """A rebuild of ``model`` whose BatchNormalization layers use the fused kernel in training
     (same config otherwise, same weights); ``model`` itself when it has none. Call it inside the
-    strategy scope the model was built in: the rebuild creates variables."""
-    return _rebuild(model, to_fused=True)
+    strategy scope the model was built in: the rebuild creates variables.
+
+    The kernel is a speed-up, not a result: a model that cannot be rebuilt from its config (a
+    custom layer whose ``get_config`` misses an argument) trains with Keras' layer, and says so.
+    """
+    try:
+        return _rebuild(model, to_fused=True)
+    except Exception as exc:  # noqa: BLE001 - from_config of arbitrary layers raises anything
+        log.warning(
+            "train: fused batch normalisation not used: %s could not be rebuilt from its config (%s: %s); "
+            "it trains with Keras' BatchNormalization (set train.fused_batch_norm = false to skip the attempt)",
+            model.name, type(exc).__name__, first_line(exc),
+        )
+        return model
 
 
 def without_fused_batch_norm(model: keras.Model) -> keras.Model:

@@ -23,14 +23,15 @@ MIXED = ("mixed_bfloat16", "mixed_float16")
 def is_mixed(model: "keras.Model") -> bool:
     """Whether any layer (nested models included) computes under a mixed precision policy."""
     return any(getattr(layer, "dtype_policy", None) is not None and layer.dtype_policy.name in MIXED
-               for layer in _layers(model))
+               for layer in all_layers(model))
 
 
-def _layers(model: "keras.Model"):
+def all_layers(model: "keras.Model"):
+    """Every layer of ``model``, those of nested models included (depth first)."""
     for layer in model.layers:
         yield layer
         if isinstance(layer, keras.Model):
-            yield from _layers(layer)
+            yield from all_layers(layer)
 
 
 def _float32_config(node: Any) -> Any:
@@ -53,7 +54,7 @@ def float32_model(model: "keras.Model") -> "keras.Model":
         copy = model.__class__.from_config(config)
     copy.set_weights(model.get_weights())
     if is_mixed(copy):  # a custom layer that does not pass its dtype through its config
-        left = sorted({l.name for l in _layers(copy) if l.dtype_policy.name in MIXED})
+        left = sorted({l.name for l in all_layers(copy) if l.dtype_policy.name in MIXED})
         raise ValueError(f"layers {left} stay in mixed precision after a float32 rebuild: give them a get_config with dtype")
     return copy
 
