@@ -298,7 +298,7 @@ class TapeLoop:
         if spec.checkpoint_dir is None and spec.resume_dir is None:
             return
         checkpoints = spec.checkpoint_dir or spec.resume_dir
-        path = tf.train.latest_checkpoint(str(spec.resume_dir or checkpoints))
+        path = self._resume_path(str(spec.resume_dir or checkpoints))
         if not path:
             return
         try:
@@ -331,6 +331,40 @@ class TapeLoop:
         for _ in range(record.epochs_done):
             iter(spec.train)
         log.info(f"train: resuming from {path} after epoch {record.epochs_done}")
+
+    def _resume_path(self, directory: str) -> str | None:
+        """The checkpoint to resume from: the latest one in ``directory``; on a multi-worker
+        cluster, the latest epoch that EVERY worker has checkpointed. A worker lost just after the
+        chief saved epoch N holds only N - 1, and workers resuming from different epochs would run
+        different numbers of steps: their collectives fall out of step (seen as "Collective
+        instance ... expected type" when the chief finished first)."""
+        if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return tf.train.latest_checkpoint(directory)
+        state = tf.train.get_checkpoint_state(directory)
+        paths = [str(Path(directory) / Path(p).name) for p in (state.all_model_checkpoint_paths if state else [])]
+        have = {int(p.rsplit("-", 1)[1]): p for p in paths}
+        mine = max(have, default=0)
+
+        def share() -> tf.Tensor:  # every replica's epoch, each at its replica id (a SUM all-reduce)
+            ctx = tf.distribute.get_replica_context()
+            mask = tf.one_hot(ctx.replica_id_in_sync_group, self.replicas, dtype=tf.float32)
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, mask * float(mine))
+
+        everyone = self.strategy.experimental_local_results(tf.function(lambda: self.strategy.run(share))())[0]
+        everyone = sorted({int(round(float(e))) for e in everyone.numpy()})
+        agreed = min(everyone)
+        if agreed == 0:
+            if mine:
+                log.info(f"train: another worker has no checkpoint (epochs {everyone}): every worker starts afresh")
+            return None
+        if agreed not in have:
+            raise TfcnnError(
+                f"the workers' last checkpoints are epochs {everyone}, and {directory} no longer holds epoch-{agreed} "
+                f"(train.max_checkpoints keeps {self.spec.max_checkpoints}); delete every worker's checkpoints to start over"
+            )
+        if agreed != mine:
+            log.info(f"train: resuming from epoch {agreed}, the last one every worker checkpointed (epochs {everyone})")
+        return have[agreed]
 
     def _copy_best(self) -> None:
         for b, w in zip(self.best_weights, self.model.weights):
