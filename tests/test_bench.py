@@ -72,3 +72,12 @@ def test_batch_norm_bench_times_both_kernels():
     assert r["fused_ips"] > 0 and r["keras_ips"] > 0
     assert r["speedup"] == pytest.approx(r["fused_ips"] / r["keras_ips"], rel=1e-2)
     assert r["model"] == "compact_cnn" and "CPUs" in r["machine"]
+
+
+def test_settings_ab_bench_times_two_settings_of_one_pipeline():
+    r = bench("settings_ab.py", "--synthetic", "--images", "512", "--epochs", "1", "--rounds", "1",
+              "--b", "train.fused_batch_norm=false", "data.augment.flip=false")
+    assert r["a"] == [] and r["b"] == ["train.fused_batch_norm=false", "data.augment.flip=false"]
+    assert r["a_ips"] > 0 and r["b_ips"] > 0
+    assert r["speedup"] == pytest.approx(r["b_ips"] / r["a_ips"], rel=1e-2)
+    assert r["pipeline"].endswith("fashion_mnist.toml") and "CPUs" in r["machine"]
