@@ -63,11 +63,17 @@ def test_auto_mixed_precision_follows_the_cpu(monkeypatch):
     assert not distribute.cpu_has_bfloat16("model name\t: no flags line\n")
     assert distribute.cpu_has_bfloat16("Features\t: fp asimd bf16 i8mm\n")  # ARM
 
+    # "auto" wants AMX: AVX512-BF16 alone made the main job's model slower (README)
+    assert distribute.cpu_has_amx_bfloat16("flags\t: avx2 avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    assert not distribute.cpu_has_amx_bfloat16("flags\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert not distribute.cpu_has_amx_bfloat16("flags\t: avx2 amx_tile amx_int8\n")  # tiles without bf16
+    assert distribute.cpu_flags("flags\t: a b\n") == {"a", "b"} and distribute.cpu_flags("nothing\n") == set()
+
     auto = from_dict({"train": {"mixed_precision": "auto"}}).train
     assert auto.mixed_precision == "auto"
     strategy = tf.distribute.get_strategy()
     for has, want in ((True, "mixed_bfloat16"), (False, "float32")):
-        monkeypatch.setattr(distribute, "cpu_has_bfloat16", lambda has=has: has)
+        monkeypatch.setattr(distribute, "cpu_has_amx_bfloat16", lambda has=has: has)
         assert distribute.precision_policy(auto, strategy) == want
         assert distribute.precision_policy(TrainConfig(mixed_precision=True), strategy) == "mixed_bfloat16"
         assert distribute.precision_policy(TrainConfig(), strategy) == "float32"

@@ -123,39 +123,51 @@ def lost_worker_error(exc: Exception, checkpoints: Path) -> str:
 
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags in /proc/cpuinfo for bfloat16 arithmetic
+# what "auto" asks of a CPU: AMX's bfloat16 tiles. Measured on the main job's compact_cnn
+# (bench/settings_ab.py, README "Mixed precision"): 1.3x faster on an Intel Xeon with AMX, 11%
+# slower on an AMD EPYC with AVX512-BF16 alone (there only larger convolutions gained)
+AUTO_BF16_CPU_FLAGS = ("amx_bf16",)
 
 
-def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where oneDNN runs
-    mixed_bfloat16 faster than float32; without them bfloat16 is emulated and slower.
-    Reads /proc/cpuinfo (Linux); elsewhere False. ARM's ``bf16`` flag counts too."""
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (x86 ``flags``, ARM ``Features``); empty
+    elsewhere or when the file cannot be read."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
                 cpuinfo = f.read()
         except OSError:
-            return False
+            return set()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
-            flags = set(value.split())
-            return bool(flags & {*BF16_CPU_FLAGS, "bf16"})
-    return False
+            return set(value.split())
+    return set()
+
+
+def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX; ARM's ``bf16``), where
+    oneDNN can run mixed_bfloat16 faster than float32; without them bfloat16 is emulated and slower."""
+    return bool(cpu_flags(cpuinfo) & {*BF16_CPU_FLAGS, "bf16"})
+
+
+def cpu_has_amx_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has AMX's bfloat16 tiles, where ``mixed_precision = "auto"`` trains in bfloat16."""
+    return bool(cpu_flags(cpuinfo) & set(AUTO_BF16_CPU_FLAGS))
 
 
 def precision_policy(tc: TrainConfig, strategy: tf.distribute.Strategy) -> str:
     """float32, or mixed_float16 on GPU and mixed_bfloat16 on CPU/TPU (float16 needs GPU tensor cores).
 
-    ``mixed_precision = "auto"`` is mixed only where it pays: on a GPU, a TPU, or a CPU with
-    bfloat16 instructions (measured on an AMD EPYC with AVX512-BF16: bench/train_throughput.py's
-    tape_bf16 variant, README "Mixed precision on CPUs")."""
+    ``mixed_precision = "auto"`` is mixed only where it pays: on a GPU, a TPU, or a CPU with AMX
+    (``AUTO_BF16_CPU_FLAGS`` says why not AVX512-BF16 alone); ``true`` is bfloat16 on any CPU."""
     if not tc.mixed_precision:
         return "float32"
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "mixed_bfloat16"
     if tf.config.list_logical_devices("GPU"):
         return "mixed_float16"
-    if tc.mixed_precision == "auto" and not cpu_has_bfloat16():
+    if tc.mixed_precision == "auto" and not cpu_has_amx_bfloat16():
         return "float32"
     return "mixed_bfloat16"
 
