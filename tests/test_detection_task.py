@@ -124,7 +124,10 @@ def test_every_format_passes_verify_by_map(detector):
     keras_map50 = ver["keras"]["map_50"]
     for name, row in formats.items():
         assert row["passed"], (name, row)
-        assert abs(row["map_50"] - keras_map50) <= 0.02 + 1e-9, (name, row)
+        # verify's limit is a drop; on 64 scenes int8 has also scored 3.7 points *above* Keras
+        # (CI, an AMD host), so upwards only a gross disagreement is refused here
+        assert keras_map50 - row["map_50"] <= 0.02 + 1e-9, (name, row)
+        assert abs(row["map_50"] - keras_map50) <= 0.08, (name, row)
     for exact in ("savedmodel", "tflite_float32", "onnx"):
         assert formats[exact]["box_agreement"] >= 0.98 and abs(formats[exact]["map_50"] - keras_map50) <= 0.005
     assert "mAP@0.5" in (Path(summary["export"]) / "verification.md").read_text()
