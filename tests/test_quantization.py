@@ -251,3 +251,60 @@ def test_calibration_bench_reports_accuracy_per_calibration_size(tiny_run, capsy
     for n in ("5", "1000"):
         assert 0.0 <= r["int8_accuracy"][n] <= 1.0 and r["agreement"][n] >= 0.9
     assert r["keras_accuracy"] >= 0.9 and "CPUs" in r["machine"]
+
+
+def test_an_op_xnnpack_refuses_is_kept_float_and_the_int8_file_loads(tmp_path):
+    """A conv whose ReLU output is zero on every calibration image (a dead channel group, as in a
+    Lite0 detector's head) is calibrated to [0, 0]: output scale 7.8e-9, requantization scale far
+    above XNNPACK's 256, and the converter's own int8 file does not load in LiteRT ("failed to
+    create XNNPACK runtime"). The exported int8 file keeps that op float, loads, runs, stays
+    full-integer elsewhere, and the per-layer analysis instruments the same split."""
+    import keras
+    import tensorflow as tf
+
+    from tfcnn.export import quant_debug
+    from tfcnn.export import tflite as T
+
+    rng = np.random.default_rng(0)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inp)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="alive")(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="dead", bias_initializer=keras.initializers.Constant(-1e4))(x)
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="after")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(3, name="logits")(x))
+    source = tmp_path / "float_input"
+    model.export(str(source), verbose=False)
+    rep = rng.integers(0, 256, (24, 16, 16, 3)).astype(np.float32)
+    rep[0, 0, 0], rep[0, 0, 1] = 0.0, 255.0  # the input's range is the pixels' (scale 1, zero point 0)
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(source))
+    T._calibrate_with(converter, "tflite_int8", rep, np.float32)
+    converter.inference_input_type = converter.inference_output_type = tf.uint8
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    plain = converter.convert()
+    refused = T.xnnpack_refused(plain)
+    assert [r["op"] for r in refused] == ["CONV_2D"] and "dead" in refused[0]["output"], refused
+    assert refused[0]["requantization_scale"] >= T.XNNPACK_MAX_REQUANTIZATION
+    with pytest.raises(RuntimeError, match="XNNPACK"):  # the check predicts what LiteRT does
+        T.interpreter(plain)
+
+    data = T.convert("tflite_int8", source, rep)
+    assert T.xnnpack_refused(data) == []
+    it = T.interpreter(data)  # loads with XNNPACK
+    images = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    inp_d, out_d = it.get_input_details()[0], it.get_output_details()[0]
+    scale, zero = out_d["quantization"]
+    for img in images:
+        it.set_tensor(inp_d["index"], img[None])
+        it.invoke()
+        got = (it.get_tensor(out_d["index"]).astype(np.float32) - zero) * scale
+        want = model(img[None].astype(np.float32)).numpy()
+        assert np.all(np.isfinite(got)) and np.allclose(got, want, atol=2 * scale + 1e-6), (got, want)
+    found = T.recipe(data)
+    assert found["kind"] == "full_integer_int8" and found["execution"] == {"integer": 3, "hybrid": 0, "dequantized": 0, "float": 1}
+    assert any("dead" in w["tensor"] for w in found["float_weights"])
+    assert found["input_dtypes"] == ["uint8"] and found["output_dtypes"] == ["uint8"]
+
+    analysis = quant_debug.analyse(source, rep, images.astype(np.float32), None, data)
+    assert analysis["layers"] and not any("dead" in l["tensor"] for l in analysis["layers"] if l["op"] == "CONV_2D")

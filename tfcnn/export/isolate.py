@@ -133,7 +133,8 @@ class NativeWorker:
     def close(self) -> None:
         if self._proc is not None:
             try:
-                self._conn.send(None)
+                if self._conn is not None:  # a worker whose pipe already broke has none
+                    self._conn.send(None)
             except (BrokenPipeError, OSError):
                 pass
             self._proc.join(timeout=10)

@@ -95,7 +95,9 @@ def analyse(
         raise ExportError("no image to measure the per-layer quantization error on")
     calibrated = tflite_mod.calibrated_model(source, representative)
     tail = None if float_names is None else tuple(float_names)
-    keep = tflite_mod.float_tensor_names(calibrated, tail, tuple(keep_float)) if tail is not None or keep_float else None
+    # the published file's split: the task's tail, export.int8_keep_float and what XNNPACK refused
+    _, denied, _ = tflite_mod.loadable_quantization(calibrated, tail, tuple(keep_float), tf.float32 if tail is not None else tf.uint8)
+    keep = denied or None
     debug_model = tflite_convert.mlir_quantize(calibrated, enable_numeric_verify=True, denylisted_nodes=keep)
 
     def dataset() -> Iterator[list[np.ndarray]]:

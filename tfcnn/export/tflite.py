@@ -114,16 +114,19 @@ def convert(
     elif variant == "tflite_int8":
         _calibrate_with(converter, variant, representative, np.float32)
         converter.inference_input_type = tf.uint8
-        if float_names is not None or keep_float:
-            data = _quantize_keeping_float(converter, None if float_names is None else tuple(float_names), tuple(keep_float))
-            _check_int8_interface(data)
-            return data
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_output_type = tf.uint8
-    data = converter.convert()
-    if variant == "tflite_int8":
+        if float_names is None and not keep_float:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_output_type = tf.uint8
+            data = converter.convert()
+            if not xnnpack_refused(data):
+                _check_int8_interface(data)
+                return data
+            # else: quantize again with the refused ops kept float (XNNPACK, LiteRT's default CPU
+            # delegate, would refuse the whole file at load)
+        data = _quantize_keeping_float(converter, None if float_names is None else tuple(float_names), tuple(keep_float))
         _check_int8_interface(data)
-    return data
+        return data
+    return converter.convert()
 
 
 def _calibrate_with(converter, variant: str, representative: np.ndarray | None, dtype: type) -> None:
@@ -217,12 +220,107 @@ def _quantize_keeping_float(converter, names: tuple[str, ...] | None, keep: tupl
     their name scope) and the output tensors denylisted, uint8 in and float32 out.
     """
     import tensorflow as tf
-    from tensorflow.lite.python import convert as tflite_convert
 
     calibrated = _calibrate_only(converter)
+    return loadable_quantization(calibrated, names, keep, tf.float32 if names is not None else tf.uint8)[0]
+
+
+# XNNPACK (LiteRT's default CPU delegate, also on Android) refuses an integer conv, depthwise
+# conv, dense or transposed conv whose requantization scale input_scale * kernel_scale /
+# output_scale is >= 256 ("requantization scale ... is greater or equal to 256.0"), and the
+# interpreter then fails to load the whole file ("failed to create XNNPACK runtime").
+XNNPACK_MAX_REQUANTIZATION = 256.0
+MAX_REQUANTIZATION_ROUNDS = 4
+
+
+def xnnpack_refused(model: bytes | Path) -> list[dict[str, Any]]:
+    """The integer weighted ops of a TFLite file that XNNPACK refuses: each as ``{"op", "output"
+    (its output tensor's name), "requantization_scale"}`` (the largest over output channels).
+
+    Seen on a detector: a head conv whose ReLU output was zero on every calibration image gets a
+    calibrated range of [0, 0], so an output scale of 7.8e-9, and a requantization scale of 5e4.
+    """
+    from tfcnn.export.tflite_metadata import model_fb
+
+    data = Path(model).read_bytes() if isinstance(model, (str, Path)) else bytes(model)
+    sfb = model_fb()
+    m = sfb.Model.GetRootAs(data, 0)
+    op_names = {v: k for k, v in vars(sfb.BuiltinOperator).items() if not k.startswith("_")}
+    integer = {sfb.TensorType.INT8, sfb.TensorType.UINT8}
+
+    def scales(t: Any) -> np.ndarray:
+        q = t.Quantization()
+        return np.zeros(0, np.float64) if q is None or q.ScaleLength() == 0 else q.ScaleAsNumpy().astype(np.float64)
+
+    refused: list[dict[str, Any]] = []
+    for g in range(m.SubgraphsLength()):
+        sg = m.Subgraphs(g)
+        for k in range(sg.OperatorsLength()):
+            op = sg.Operators(k)
+            code = m.OperatorCodes(op.OpcodeIndex())
+            name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+            if name not in WEIGHTED_OPS:
+                continue
+            a, w = WEIGHTED_OPS[name]
+            act, weight, out = (sg.Tensors(int(i)) for i in (op.Inputs(a), op.Inputs(w), op.Outputs(0)))
+            if act.Type() not in integer or weight.Type() not in integer or out.Type() not in integer:
+                continue
+            s_in, s_w, s_out = scales(act), scales(weight), scales(out)
+            if not (len(s_in) and len(s_w) and len(s_out)):
+                continue
+            with np.errstate(divide="ignore", invalid="ignore"):
+                worst = float(np.max(s_in[0] * s_w / s_out[0]))
+            if not worst < XNNPACK_MAX_REQUANTIZATION:  # NaN / inf refused as well
+                refused.append({"op": name, "output": out.Name().decode(errors="replace"), "requantization_scale": worst})
+    return refused
+
+
+def loadable_quantization(
+    calibrated: bytes, names: tuple[str, ...] | None, keep: tuple[str, ...], output_type: Any,
+) -> tuple[bytes, list[str], list[str]]:
+    """Full-integer quantization of a calibrated model (uint8 in, ``output_type`` out) that
+    XNNPACK can load: (file, denylisted tensor names, the names among them added because XNNPACK
+    refused their ops, see :func:`xnnpack_refused`).
+
+    The task's tail and ``keep`` (:func:`float_tensor_names`) are denylisted first; each op
+    XNNPACK would refuse then has its output denylisted too (it computes in float between a
+    DEQUANTIZE and a QUANTIZE), and the model is quantized again until none is left. One warning
+    names them: an int8 file with a float op is slower, one that does not load is useless. The
+    per-layer analysis (:mod:`tfcnn.export.quant_debug`) calls this too, so it instruments the
+    same split as the published file.
+    """
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tflite_convert
+
+    from tfcnn.util import log
+
     denied = float_tensor_names(calibrated, names, keep)
-    out = tf.float32 if names is not None else tf.uint8
-    return bytes(tflite_convert.mlir_quantize(calibrated, input_data_type=tf.uint8, output_data_type=out, denylisted_nodes=denied))
+    added: list[str] = []
+    for _ in range(MAX_REQUANTIZATION_ROUNDS):
+        data = bytes(tflite_convert.mlir_quantize(
+            calibrated, input_data_type=tf.uint8, output_data_type=output_type, denylisted_nodes=denied + added,
+        ))
+        refused = xnnpack_refused(data)
+        if not refused:
+            if added:
+                log.warning(
+                    "export: tflite_int8 keeps %d op(s) float that XNNPACK refuses in int8 (requantization scale >= %g, "
+                    "usually an activation that was zero on every calibration image): %s",
+                    len(added), XNNPACK_MAX_REQUANTIZATION, ", ".join(added),
+                )
+            return data, denied + added, added
+        new = [r["output"] for r in refused if r["output"] not in denied + added]
+        if not new:
+            raise ExportError(
+                f"tflite_int8: XNNPACK refuses {refused[0]['op']} -> {refused[0]['output']!r} (requantization scale "
+                f"{refused[0]['requantization_scale']:.4g} >= {XNNPACK_MAX_REQUANTIZATION:g}) even with it denylisted; "
+                "leave tflite_int8 out of export.formats or add more calibration images (export.representative_samples)"
+            )
+        added += new
+    raise ExportError(
+        f"tflite_int8: after {MAX_REQUANTIZATION_ROUNDS} rounds XNNPACK still refuses ops ({', '.join(added)} kept float so far); "
+        "add calibration images (export.representative_samples) or leave tflite_int8 out of export.formats"
+    )
 
 
 def _check_int8_interface(data: bytes) -> None:
