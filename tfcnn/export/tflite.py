@@ -233,6 +233,24 @@ XNNPACK_MAX_REQUANTIZATION = 256.0
 MAX_REQUANTIZATION_ROUNDS = 4
 
 
+def _parsed(model: bytes | Path) -> tuple[Any, Any, Any]:
+    """A TFLite file parsed once for the flatbuffer walks below: (schema module, root Model,
+    ``op_name(op)``, the builtin name of an operator, "CUSTOM" for a custom op)."""
+    from tfcnn.export.tflite_metadata import model_fb
+
+    data = Path(model).read_bytes() if isinstance(model, (str, Path)) else bytes(model)
+    sfb = model_fb()
+    m = sfb.Model.GetRootAs(data, 0)
+    op_names = {v: k for k, v in vars(sfb.BuiltinOperator).items() if not k.startswith("_")}
+
+    def op_name(op: Any) -> str:
+        code = m.OperatorCodes(op.OpcodeIndex())
+        # Codes past 127 live in BuiltinCode; older files only fill the deprecated byte.
+        return op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+
+    return sfb, m, op_name
+
+
 def xnnpack_refused(model: bytes | Path) -> list[dict[str, Any]]:
     """The integer weighted ops of a TFLite file that XNNPACK refuses: each as ``{"op", "output"
     (its output tensor's name), "requantization_scale"}`` (the largest over output channels).
@@ -240,12 +258,7 @@ def xnnpack_refused(model: bytes | Path) -> list[dict[str, Any]]:
     Seen on a detector: a head conv whose ReLU output was zero on every calibration image gets a
     calibrated range of [0, 0], so an output scale of 7.8e-9, and a requantization scale of 5e4.
     """
-    from tfcnn.export.tflite_metadata import model_fb
-
-    data = Path(model).read_bytes() if isinstance(model, (str, Path)) else bytes(model)
-    sfb = model_fb()
-    m = sfb.Model.GetRootAs(data, 0)
-    op_names = {v: k for k, v in vars(sfb.BuiltinOperator).items() if not k.startswith("_")}
+    sfb, m, op_name = _parsed(model)
     integer = {sfb.TensorType.INT8, sfb.TensorType.UINT8}
 
     def scales(t: Any) -> np.ndarray:
@@ -257,8 +270,7 @@ def xnnpack_refused(model: bytes | Path) -> list[dict[str, Any]]:
         sg = m.Subgraphs(g)
         for k in range(sg.OperatorsLength()):
             op = sg.Operators(k)
-            code = m.OperatorCodes(op.OpcodeIndex())
-            name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+            name = op_name(op)
             if name not in WEIGHTED_OPS:
                 continue
             a, w = WEIGHTED_OPS[name]
@@ -394,20 +406,11 @@ def recipe(model: bytes | Path) -> dict[str, Any]:
     ``dequantized`` (int8 or float16 weights turned into float32 first) or ``float``. The
     file's ``kind`` (a :data:`RECIPE_KINDS` key) follows from those.
     """
-    from tfcnn.export.tflite_metadata import model_fb
-
-    data = Path(model).read_bytes() if isinstance(model, (str, Path)) else bytes(model)
-    sfb = model_fb()
-    m = sfb.Model.GetRootAs(data, 0)
+    sfb, m, op_name = _parsed(model)
     if m.SubgraphsLength() == 0:
         raise ExportError("the TFLite file has no subgraph; it is not a model")
     sg = m.Subgraphs(0)
-    op_names = {v: k for k, v in vars(sfb.BuiltinOperator).items() if not k.startswith("_")}
     type_names = {v: k.lower() for k, v in vars(sfb.TensorType).items() if not k.startswith("_")}
-
-    def op_name(op: Any) -> str:
-        code = m.OperatorCodes(op.OpcodeIndex())
-        return op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
 
     def dtype(i: int) -> str:
         return type_names.get(sg.Tensors(i).Type(), "unknown")
