@@ -128,3 +128,16 @@ def test_report_has_the_segmentation_sections(segmenter):
     html = Path(summary["report"]).read_text()
     assert '<section id="segmentation">' in html and '<section id="export">' in html
     assert "mean IoU" in html and html.count("<img") >= 2
+
+
+def test_an_untimed_format_says_so_instead_of_printing_nan():
+    """CoreML off macOS has no latency here: verify's line must not print "nan ms" as a figure."""
+    import tfcnn.tasks  # noqa: F401  (registers the tasks)
+    from tfcnn.tasks.base import TASKS
+
+    task = TASKS.get_or_raise("segmentation")
+    row = {"mean_iou": 0.7, "mean_dice": 0.8, "pixel_agreement": 1.0, "max_abs_diff": 1e-6}
+    assert task.verify_line({**row, "latency_ms_median": 1.5}).endswith("p50 1.500 ms")
+    for missing in (float("nan"), None):
+        line = task.verify_line({**row, "latency_ms_median": missing})
+        assert "nan" not in line.lower() and line.endswith("p50 not timed"), line

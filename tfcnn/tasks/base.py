@@ -7,6 +7,7 @@ instead of assuming a classifier, so a new kind of model is one new module in th
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,6 +16,14 @@ from tfcnn.util import Registry
 
 TASKS: Registry = Registry("task", "task")
 
+
+
+def latency_text(row: dict[str, Any]) -> str:
+    """A verify row's median latency for a progress line: "p50 1.234 ms", or "p50 not timed"
+    where the format has no runtime here (CoreML off macOS is predicted by a numpy evaluator,
+    whose speed says nothing about a phone's), so no NaN reads like a figure."""
+    ms = row.get("latency_ms_median")
+    return f"p50 {ms:.3f} ms" if isinstance(ms, (int, float)) and math.isfinite(ms) else "p50 not timed"
 
 class Task:
     """Base class; every method has a docstring saying which stage calls it and why."""
@@ -139,7 +148,7 @@ class Task:
         """Verify's progress line for one compared format."""
         return (
             f"accuracy {100 * row['accuracy']:.2f}%, agreement {100 * row['agreement']:.2f}%, "
-            f"max|dp| {row['max_abs_diff']:.2e}, p50 {row['latency_ms_median']:.3f} ms"
+            f"max|dp| {row['max_abs_diff']:.2e}, {latency_text(row)}"
         )
 
     # ------------------------------------------------------------- export / verify

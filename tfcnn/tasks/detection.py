@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfcnn.errors import ConfigError, ExportError
-from tfcnn.tasks.base import TASKS, Task
+from tfcnn.tasks.base import TASKS, Task, latency_text
 from tfcnn.tasks.postprocess import SCOPE as POSTPROCESS_SCOPE
 
 # model.name -> how its raw output is read: per-anchor offsets + logits, or one box + K+1 logits
@@ -370,7 +370,7 @@ class Detection(Task):
     def verify_line(self, row: dict[str, Any]) -> str:
         return (
             f"mAP@0.5 {_pts(row.get('map_50'))}, mAP {_pts(row.get('map'))}, box agreement {_pts(row.get('box_agreement'))}%, "
-            f"p50 {row['latency_ms_median']:.3f} ms"
+            + latency_text(row)
         )
 
     def verify_columns(self) -> list[tuple[str, str, str, float]]:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfcnn.errors import ConfigError, ExportError
-from tfcnn.tasks.base import TASKS, Task
+from tfcnn.tasks.base import TASKS, Task, latency_text
 
 LOSSES = ("mse", "bce", "ssim")
 OUTPUT = "reconstruction"
@@ -402,7 +402,7 @@ class Reconstruction(Task):
         )
         if "flag_agreement" in row:
             line += f", flag agreement {100 * row['flag_agreement']:.2f}%, ROC-AUC {row['roc_auc']:.4f}"
-        return line + f", p50 {row['latency_ms_median']:.3f} ms"
+        return line + f", {latency_text(row)}"
 
 
 def _num(v: Any) -> str:

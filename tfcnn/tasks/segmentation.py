@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfcnn.errors import ConfigError, ExportError
-from tfcnn.tasks.base import TASKS, Task
+from tfcnn.tasks.base import TASKS, Task, latency_text
 
 SEGMENTERS = ("unet",)
 PROBABILITIES = "class_probabilities"
@@ -222,7 +222,7 @@ class Segmentation(Task):
     def verify_line(self, row: dict[str, Any]) -> str:
         return (
             f"mean IoU {_pct(row.get('mean_iou'))}, Dice {_pct(row.get('mean_dice'))}, pixel agreement "
-            f"{_pct(row.get('pixel_agreement'))}%, max|dp| {row.get('max_abs_diff', math.nan):.2e}, p50 {row['latency_ms_median']:.3f} ms"
+            f"{_pct(row.get('pixel_agreement'))}%, max|dp| {row.get('max_abs_diff', math.nan):.2e}, {latency_text(row)}"
         )
 
     def verify_columns(self) -> list[tuple[str, str, str, float]]:
