@@ -17,13 +17,13 @@ from tfcnn.util import Registry
 TASKS: Registry = Registry("task", "task")
 
 
-
 def latency_text(row: dict[str, Any]) -> str:
     """A verify row's median latency for a progress line: "p50 1.234 ms", or "p50 not timed"
     where the format has no runtime here (CoreML off macOS is predicted by a numpy evaluator,
     whose speed says nothing about a phone's), so no NaN reads like a figure."""
     ms = row.get("latency_ms_median")
     return f"p50 {ms:.3f} ms" if isinstance(ms, (int, float)) and math.isfinite(ms) else "p50 not timed"
+
 
 class Task:
     """Base class; every method has a docstring saying which stage calls it and why."""
