@@ -114,6 +114,29 @@ def test_brightness_adds_one_offset_per_image_and_noise_has_the_asked_std():
     assert abs(noisy.mean()) < 0.5 and abs(noisy.std() - 10.0) < 0.5
 
 
+def test_texture_puts_each_image_on_the_scenes_noise_and_keeps_its_ink():
+    from tfcnn.data.scenes import INK_THRESHOLD, background
+
+    x = np.zeros((32, 28, 28, 3), np.uint8)
+    x[:, 8:20, 8:20] = 200  # ink
+    x[:, 2, 2] = INK_THRESHOLD // 2  # a faint pixel: half item, half texture
+    out = augment({"texture": 0.15}, x).astype(np.float32)
+    assert (out[:, 8:20, 8:20] == 200).all()  # ink is never touched
+    assert (out == out[..., :1]).all()  # one texture per image, shared by its channels
+    bg = out[:, 20:, 20:, 0]
+    assert bg.min() >= 0 and bg.max() <= 0.15 * 255 + 0.5 and len({img.tobytes() for img in bg}) == 32
+    scene = background(96, 0.15, np.random.default_rng(0))  # the scenes' canvas: same level and spread
+    assert abs(bg.mean() - scene.mean()) < 1.5 and abs(bg.std() - scene.std()) < 1.5
+    right = np.corrcoef(out[:, :, :-1, 0][:, 20:, 20:].ravel(), out[:, :, 1:, 0][:, 20:, 20:].ravel())[0, 1]
+    assert right > 0.6  # coarse cells, bilinearly smooth: neighbours agree (grain alone would give ~0)
+    plain = x.copy()
+    plain[:, 2, 2] = 0  # the same seed draws the same texture: here it shows alone
+    texture_there = augment({"texture": 0.15}, plain).astype(np.float32)[:, 2, 2, 0]
+    blend = INK_THRESHOLD // 4 + texture_there / 2  # alpha 0.5: 0.5 * 16 + 0.5 * texture
+    assert np.abs(out[:, 2, 2, 0] - blend).max() <= 1.0 and texture_there.std() > 1
+    assert np.array_equal(augment({"texture": 0.15}, x), augment({"texture": 0.15}, x))
+
+
 def test_colour_ops_keep_gray_images_gray_and_grayscale_equalises_channels():
     gray = np.repeat(pattern(8), 3, axis=3).astype(np.uint8)
     out = augment({"hue": 0.5, "saturation": 0.8}, gray)
@@ -190,10 +213,10 @@ def test_augmix_blends_chains_with_the_original_per_image():
 def test_every_op_is_stateless_in_a_tf_data_map():
     cfg = AugmentConfig(
         flip=True, vflip=True, rotate=0.1, zoom=0.1, translate=0.1, shear=0.1, crop_padding=2, resized_crop=True,
-        brightness=0.1, contrast=0.1, saturation=0.2, hue=0.1, grayscale=0.2, noise=2.0, blur=0.3,
+        brightness=0.1, contrast=0.1, saturation=0.2, hue=0.1, grayscale=0.2, noise=2.0, blur=0.3, texture=0.1,
         randaugment_ops=1, augmix=True, augmix_chains=1, augmix_depth=1, erasing=0.5, cutout=0.2, mixup=0.2, cutmix=1.0,
     )  # fmt: skip
-    assert len(image_ops(cfg)) == 19 and set(cfg.summary()) >= {"mixup", "cutmix", "erasing_area"}
+    assert len(image_ops(cfg)) == 20 and set(cfg.summary()) >= {"mixup", "cutmix", "erasing_area", "texture_cell"}
     aug, mix = build_augmenter(cfg, fill=[1.0, 2.0, 3.0]), build_mixer(cfg, 4)
     fn = tf.function(lambda x, y, s: mix(aug(x, s), y, s))
     spec = (tf.TensorSpec([None, 12, 12, 3], tf.uint8), tf.TensorSpec([None], tf.int32), tf.TensorSpec([2], tf.int64))

@@ -73,6 +73,9 @@ class AugmentConfig:
     noise: float = field(default=0.0, metadata=_range(0.0, 255.0))  # Gaussian noise std, pixel units
     blur: float = field(default=0.0, metadata=_range(0.0, 1.0))  # Gaussian blur: probability per image
     blur_sigma: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))  # its sigma, pixels (Keras takes <= 1)
+    # each image's ink over textured noise of this amplitude (fraction of 255), fashion_scenes' background
+    texture: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    texture_cell: int = field(default=8, metadata=_range(1, 1024))  # pixels per cell of its coarse noise grid
     # ---- policies
     randaugment_ops: int = field(default=0, metadata=_range(0, 11))  # ops per image (0 = off)
     randaugment_magnitude: float = field(default=0.3, metadata=_range(0.0, 1.0))  # Keras RandAugment factor
@@ -100,6 +103,7 @@ class AugmentConfig:
         groups = {
             "resized_crop": ("resized_crop_scale", "resized_crop_ratio"),
             "blur": ("blur_sigma",),
+            "texture": ("texture_cell",),
             "randaugment_ops": ("randaugment_magnitude",),
             "augmix": ("augmix_chains", "augmix_depth", "augmix_magnitude", "augmix_alpha"),
             "erasing": ("erasing_area", "erasing_aspect", "erasing_value"),

@@ -28,6 +28,7 @@ from tfcnn.data import augment_ops as ops
 from tfcnn.data.augment_ops import BatchSeeds as _BatchSeeds  # noqa: F401  (the seeding design, re-exported)
 from tfcnn.data.augment_ops import cutout_batch  # noqa: F401  (re-exported: callers and tests import it from here)
 from tfcnn.data.mixing import Mixer, build_mixer  # noqa: F401
+from tfcnn.data.scenes import INK_THRESHOLD
 from tfcnn.errors import ConfigError
 
 Augmenter = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (uint8 images [B,H,W,C], seed int64[2]) -> uint8
@@ -43,7 +44,7 @@ def image_ops_active(cfg: AugmentConfig) -> bool:
     return bool(
         cfg.flip or cfg.vflip or cfg.translate or cfg.rotate or cfg.zoom or cfg.shear or cfg.crop_padding
         or cfg.resized_crop or cfg.brightness or cfg.contrast or cfg.saturation or cfg.hue or cfg.grayscale
-        or cfg.noise or cfg.blur or cfg.randaugment_ops or cfg.augmix or cfg.erasing or cfg.cutout
+        or cfg.texture or cfg.noise or cfg.blur or cfg.randaugment_ops or cfg.augmix or cfg.erasing or cfg.cutout
     )
 
 
@@ -85,6 +86,11 @@ def image_ops(cfg: AugmentConfig, fill: list[float] | None = None) -> list[tuple
         chain.append(("crop_padding", ops.pad_crop(cfg.crop_padding)))
     if cfg.resized_crop:
         chain.append(("resized_crop", ops.resized_crop(cfg.resized_crop_scale, cfg.resized_crop_ratio)))
+    # Background texture after the geometric ops (their black fill becomes texture, as the rest
+    # of an item's frame is on a scene canvas) and before the photometric ones (which then act on
+    # item and background alike, as on a whole scene).
+    if cfg.texture:
+        chain.append(("texture", ops.texture(cfg.texture, cfg.texture_cell, INK_THRESHOLD)))
     # Photometric, on [0, 255].
     if cfg.brightness:
         add("brightness", L.RandomBrightness(cfg.brightness, value_range=(0, 255)))
@@ -123,7 +129,7 @@ SALT = {
     "flip": 1000, "rotate": 1001, "zoom": 1002, "translate": 1003, "contrast": 1004, "cutout": 2000,
     "vflip": 1005, "shear": 1006, "crop_padding": 1007, "resized_crop": 1008, "brightness": 1009,
     "saturation": 1010, "hue": 1011, "grayscale": 1012, "blur": 1013, "noise": 1014,
-    "randaugment": 1015, "augmix": 1016, "erasing": 1017,
+    "randaugment": 1015, "augmix": 1016, "erasing": 1017, "texture": 1018,
 }  # fmt: skip
 
 

@@ -12,6 +12,9 @@ What is written here, and why not the Keras layer:
 * :func:`pad_crop`: ``keras.layers.RandomCrop`` draws ONE offset per batch (every image shifts
   the same way); CIFAR-style padding and cropping needs one offset per image.
 * :func:`resized_crop`: Keras has no random-resized crop.
+* :func:`texture`: no Keras layer puts an object on a background; this composites each image's
+  ink over the textured noise :mod:`tfcnn.data.scenes` paints its canvases with, so a classifier
+  meant as a scene model's backbone learns items as they look there (see :func:`texture`).
 * :func:`gaussian_noise`: ``keras.layers.GaussianNoise`` draws from its own seed generator in
   ``call`` and takes no seed; one stateless normal draw is all it is.
 * :func:`erase`: ``keras.layers.RandomErasing`` samples the patch's height and width fractions
@@ -144,6 +147,36 @@ def resized_crop(scale: Sequence[float], ratio: Sequence[float]) -> Op:
 
 
 # --------------------------------------------------------------------------- photometric
+
+
+def texture(amplitude: float, cell: int, ink: float) -> Op:
+    """Composite every image over its own textured noise, by the rule ``fashion_scenes`` pastes
+    items onto its canvases (:func:`tfcnn.data.scenes.render`).
+
+    Why: a classifier trained on Fashion-MNIST's black backgrounds and used as the body of a
+    scene segmenter or detector meets its items on textured noise there; measured on the
+    segmentation pipeline's test scenes (an ad hoc check, 2,516 items cut out at their pasted
+    frame), the 5-epoch items classifier scored 89.9% on the clean items and 72.5% on the same
+    items cut from the scenes. The noise is the scenes': a coarse uniform grid (one value per
+    ``cell`` pixels) bilinearly upsampled, times 0.8, plus 0.2 of per-pixel grain, spanning
+    ``0 .. amplitude * 255``; one texture per image (shared by its channels). Compositing is
+    alpha by ink: ``alpha = min(1, value / ink)`` of the image (its channel mean), and
+    ``alpha * image + (1 - alpha) * texture``, so ink pixels (``>= ink``) are unchanged and a
+    black pixel becomes pure texture.
+    """
+    top = 255.0 * float(amplitude)
+
+    def op(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        b, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
+        gh, gw = max(2, round(h / cell)), max(2, round(w / cell))
+        coarse = uniform(tf.stack([b, gh, gw, 1]), fold(seed, 1))
+        smooth = tf.image.resize(coarse, [h, w], method="bilinear")
+        grain = uniform(tf.stack([b, h, w, 1]), fold(seed, 2))
+        noise = (0.8 * smooth + 0.2 * grain) * top
+        alpha = tf.minimum(tf.reduce_mean(x, axis=-1, keepdims=True) / float(ink), 1.0)
+        return alpha * x + (1.0 - alpha) * noise
+
+    return op
 
 
 def gaussian_noise(std: float) -> Op:
