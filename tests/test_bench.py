@@ -81,3 +81,52 @@ def test_settings_ab_bench_times_two_settings_of_one_pipeline():
     assert r["a_ips"] > 0 and r["b_ips"] > 0
     assert r["speedup"] == pytest.approx(r["b_ips"] / r["a_ips"], rel=1e-2)
     assert r["pipeline"].endswith("fashion_mnist.toml") and "CPUs" in r["machine"]
+
+
+def _segment_errors():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("segment_errors", BENCH / "segment_errors.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_segment_errors_votes_each_object_and_counts_what_it_got_right():
+    """Two objects in one 16x16 scene: A (class 0, 4x4) with 12 of its pixels called class 0 and
+    4 called class 2; B (class 1, 2x4) all called class 2. A's majority is right, B's is not; the
+    oracle vote makes all of A class 0 and all of B class 2; background pixels stay untouched."""
+    import numpy as np
+
+    from tfcnn.data.scenes import Scenes
+
+    se = _segment_errors()
+    masks = np.zeros((1, 16, 16), np.uint8)
+    masks[0, 2:6, 2:6] = 1  # A: class 0 -> mask id 1
+    masks[0, 10:12, 8:12] = 2  # B: class 1 -> mask id 2
+    boxes = np.full((1, 3, 5), -1, np.float32)
+    boxes[0, 0] = [2 / 16, 2 / 16, 6 / 16, 6 / 16, 0]
+    boxes[0, 1] = [10 / 16, 8 / 16, 12 / 16, 12 / 16, 1]
+    scenes = Scenes(np.zeros((1, 16, 16), np.uint8), boxes, masks, np.full((1, 3), -1, np.int32))
+    pred = masks.astype(np.int64).copy()
+    pred[0, 5, 2:6] = 3  # 4 of A's 16 pixels called class 2
+    pred[0, 10:12, 8:12] = 3  # all of B called class 2
+    pred[0, 0, 0] = 1  # a false positive on the background: no object owns it
+    rows, voted = se.objects(scenes, pred)
+    assert [(r["cls"], r["right"], r["side"], r["crowd"]) for r in rows] == [(0, True, 4, 2), (1, False, 4, 2)]
+    assert (voted[0, 2:6, 2:6] == 1).all() and (voted[0, 10:12, 8:12] == 3).all() and voted[0, 0, 0] == 1
+    assert se.share(rows) == {"objects": 2, "accuracy": 0.5}
+    assert se.share(rows, c=lambda r: r["cls"] == 1) == {"objects": 1, "accuracy": 0.0}
+
+
+def test_segment_errors_pooled_vote_keeps_the_background_share_and_sums_to_one():
+    import numpy as np
+
+    se = _segment_errors()
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(4), size=(2, 12, 12)).astype(np.float32)
+    q = se.pooled_vote(p, 5)
+    np.testing.assert_allclose(q[..., 0], p[..., 0], atol=1e-7)
+    np.testing.assert_allclose(q.sum(-1), 1.0, atol=1e-5)
+    # a window of 1 changes nothing
+    np.testing.assert_allclose(se.pooled_vote(p, 1), p, atol=1e-5)

@@ -130,6 +130,28 @@ def test_report_has_the_segmentation_sections(segmenter):
     assert "mean IoU" in html and html.count("<img") >= 2
 
 
+def test_segment_errors_bench_regenerates_the_test_scenes_and_breaks_errors_down_by_object(segmenter):
+    """bench/segment_errors.py on this run: the same test scenes (its fg Dice is the evaluation's),
+    every object counted once in each breakdown, and every Dice a finite fraction."""
+    import json
+    import subprocess
+    import sys
+
+    root, summary = segmenter
+    script = Path(__file__).resolve().parents[1] / "bench" / "segment_errors.py"
+    out = subprocess.run([sys.executable, str(script), str(root / "seg")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["fg_dice"] == pytest.approx(summary["metrics"]["test_mean_dice"], abs=1e-3)
+    n = r["object_accuracy"]["objects"]
+    assert n > 48 and sum(v["objects"] for v in r["by_objects_per_scene"].values()) == n
+    assert sum(v["objects"] for v in r["by_side_px"].values()) == n
+    assert set(r["by_class"]) == {"circle", "square", "triangle"}
+    for key in ("binary_dice", "vote_ceiling_fg_dice", "flip_tta_fg_dice"):
+        assert 0 < r[key] <= 1, key
+    assert all(0 < v <= 1 for v in r["pooled_vote_fg_dice"].values()) and "CPUs" in r["machine"]
+
+
 def test_an_untimed_format_says_so_instead_of_printing_nan():
     """CoreML off macOS has no latency here: verify's line must not print "nan ms" as a figure."""
     import tfcnn.tasks  # noqa: F401  (registers the tasks)
