@@ -18,7 +18,8 @@ config (byte-identical: :mod:`tfcnn.data.scenes` is seeded) and measures, with t
 * ``flip_tta_fg_dice``: the mean of the probabilities of the image and its mirror image
   (test-time augmentation, twice the inference cost);
 * ``object_accuracy``: the share of objects whose majority predicted class is right, overall, by
-  objects per scene, by object size (longer box side, px) and per class.
+  objects per scene, by whether its box intersects another object's (occlusion or contact), by
+  object size (longer box side, px) and per class.
 
 The last line is one JSON object with those keys and the machine. Accuracies are deterministic for
 a given run; the script times nothing.
@@ -85,7 +86,7 @@ def objects(scenes, mask: np.ndarray) -> tuple[list[dict], np.ndarray]:
     rows = []
     for i, boxes in enumerate(scenes.boxes):
         present = boxes[boxes[:, 4] >= 0]
-        for row in present:
+        for j, row in enumerate(present):
             cls = int(row[4])
             y0, x0, y1, x1 = np.round(row[:4] * size).astype(int)
             pixels = np.zeros((size, size), bool)
@@ -97,7 +98,11 @@ def objects(scenes, mask: np.ndarray) -> tuple[list[dict], np.ndarray]:
             on_object = predicted[predicted > 0]
             majority = int(np.bincount(on_object).argmax()) if on_object.size else 0
             voted[i][pixels & (mask[i] > 0)] = majority
-            rows.append({"side": max(y1 - y0, x1 - x0), "cls": cls, "crowd": len(present), "right": majority == cls + 1})
+            others = np.delete(present, j, axis=0)
+            touches = bool(np.any((np.minimum(others[:, 2], row[2]) > np.maximum(others[:, 0], row[0]))
+                                  & (np.minimum(others[:, 3], row[3]) > np.maximum(others[:, 1], row[1]))))
+            rows.append({"side": max(y1 - y0, x1 - x0), "cls": cls, "crowd": len(present), "touches": touches,
+                         "right": majority == cls + 1})
     return rows, voted
 
 
@@ -152,6 +157,8 @@ def main() -> None:
         "flip_tta_fg_dice": dice(((p + mirrored) / 2).argmax(-1)),
         "object_accuracy": share(rows),
         "by_objects_per_scene": {str(n): share(rows, c=lambda r, n=n: r["crowd"] == n) for n in sorted({r["crowd"] for r in rows})},
+        # boxes that intersect another object's box (occluding, occluded or side by side) vs free ones
+        "by_box_overlap": {"free": share(rows, o=lambda r: not r["touches"]), "overlapping": share(rows, o=lambda r: r["touches"])},
         "by_side_px": {f"{lo}-{hi if hi < 10_000 else ''}": share(rows, s=lambda r, lo=lo, hi=hi: lo <= r["side"] < hi)
                        for lo, hi in SIZE_BINS},
         "by_class": {names[c]: share(rows, c=lambda r, c=c: r["cls"] == c)["accuracy"] for c in range(k - 1)},

@@ -113,7 +113,8 @@ def test_segment_errors_votes_each_object_and_counts_what_it_got_right():
     pred[0, 10:12, 8:12] = 3  # all of B called class 2
     pred[0, 0, 0] = 1  # a false positive on the background: no object owns it
     rows, voted = se.objects(scenes, pred)
-    assert [(r["cls"], r["right"], r["side"], r["crowd"]) for r in rows] == [(0, True, 4, 2), (1, False, 4, 2)]
+    assert [(r["cls"], r["right"], r["side"], r["crowd"], r["touches"]) for r in rows] == [
+        (0, True, 4, 2, False), (1, False, 4, 2, False)]
     assert (voted[0, 2:6, 2:6] == 1).all() and (voted[0, 10:12, 8:12] == 3).all() and voted[0, 0, 0] == 1
     assert se.share(rows) == {"objects": 2, "accuracy": 0.5}
     assert se.share(rows, c=lambda r: r["cls"] == 1) == {"objects": 1, "accuracy": 0.0}
@@ -130,3 +131,24 @@ def test_segment_errors_pooled_vote_keeps_the_background_share_and_sums_to_one()
     np.testing.assert_allclose(q.sum(-1), 1.0, atol=1e-5)
     # a window of 1 changes nothing
     np.testing.assert_allclose(se.pooled_vote(p, 1), p, atol=1e-5)
+
+
+def test_segment_errors_tells_overlapping_boxes_from_free_ones():
+    """Boxes that share area touch each other; a box that only meets another at an edge is free."""
+    import numpy as np
+
+    from tfcnn.data.scenes import Scenes
+
+    se = _segment_errors()
+    masks = np.zeros((1, 16, 16), np.uint8)
+    masks[0, 0:4, 0:4] = 1  # A
+    masks[0, 2:6, 4:8] = 2  # B: its box [2:6, 2:8] overlaps A's box [0:4, 0:4]
+    masks[0, 2:6, 8:12] = 3  # C: its box [2:6, 8:12] meets B's at column 8, sharing no pixel
+    boxes = np.full((1, 3, 5), -1, np.float32)
+    boxes[0, 0] = [0, 0, 4 / 16, 4 / 16, 0]
+    boxes[0, 1] = [2 / 16, 2 / 16, 6 / 16, 8 / 16, 1]
+    boxes[0, 2] = [2 / 16, 8 / 16, 6 / 16, 12 / 16, 2]
+    scenes = Scenes(np.zeros((1, 16, 16), np.uint8), boxes, masks, np.full((1, 3), -1, np.int32))
+    rows, _ = se.objects(scenes, masks.astype(np.int64))
+    assert [r["touches"] for r in rows] == [True, True, False] and all(r["right"] for r in rows)
+    assert se.share(rows, o=lambda r: r["touches"]) == {"objects": 2, "accuracy": 1.0}

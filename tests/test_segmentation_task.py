@@ -146,6 +146,7 @@ def test_segment_errors_bench_regenerates_the_test_scenes_and_breaks_errors_down
     n = r["object_accuracy"]["objects"]
     assert n > 48 and sum(v["objects"] for v in r["by_objects_per_scene"].values()) == n
     assert sum(v["objects"] for v in r["by_side_px"].values()) == n
+    assert sum(v["objects"] for v in r["by_box_overlap"].values()) == n
     assert set(r["by_class"]) == {"circle", "square", "triangle"}
     for key in ("binary_dice", "vote_ceiling_fg_dice", "flip_tta_fg_dice"):
         assert 0 < r[key] <= 1, key
