@@ -60,15 +60,6 @@ def test_scenes(cfg) -> tuple[object, list[str]]:
     return scenes.fashion_scenes(one, cfg.data.seed, train_items, test_items, m)[1], list(FASHION_MNIST_CLASSES)
 
 
-def probabilities(model, images: np.ndarray, batch: int = 50) -> np.ndarray:
-    """Softmax of the Keras model's logits, float32 [N, H, W, K + 1]."""
-    import tensorflow as tf
-
-    out = [tf.nn.softmax(tf.cast(model(images[i : i + batch], training=False), tf.float32)).numpy()
-           for i in range(0, len(images), batch)]
-    return np.concatenate(out)
-
-
 def pooled_vote(p: np.ndarray, k: int) -> np.ndarray:
     """Background probability kept; the object share ``1 - p0`` split as the k x k window's mean
     class probabilities are (what a fixed in-graph layer could do)."""
@@ -120,6 +111,7 @@ def main() -> None:
     from tfcnn.errors import ConfigError
     from tfcnn.models.saved import load_trained_model
     from tfcnn.run import Run
+    from tfcnn.tasks import get_task
     from tfcnn.tasks.segmentation_metrics import confusion, mean_dice
 
     run = Run.open(args.run_dir, need=("config", "model"))
@@ -131,6 +123,7 @@ def main() -> None:
         )
     scenes, names = test_scenes(cfg)
     model = load_trained_model(run)
+    probabilities = get_task("segmentation", cfg).probabilities  # the evaluation's own softmax, batch by batch
     x = scenes.images[..., None].astype(np.float32)
     p = probabilities(model, x)
     k = p.shape[-1]
@@ -167,4 +160,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from tfcnn.errors import TfcnnError
+
+    try:
+        main()
+    except TfcnnError as err:  # a wrong or unfinished run directory: one line, no traceback
+        raise SystemExit(f"segment_errors: {err}") from None

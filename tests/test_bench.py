@@ -152,3 +152,10 @@ def test_segment_errors_tells_overlapping_boxes_from_free_ones():
     rows, _ = se.objects(scenes, masks.astype(np.int64))
     assert [r["touches"] for r in rows] == [True, True, False] and all(r["right"] for r in rows)
     assert se.share(rows, o=lambda r: r["touches"]) == {"objects": 2, "accuracy": 1.0}
+
+
+def test_segment_errors_refuses_a_missing_run_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, str(BENCH / "segment_errors.py"), str(tmp_path / "nowhere")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("segment_errors: run directory")
