@@ -72,6 +72,8 @@ def pooled_vote(p: np.ndarray, k: int) -> np.ndarray:
 def objects(scenes, mask: np.ndarray) -> tuple[list[dict], np.ndarray]:
     """One row per test object (size, class, objects in its scene, majority-class right) and the
     oracle-voted mask: each object's predicted-object pixels set to their majority class."""
+    from tfcnn.data.boxes import iou
+
     size = scenes.masks.shape[1]
     voted = mask.copy()
     rows = []
@@ -90,8 +92,7 @@ def objects(scenes, mask: np.ndarray) -> tuple[list[dict], np.ndarray]:
             majority = int(np.bincount(on_object).argmax()) if on_object.size else 0
             voted[i][pixels & (mask[i] > 0)] = majority
             others = np.delete(present, j, axis=0)
-            touches = bool(np.any((np.minimum(others[:, 2], row[2]) > np.maximum(others[:, 0], row[0]))
-                                  & (np.minimum(others[:, 3], row[3]) > np.maximum(others[:, 1], row[1]))))
+            touches = bool(len(others)) and bool((iou(row[None, :4], others[:, :4]) > 0).any())  # shared area, not an edge
             rows.append({"side": max(y1 - y0, x1 - x0), "cls": cls, "crowd": len(present), "touches": touches,
                          "right": majority == cls + 1})
     return rows, voted
