@@ -488,3 +488,61 @@ def test_conv_transpose_and_argmax_match_tf(tmp_path, kernel):
         ref = mod(x[i : i + 1].astype(np.float32))
         np.testing.assert_allclose(got["y"][i], ref["y"].numpy()[0], rtol=1e-5, atol=1e-3)
         np.testing.assert_array_equal(got["mask"][i], ref["mask"].numpy()[0])
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8, 1.5])
+def test_upsample_bilinear_matches_tf_resize_in_each_sampling_mode(tmp_path, scale):
+    """MIL upsample_bilinear (the unet's score fusion: Keras' bilinear UpSampling2D) in its three
+    grids: half-pixel centres, align_corners, and TF's legacy ``i * n_in / n_out``, each against
+    tf.compat.v1.image.resize_bilinear with the same flags (NCHW in MIL, NHWC in TF)."""
+    import tensorflow as tf
+    from coremltools.converters.mil import Builder as mb
+
+    x = np.random.default_rng(3).normal(size=(2, 3, 5, 6)).astype(np.float32)
+    modes = {"half": (False, True), "align": (True, False), "legacy": (False, False)}
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=_ct().target.iOS16)
+    def prog(x):
+        return tuple(
+            mb.upsample_bilinear(x=x, scale_factor_height=float(scale), scale_factor_width=float(scale),
+                                 align_corners=align, half_pixel_centers=half, name=name)
+            for name, (align, half) in modes.items()
+        )
+
+    out = _run(_package(prog, tmp_path / "up.mlpackage"), x=x)
+    size = (int(5 * scale), int(6 * scale))
+    nhwc = x.transpose(0, 2, 3, 1)
+    for name, (align, half) in modes.items():
+        ref = tf.compat.v1.image.resize_bilinear(nhwc, size, align_corners=align, half_pixel_centers=half).numpy()
+        assert out[name].shape == (2, 3, *size), name
+        np.testing.assert_allclose(out[name], ref.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_keras_bilinear_upsampling_converts_and_evaluates_like_keras(tmp_path):
+    """The whole route of a unet score map: Keras UpSampling2D(bilinear) -> SavedModel ->
+    coremltools -> the evaluator, equal to Keras."""
+    import keras
+    import tensorflow as tf
+
+    from tfcnn.export import coreml as coreml_mod
+    from tfcnn.export.formats.coreml_eval import CoreMLEvaluator
+
+    inp = keras.Input((8, 8, 3))
+    y = keras.layers.UpSampling2D(4, interpolation="bilinear")(keras.layers.Conv2D(2, 1)(inp))
+    model = keras.Model(inp, y)
+
+    class Up(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.float32, name="image")])
+        def __call__(self, image):
+            return {"y": model(image)}
+
+    mod = Up()
+    mod.model = model
+    tf.saved_model.save(mod, str(tmp_path / "sm"), signatures={"serving_default": mod.__call__})
+    pkg = tmp_path / "ct.mlpackage"
+    coreml_mod.convert(tmp_path / "sm", pkg, height=8, width=8, labels=["a"], precision="float32", author="t", license="t",
+                       version="1", description="d", input_description="i", outputs=["y"])
+    x = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+    got = CoreMLEvaluator(pkg).predict(x)
+    for i in range(len(x)):
+        np.testing.assert_allclose(got["y"][i], mod(x[i : i + 1].astype(np.float32))["y"].numpy()[0], rtol=1e-5, atol=1e-3)

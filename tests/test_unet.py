@@ -183,3 +183,44 @@ def test_pretrained_lite0_encoder_weights_are_copied_by_name(tmp_path) -> None:
     assert "head_conv" not in names and not any(n.startswith("enc0") for n in names)
     out = np.asarray(model(images((64, 64, 3))))
     assert out.shape == (2, 64, 64, 4) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("strides", [[8], [4, 8], [16, 8]])
+def test_score_fusion_adds_upsampled_deep_logits(strides: list[int]) -> None:
+    """Each listed stride adds a 1x1 class conv, upsampled by that stride; the output is their
+    sum with the decoder's logits, still [B, H, W, K + 1] and named ``segmentation``."""
+    import keras
+
+    cfg = unet(depth=4, output_stride=2, score_strides=strides)
+    model = build_model(cfg, (64, 96, 1), 3)
+    assert model.output_names == ["segmentation"] and isinstance(model.get_layer("segmentation"), keras.layers.Add)
+    for s in strides:
+        conv = model.get_layer(f"score{s}")
+        assert tuple(conv.input.shape[1:3]) == (64 // s, 96 // s) and conv.kernel.shape[:2] == (1, 1)
+        assert tuple(model.get_layer(f"score{s}_up").output.shape[1:]) == (64, 96, 4)
+    x = images((64, 96, 1))
+    out = np.asarray(model(x))
+    assert out.shape == (2, 64, 96, 4) and out.dtype == np.float32 and np.isfinite(out).all()
+    # the sum really is the decoder's logits plus each upsampled score map
+    parts = keras.Model(model.input, [model.get_layer("segmentation_full").output]
+                        + [model.get_layer(f"score{s}_up").output for s in strides])(x)
+    np.testing.assert_allclose(out, sum(np.asarray(p) for p in parts), rtol=1e-5, atol=1e-5)
+    # a constant score map upsamples to the same constant (bilinear, no border falloff)
+    up = model.get_layer(f"score{strides[0]}_up")
+    const = np.full((1, 64 // strides[0], 96 // strides[0], 4), 2.5, "float32")
+    np.testing.assert_allclose(np.asarray(up(const)), 2.5, rtol=1e-6)
+    plain = build_model(unet(depth=4, output_stride=2), (64, 96, 1), 3)
+    extra = sum((model.get_layer(f"score{s}").input.shape[-1] + 1) * 4 for s in strides)  # 1x1 kernels + biases
+    assert model.count_params() - plain.count_params() == extra
+
+
+@pytest.mark.parametrize("strides,fragment", [
+    ([2], "entry 2 must be a power of 2 above output_stride = 2"),
+    ([32], "entry 32 must be a power of 2 above output_stride = 2 and at most 2\\*\\*depth = 16"),
+    ([12], "entry 12"),
+    ([8, 8], "lists a stride twice"),
+    (["8"], "wrong type|entry '8'"),
+])
+def test_bad_score_strides_refused(strides, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        resolve_options(unet(depth=4, output_stride=2, score_strides=strides))

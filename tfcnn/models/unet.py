@@ -36,6 +36,13 @@ Why this design:
   Conv2DTranspose (kernel ``2s``, stride ``s``) turns its features into full-size logits: the
   output is still ``H x W`` (the export contract does not change), its boundaries learned rather
   than copied from a skip. 1 (the default) is the paper's UNet.
+* **Score fusion** (``score_strides``; FCN-8s' skip fusion, Long et al. 2015). The class of a
+  28-pixel item is decided deep in the network (stride 8-16, where a cell sees the whole item),
+  but in a plain UNet it must reach the logits through the narrow high-resolution decoder
+  levels, which are busy with edges. Each listed stride's decoder output (or the bottleneck's,
+  at ``2**depth``) also gets a 1x1 conv to class logits, bilinearly upsampled to the input size
+  and *added* to the final logits: a short path for "what" next to the decoder's "where", and a
+  direct gradient to the deep levels. Cheap: a 1x1 conv at a coarse stride plus a resize.
 * BatchNorm / activation / L2 from the ModelConfig as everywhere (:mod:`tfcnn.models.blocks`),
   ``model.dropout`` at the bottleneck (the paper's dropout at the end of the contracting path).
 
@@ -63,6 +70,7 @@ OPTIONS: dict[str, Any] = {
     "convs": 2,  # 3x3 conv-BN-act per block
     "decoder": "transpose",  # "transpose" (Conv2DTranspose k2 s2) or "upsample" (nearest + 3x3 conv)
     "output_stride": 1,  # stride of the decoder's last level (a power of 2 < 2**depth); a learned upsampling to full size
+    "score_strides": [],  # strides in (output_stride, 2**depth] whose features add upsampled class logits
     "backbone": "",  # "": the plain UNet encoder; else a registered classifier's body
     "backbone_options": {},  # that classifier's own model.options
     "backbone_weights": "none",  # "none", "imagenet" / a .weights.h5 path (pretrained backbones), or a tfcnn classifier's .keras
@@ -82,6 +90,15 @@ def check_unet(cfg: ModelConfig) -> None:
             f"model.options.output_stride = {stride!r} must be a power of 2 below 2**depth = {2 ** o['depth']} "
             "(1: full-resolution decoder, 2 or 4: a learned upsampling from that stride)"
         )
+    deepest, strides = 2 ** o["depth"], o["score_strides"]
+    for s in strides:
+        if not (isinstance(s, int) and not isinstance(s, bool) and stride < s <= deepest and s & (s - 1) == 0):
+            raise ConfigError(
+                f"model.options.score_strides entry {s!r} must be a power of 2 above output_stride = {stride} and at most "
+                f"2**depth = {deepest} (a decoder level's stride, or the bottleneck's), e.g. [{min(2 * stride, deepest)}]"
+            )
+    if len(set(strides)) != len(strides):
+        raise ConfigError(f"model.options.score_strides = {strides!r} lists a stride twice; list each once")
     if o["decoder"] not in DECODERS:
         raise ConfigError(
             f"model.options.decoder = {o['decoder']!r} is not allowed; choose one of {', '.join(map(repr, DECODERS))}"
@@ -191,21 +208,39 @@ def unet(x: Any, cfg: ModelConfig, num_classes: int) -> Any:
     x = conv_block(x, level_filters(cfg, depth), cfg, "bottleneck")
     if cfg.dropout > 0:
         x = keras.layers.Dropout(cfg.dropout, name="bottleneck_dropout")(x)
+    fused = set(cfg.options["score_strides"])
+    scores = [_score(x, depth, cfg, num_classes)] if 2**depth in fused else []
     first = first_level(cfg)
     for level in reversed(range(first, depth)):
         filters = level_filters(cfg, level)
         x = _up(x, filters, cfg, f"dec{level}")
         x = keras.layers.Concatenate(axis=-1, name=f"dec{level}_concat")([x, skips[level]])
         x = conv_block(x, filters, cfg, f"dec{level}")
+        if 2**level in fused and level > first:
+            scores.append(_score(x, level, cfg, num_classes))
+    name = "segmentation_full" if scores else "segmentation"
     if first == 0:
-        return keras.layers.Conv2D(
-            num_classes + 1, 1, kernel_regularizer=regularizer(cfg), dtype="float32", name="segmentation"
+        logits = keras.layers.Conv2D(
+            num_classes + 1, 1, kernel_regularizer=regularizer(cfg), dtype="float32", name=name
         )(x)
-    stride = 2**first  # kernel 2s, stride s, "same": output s * n, each pixel from 2 x 2 input taps
-    return keras.layers.Conv2DTranspose(
-        num_classes + 1, 2 * stride, strides=stride, padding="same", kernel_regularizer=regularizer(cfg),
-        dtype="float32", name="segmentation",
+    else:
+        stride = 2**first  # kernel 2s, stride s, "same": output s * n, each pixel from 2 x 2 input taps
+        logits = keras.layers.Conv2DTranspose(
+            num_classes + 1, 2 * stride, strides=stride, padding="same", kernel_regularizer=regularizer(cfg),
+            dtype="float32", name=name,
+        )(x)
+    if not scores:
+        return logits
+    return keras.layers.Add(dtype="float32", name="segmentation")([logits, *scores])
+
+
+def _score(x: Any, level: int, cfg: ModelConfig, num_classes: int) -> Any:
+    """Class logits from the features at stride ``2**level``: a 1x1 conv, then bilinear
+    upsampling by ``2**level`` to the input size (float32, to be added to the final logits)."""
+    s = keras.layers.Conv2D(
+        num_classes + 1, 1, kernel_regularizer=regularizer(cfg), dtype="float32", name=f"score{2**level}"
     )(x)
+    return keras.layers.UpSampling2D(2**level, interpolation="bilinear", dtype="float32", name=f"score{2**level}_up")(s)
 
 
 __all__ = ["DECODERS", "OPTIONS", "check_input_size", "check_unet", "conv_block", "encoder", "first_level", "level_filters", "unet"]

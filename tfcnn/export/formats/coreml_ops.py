@@ -469,6 +469,50 @@ def _tile(c: Ctx, a: dict[str, Var]) -> list[Var]:
     return [Var(np.tile(np.asarray(a["x"].value), reps), a["x"].batched)]
 
 
+def _bilinear_grid(n_in: int, n_out: int, align_corners: bool, half_pixel: bool) -> np.ndarray:
+    """Source coordinates of MIL upsample_bilinear's output samples along one axis: the grid of
+    coremltools' op docs (align_corners: ends on ends; half_pixel_centers: TF's
+    ``ResizeBilinear(half_pixel_centers=True)``; neither: TF's legacy ``i * n_in / n_out``)."""
+    i = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        g = i * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    elif half_pixel:
+        g = (i + 0.5) * (n_in / n_out) - 0.5
+    else:
+        g = i * (n_in / n_out)
+    return np.clip(g, 0, n_in - 1)
+
+
+def _lerp_axis(x: np.ndarray, grid: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of `x` at fractional positions `grid` along `axis`."""
+    lo = np.floor(grid).astype(np.int64)
+    hi = np.minimum(lo + 1, x.shape[axis] - 1)
+    shape = [1] * x.ndim
+    shape[axis] = len(grid)
+    frac = (grid - lo).astype(np.float32).reshape(shape)
+    return np.take(x, lo, axis=axis) * (1 - frac) + np.take(x, hi, axis=axis) * frac
+
+
+@_op("upsample_bilinear")
+def _upsample_bilinear(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    """Bilinear upsampling of the last two axes by (possibly fractional) scale factors; output
+    size floor(H * scale). Keras' bilinear UpSampling2D arrives as ``align_corners = False``
+    (half-pixel centres, iOS16's default for ``half_pixel_centers``)."""
+    x = _f32(a["x"])
+    if x.ndim < 3:
+        raise ExportError(f"{c.where()}: x must have rank >= 3, got {list(x.shape)}")
+    align = bool(_opt(a, "align_corners", True))
+    half = bool(_opt(a, "half_pixel_centers", not align))
+    if align and half:
+        raise ExportError(f"{c.where()}: align_corners and half_pixel_centers cannot both be true")
+    h, w = x.shape[-2:]
+    sh, sw = float(_opt(a, "scale_factor_height", 1)), float(_opt(a, "scale_factor_width", 1))
+    out_h, out_w = int(np.floor(h * sh)), int(np.floor(w * sw))
+    y = _lerp_axis(x, _bilinear_grid(h, out_h, align, half), x.ndim - 2)
+    y = _lerp_axis(y, _bilinear_grid(w, out_w, align, half), x.ndim - 1)
+    return [Var(y.astype(np.float32), a["x"].batched)]
+
+
 @_op("concat")
 def _concat(c: Ctx, a: dict[str, Var]) -> list[Var]:
     vs: list[Var] = a["values"].value  # variadic: a list of Vars
