@@ -108,6 +108,20 @@ def test_hand_made_ious_are_as_designed():
     np.testing.assert_allclose(got[:, 1], [0.0, 0.0, 0.0, 0.25, 0.16], atol=1e-6)
 
 
+_coord = st.integers(0, 96).map(lambda v: v / 96)  # the scene generator's pixel grid, degenerate boxes included
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(_coord, _coord, _coord, _coord), st.lists(st.tuples(_coord, _coord, _coord, _coord), max_size=8))
+def test_scalar_max_iou_is_bit_identical_to_the_numpy_iou(box, boxes):
+    """The scene generator's plain-Python placement check gives the numpy reference's doubles
+    exactly (so switching to it left every generated scene byte-identical)."""
+    from tfcnn.data.boxes import max_iou
+
+    want = float(np_iou(np.array([box]), np.array(boxes)).max()) if boxes else 0.0
+    assert max_iou(box, boxes) == want
+
+
 def test_assign_positive_ignore_background_and_best_anchor_rule():
     labels = _labels([*BOX_A, 2.0], [*BOX_B, 1.0])
     t = bc.assign(tf.constant(ANCHORS), labels, 0.5, 0.4).numpy()

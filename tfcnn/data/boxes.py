@@ -42,6 +42,25 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
+def max_iou(box: tuple[float, float, float, float], boxes: list[tuple[float, float, float, float]]) -> float:
+    """The largest IoU of one box with any of `boxes` (0.0 for none), in plain Python floats.
+
+    The scene generator asks this for every placement it tries (hundreds of thousands per
+    pipeline run, against a handful of boxes): numpy's per-call overhead made :func:`iou` a
+    third of the generation time. Same arithmetic, in the same order, as :func:`iou`, so the
+    same IEEE doubles come out."""
+    y0, x0, y1, x1 = box
+    a_area = max(y1 - y0, 0.0) * max(x1 - x0, 0.0)
+    best = 0.0
+    for by0, bx0, by1, bx1 in boxes:
+        inter = max(min(y1, by1) - max(y0, by0), 0.0) * max(min(x1, bx1) - max(x0, bx0), 0.0)
+        union = a_area + max(by1 - by0, 0.0) * max(bx1 - bx0, 0.0) - inter
+        value = inter / union if union > 0 else 0.0
+        if value > best:
+            best = value
+    return best
+
+
 def valid_rows(labels: np.ndarray) -> np.ndarray:
     """The real objects of one image's padded ``[M, 5]`` label array (class id >= 0)."""
     labels = np.asarray(labels)

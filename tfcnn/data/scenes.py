@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tfcnn.config import ScenesConfig
-from tfcnn.data.boxes import PAD, iou, pad_labels
+from tfcnn.data.boxes import PAD, max_iou, pad_labels
 
 INK_THRESHOLD = 32  # an item pixel with value > this (of 255) is ink: box, mask and full opacity
 MAX_TRIES = 20  # placements tried per object before it is dropped (IoU limit not met)
@@ -128,7 +128,7 @@ def render(
                 y0 = int(rng.integers(0, size - h + 1))
                 x0 = int(rng.integers(0, size - w + 1))
                 box = ((y0 + tb[0]) / size, (x0 + tb[1]) / size, (y0 + tb[2]) / size, (x0 + tb[3]) / size)
-                if not boxes or float(iou(np.array([box]), np.array(boxes)).max()) <= cfg.max_iou:
+                if max_iou(box, boxes) <= cfg.max_iou:
                     break
             else:
                 continue  # no acceptable place: this object is dropped
