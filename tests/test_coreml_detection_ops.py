@@ -546,3 +546,19 @@ def test_keras_bilinear_upsampling_converts_and_evaluates_like_keras(tmp_path):
     got = CoreMLEvaluator(pkg).predict(x)
     for i in range(len(x)):
         np.testing.assert_allclose(got["y"][i], mod(x[i : i + 1].astype(np.float32))["y"].numpy()[0], rtol=1e-5, atol=1e-3)
+
+
+def test_reverse_matches_numpy_flip(tmp_path):
+    """MIL reverse (the segmenter's test-time flip: tf.reverse along the width axis)."""
+    from coremltools.converters.mil import Builder as mb
+
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=_ct().target.iOS15)
+    def prog(x):
+        return (mb.reverse(x=x, axes=[-1], name="w"), mb.reverse(x=x, axes=[2, 3], name="hw"), mb.reverse(x=x, name="all"))
+
+    out = _run(_package(prog, tmp_path / "rev.mlpackage"), x=x)
+    np.testing.assert_array_equal(out["w"], x[..., ::-1])
+    np.testing.assert_array_equal(out["hw"], x[:, :, ::-1, ::-1])
+    np.testing.assert_array_equal(out["all"], x[::-1, ::-1, ::-1, ::-1])

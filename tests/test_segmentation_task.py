@@ -164,3 +164,82 @@ def test_an_untimed_format_says_so_instead_of_printing_nan():
     for missing in (float("nan"), None):
         line = task.verify_line({**row, "latency_ms_median": missing})
         assert "nan" not in line.lower() and line.endswith("p50 not timed"), line
+
+
+def _tiny_segmenter():
+    from tfcnn.config import ModelConfig
+    from tfcnn.models import build_model
+
+    return build_model(ModelConfig(name="unet", options={"depth": 2, "filters": 4, "convs": 1}), (32, 32, 1), 3)
+
+
+def test_test_time_flip_averages_the_mirror_logits_and_is_exactly_mirror_equivariant():
+    """forward() with segmentation.test_time_flip: (f(x) + mirror(f(mirror(x)))) / 2; a mirrored
+    image then gets exactly the mirrored output, which a plain UNet does not."""
+    import copy
+    import dataclasses
+
+    import tensorflow as tf
+
+    from tfcnn.config import SegmentationConfig
+    from tfcnn.tasks import get_task
+
+    model = _tiny_segmenter()
+    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 1)).astype(np.float32))
+    plain = get_task("segmentation")
+    tta = copy.copy(plain)
+    tta.seg = dataclasses.replace(SegmentationConfig(), test_time_flip=True)
+    f = model(x, training=False).numpy()
+    mirror = model(x[:, :, ::-1], training=False).numpy()[:, :, ::-1]
+    np.testing.assert_array_equal(plain.forward(model, x).numpy(), f)
+    np.testing.assert_allclose(tta.forward(model, x).numpy(), (f + mirror) / 2, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(tta.forward(model, x[:, :, ::-1]).numpy(), tta.forward(model, x).numpy()[:, :, ::-1])
+    assert not np.allclose(plain.forward(model, x[:, :, ::-1]).numpy(), f[:, :, ::-1], atol=1e-3)
+    p = tta.probabilities(model, x.numpy())
+    np.testing.assert_allclose(p, tf.nn.softmax((f + mirror) / 2).numpy(), rtol=1e-5, atol=1e-6)
+    assert tta.output_contract(["a", "b", "c"])["test_time_flip"] is True
+    assert any("Test-time flip is on" in line for line in tta.card_limitations())
+    assert not any("Test-time flip" in line for line in plain.card_limitations())
+
+
+def test_test_time_flip_goes_into_every_format_and_verifies(segmenter, tmp_path):
+    """The shared segmenter re-exported with segmentation.test_time_flip on (inference only, no
+    retraining): every format passes verify against the flip-averaged Keras reference, the
+    contract says so, and the float32 TFLite file itself is mirror-equivariant."""
+    import dataclasses
+    import json
+    import shutil
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfcnn.export import export_run, verify_version
+    from tfcnn.run import Run
+
+    root, summary = segmenter
+    shutil.copytree(root / "seg", tmp_path / "seg")
+    run = Run.open(tmp_path / "seg")
+    cfg = run.config()
+    run.save_config(dataclasses.replace(cfg, segmentation=dataclasses.replace(cfg.segmentation, test_time_flip=True)))
+    vd = export_run(run, name="seg_tta", root=tmp_path / "export")
+    ver = verify_version(vd, samples=48, run=run)
+    assert ver["passed"], ver["failures"]
+    assert {"savedmodel", "tflite_float32", "tflite_int8", "onnx", "coreml"} <= set(ver["formats"])
+    for exact in ("savedmodel", "tflite_float32", "onnx"):
+        assert ver["formats"][exact]["pixel_agreement"] > 0.9999, exact
+    assert json.loads((vd / "contract.json").read_text())["output"]["test_time_flip"] is True
+    interp = Interpreter(model_path=str(vd / "tflite" / "model_float32.tflite"))
+    interp.allocate_tensors()
+    (inp,), outs = interp.get_input_details(), interp.get_output_details()
+    mask_out = next(o for o in outs if len(o["shape"]) == 3)
+    from tfcnn.data import bundle_for
+
+    x, _ = bundle_for(run).arrays["test"]
+    rgb = np.repeat(x[:1], 3, axis=-1) if x.shape[-1] == 1 else x[:1]
+    rgb = np.round(rgb).astype(inp["dtype"])
+
+    def mask(img):
+        interp.set_tensor(inp["index"], img)
+        interp.invoke()
+        return interp.get_tensor(mask_out["index"])[0]
+
+    np.testing.assert_array_equal(mask(rgb[:, :, ::-1].copy()), mask(rgb)[:, ::-1])

@@ -427,6 +427,10 @@ class SegmentationConfig:
     focal_gamma: float = field(default=2.0, metadata=_range(0.0, 10.0))
     boundary_tolerance: int = field(default=2, metadata=_range(0, 64))  # boundary F-score tolerance, pixels (0: off)
     report_images: int = field(default=8, metadata=_range(0, 1000))  # best and worst test images drawn
+    # Test-time flip: every artifact (and the evaluation) runs each image and its left-right mirror
+    # image and averages the two logit maps (the mirror's mirrored back): twice the inference cost,
+    # an output that is exactly mirror-symmetric. Inference only; training is unchanged.
+    test_time_flip: bool = False
 
 
 # Search-space distributions a [tune] entry may use (tfcnn.tune turns them into KerasTuner's).

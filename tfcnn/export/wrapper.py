@@ -73,7 +73,7 @@ def _task_outputs(model, geometry: Geometry, task) -> Callable[..., dict[str, tf
 
     def fn(rgb: tf.Tensor, *args) -> dict[str, tf.Tensor]:
         x = to_model(rgb)
-        outputs = model(x, training=False)
+        outputs = task.forward(model, x)
         if args:
             return task.serving_outputs(outputs, *args, inputs=x)
         return task.mobile_outputs(outputs, inputs=x)

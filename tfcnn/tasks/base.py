@@ -156,6 +156,12 @@ class Task:
         """The ``output`` block of contract.json: what every artifact returns."""
         raise NotImplementedError
 
+    def forward(self, model, x):
+        """The model's raw outputs for the float pixels `x`, as every artifact and the Keras
+        reference compute them: one place, so an inference-time option of a task (the
+        segmenter's test-time flip) cannot reach some formats and miss others."""
+        return model(x, training=False)
+
     def mobile_outputs(self, outputs, inputs=None) -> dict:
         """In-graph (tf) outputs of the batch-1 mobile wrappers (TFLite, CoreML) from the model's
         raw outputs (``inputs``: the float pixels the model got, for tasks that compare with them)."""

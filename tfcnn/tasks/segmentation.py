@@ -9,6 +9,10 @@ What differs from classification, behind the :class:`~tfcnn.tasks.base.Task` int
   (:mod:`tfcnn.tasks.segmentation_losses`); history logs mean IoU and pixel accuracy;
 * **outputs**: every format returns ``class_probabilities [N, H, W, K + 1]`` (softmax) and
   ``mask [N, H, W]`` (their argmax), computed in-graph;
+* **test-time flip** (``segmentation.test_time_flip``): :meth:`Segmentation.forward` averages
+  the logits of the image and of its mirror image (mirrored back) in every artifact and in the
+  Keras reference, so evaluation, export and verify all see the same model; two network passes
+  per image;
 * **verify**: mean IoU and foreground Dice per format on the test images next to Keras', and
   pixel agreement of the argmax mask (>= 99.5% float formats, >= 98% int8).
 """
@@ -110,13 +114,27 @@ class Segmentation(Task):
             raise ExportError(f"model outputs {got}, not {want} (background + {len(labels)} classes at the input size)")
 
     # ------------------------------------------------------------- evaluate / verify
+    def forward(self, model, x):
+        """The logits; with ``test_time_flip`` the mean of the image's and its mirror image's
+        (mirrored back along the width axis), in float32. tf.reverse is one REVERSE_V2 op in
+        TFLite (float and int8), ``reverse`` in CoreML, Slice with step -1 in ONNX."""
+        import tensorflow as tf
+
+        logits = tf.cast(model(x, training=False), tf.float32)
+        if not self.seg.test_time_flip:
+            return logits
+        with tf.name_scope("test_time_flip"):
+            mirrored = tf.cast(model(tf.reverse(x, axis=[2]), training=False), tf.float32)
+            return (logits + tf.reverse(mirrored, axis=[2])) * 0.5
+
     def probabilities(self, model, images: np.ndarray, batch_size: int = 32):
-        """Softmax probabilities ``float32 [N, H, W, K + 1]`` of the Keras model, batch by batch."""
+        """Softmax probabilities ``float32 [N, H, W, K + 1]`` of the Keras model, batch by batch
+        (through :meth:`forward`, so a test-time flip is in them too)."""
         import tensorflow as tf
 
         out = []
         for start in range(0, len(images), batch_size):
-            logits = model(tf.constant(images[start : start + batch_size].astype(np.float32)), training=False)
+            logits = self.forward(model, tf.constant(images[start : start + batch_size].astype(np.float32)))
             out.append(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1).numpy())
         return np.concatenate(out, 0) if out else np.zeros((0,), np.float32)
 
@@ -145,7 +163,11 @@ class Segmentation(Task):
             "Masks are at the model's input size, i.e. of the whole image resized to it: resize them back (nearest) to overlay.",
             "Quantized variants change probabilities slightly and can flip pixels at class borders; verification.json "
             "reports pixel agreement and mean IoU per format.",
-        ]
+        ] + ([
+            "Test-time flip is on (segmentation.test_time_flip): every artifact runs the network twice per image (it and "
+            "its mirror image, logits averaged), so inference costs about twice a single pass; a mirrored image gets "
+            "exactly the mirrored mask."
+        ] if self.seg.test_time_flip else [])
 
     def output_contract(self, labels: Sequence[str]) -> dict[str, Any]:
         return {
@@ -155,6 +177,7 @@ class Segmentation(Task):
             MASK: "int32 [N, H, W]: argmax of class_probabilities (0 background)",
             "background_index": 0,
             "num_classes_with_background": len(labels) + 1,
+            "test_time_flip": bool(self.seg.test_time_flip),
         }
 
     def _outputs(self, outputs) -> dict:

@@ -469,6 +469,15 @@ def _tile(c: Ctx, a: dict[str, Var]) -> list[Var]:
     return [Var(np.tile(np.asarray(a["x"].value), reps), a["x"].batched)]
 
 
+@_op("reverse")
+def _reverse(c: Ctx, a: dict[str, Var]) -> list[Var]:
+    """Reverse along ``axes`` (MIL's default: every axis); the segmenter's test-time flip."""
+    x = _keep_dtype(a["x"])
+    axes = _axes(_opt(a, "axes", list(range(x.ndim))), x.ndim)
+    _no_batch_axis(a["x"], axes, c.op)
+    return [Var(np.flip(x, axes) if axes else x, a["x"].batched)]
+
+
 def _bilinear_grid(n_in: int, n_out: int, align_corners: bool, half_pixel: bool) -> np.ndarray:
     """Source coordinates of MIL upsample_bilinear's output samples along one axis: the grid of
     coremltools' op docs (align_corners: ends on ends; half_pixel_centers: TF's
