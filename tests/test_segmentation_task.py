@@ -151,6 +151,7 @@ def test_segment_errors_bench_regenerates_the_test_scenes_and_breaks_errors_down
     for key in ("binary_dice", "vote_ceiling_fg_dice", "flip_tta_fg_dice"):
         assert 0 < r[key] <= 1, key
     assert all(0 < v <= 1 for v in r["pooled_vote_fg_dice"].values()) and "CPUs" in r["machine"]
+    assert r["test_time_flip"] is False and "single_pass_fg_dice" not in r
 
 
 def test_an_untimed_format_says_so_instead_of_printing_nan():
@@ -243,3 +244,14 @@ def test_test_time_flip_goes_into_every_format_and_verifies(segmenter, tmp_path)
         return interp.get_tensor(mask_out["index"])[0]
 
     np.testing.assert_array_equal(mask(rgb[:, :, ::-1].copy()), mask(rgb)[:, ::-1])
+    # bench/segment_errors.py on the flip run: its figures include the flip, and it also gives the
+    # one-pass Dice, which is the plain run's evaluation
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "segment_errors.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "seg")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["test_time_flip"] is True and r["flip_tta_fg_dice"] == r["fg_dice"]
+    assert r["single_pass_fg_dice"] == pytest.approx(summary["metrics"]["test_mean_dice"], abs=1e-3)

@@ -224,3 +224,21 @@ def test_score_fusion_adds_upsampled_deep_logits(strides: list[int]) -> None:
 def test_bad_score_strides_refused(strides, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         resolve_options(unet(depth=4, output_stride=2, score_strides=strides))
+
+
+def test_score_fusion_converts_to_tflite_and_runs_in_litert_like_keras(tmp_path) -> None:
+    """The fused model's bilinear UpSampling2D and Add survive the TFLite converter: LiteRT's
+    float32 output equals Keras' (the pipeline run verifies every format of the real model)."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = build_model(unet(depth=3, output_stride=2, score_strides=[4, 8]), (32, 32, 1), 2)
+    path = tmp_path / "fused.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    interp = Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
+    x = images((32, 32, 1), n=1)
+    interp.set_tensor(inp["index"], x)
+    interp.invoke()
+    np.testing.assert_allclose(interp.get_tensor(out["index"]), np.asarray(model(x)), rtol=1e-4, atol=1e-4)

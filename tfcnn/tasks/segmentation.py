@@ -116,16 +116,20 @@ class Segmentation(Task):
     # ------------------------------------------------------------- evaluate / verify
     def forward(self, model, x):
         """The logits; with ``test_time_flip`` the mean of the image's and its mirror image's
-        (mirrored back along the width axis), in float32. tf.reverse is one REVERSE_V2 op in
-        TFLite (float and int8), ``reverse`` in CoreML, Slice with step -1 in ONNX."""
+        (mirrored back along the width axis), in float32.
+
+        The mirror is a strided slice with step -1 (TFLite STRIDED_SLICE, ONNX Slice, CoreML
+        slice_by_index), not tf.reverse: LiteRT's full-integer REVERSE_V2 scrambled the image
+        (layer SNR -0.3 dB in the int8 quantization debugger, 7 points of mean IoU lost) and
+        OpenVINO's TFLite reader disagreed with LiteRT on half the mask pixels."""
         import tensorflow as tf
 
         logits = tf.cast(model(x, training=False), tf.float32)
         if not self.seg.test_time_flip:
             return logits
         with tf.name_scope("test_time_flip"):
-            mirrored = tf.cast(model(tf.reverse(x, axis=[2]), training=False), tf.float32)
-            return (logits + tf.reverse(mirrored, axis=[2])) * 0.5
+            mirrored = tf.cast(model(x[:, :, ::-1], training=False), tf.float32)
+            return (logits + mirrored[:, :, ::-1]) * 0.5
 
     def probabilities(self, model, images: np.ndarray, batch_size: int = 32):
         """Softmax probabilities ``float32 [N, H, W, K + 1]`` of the Keras model, batch by batch
