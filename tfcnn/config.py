@@ -428,8 +428,8 @@ class SegmentationConfig:
     boundary_tolerance: int = field(default=2, metadata=_range(0, 64))  # boundary F-score tolerance, pixels (0: off)
     report_images: int = field(default=8, metadata=_range(0, 1000))  # best and worst test images drawn
     # Test-time flip: every artifact (and the evaluation) runs each image and its left-right mirror
-    # image and averages the two logit maps (the mirror's mirrored back): twice the inference cost,
-    # an output that is exactly mirror-symmetric. Inference only; training is unchanged.
+    # image and averages the two logit maps (the mirror's mirrored back): twice the inference cost;
+    # a mirrored image then gets exactly the mirrored mask. Inference only; training is unchanged.
     test_time_flip: bool = False
 
 

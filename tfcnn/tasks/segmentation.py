@@ -120,8 +120,7 @@ class Segmentation(Task):
 
         The mirror is a strided slice with step -1 (TFLite STRIDED_SLICE, ONNX Slice, CoreML
         slice_by_index), not tf.reverse: LiteRT's full-integer REVERSE_V2 scrambled the image
-        (layer SNR -0.3 dB in the int8 quantization debugger, 7 points of mean IoU lost) and
-        OpenVINO's TFLite reader disagreed with LiteRT on half the mask pixels."""
+        (layer SNR -0.3 dB in the int8 quantization debugger, 7 points of mean IoU lost)."""
         import tensorflow as tf
 
         logits = tf.cast(model(x, training=False), tf.float32)
